@@ -1,0 +1,85 @@
+#!/bin/bash
+# canvm.sh - run a command inside a throw-away QEMU VM (Debian kernel) that has vcan0/vcan1 up.
+# The host's / is the VM's / (9p, read-write), the command runs in the current directory,
+# its stdout/stderr come back on stdout/stderr and its exit code is canvm.sh's exit code.
+#   usage: canvm.sh [--] CMD [ARGS...]
+#   env:   CANVM_MEM=1G CANVM_CPUS=2 CANVM_TIMEOUT=0 (s, 0=none) CANVM_ENV="VAR1 VAR2" (extra vars to pass)
+#          CANVM_CACHE_DIR=~/.cache/canvm CANVM_APPEND="" (extra kernel args) CANVM_ACCEL=tcg,thread=multi
+set -euo pipefail
+[ "${1:-}" = "--" ] && shift
+[ $# -gt 0 ] || { echo "usage: $0 CMD [ARGS...]" >&2; exit 2; }
+CACHE=${CANVM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/canvm}
+mkdir -p "$CACHE"
+
+# --- 1. kernel + static busybox: Debian packages, unpacked (not installed) into the cache -------
+if [ ! -f "$CACHE/kernel.ok" ]; then
+  pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  [ -n "$pkg" ] || { echo "canvm: run 'apt-get update' first" >&2; exit 2; }
+  rm -rf "$CACHE/k" "$CACHE/bb" && mkdir -p "$CACHE/k" "$CACHE/bb"
+  (cd "$CACHE" && apt-get download -q -o APT::Sandbox::User=root "$pkg" busybox-static >/dev/null &&
+   dpkg-deb -x "$pkg"_*.deb k && dpkg-deb -x busybox-static_*.deb bb && rm -f ./*.deb)
+  KVER=$(ls "$CACHE/k/lib/modules"); depmod -b "$CACHE/k" "$KVER"
+  # uncompressed vmlinux boots through PVH: skips firmware + in-guest decompression (~2.5 s)
+  python3 - "$CACHE/k/boot/vmlinuz-$KVER" "$CACHE/vmlinux" <<'PY' || rm -f "$CACHE/vmlinux"
+import lzma, sys
+d = open(sys.argv[1], "rb").read(); i = d.find(b"\xfd7zXZ\x00")
+if i < 0: sys.exit(1)
+open(sys.argv[2], "wb").write(lzma.LZMADecompressor().decompress(d[i:]))
+PY
+  rm -f "$CACHE/initrd.img"; echo "$KVER" > "$CACHE/kernel.ok"
+fi
+KVER=$(cat "$CACHE/kernel.ok"); KDIR="$CACHE/k"; BB="$CACHE/bb/bin/busybox"
+KERNEL="$CACHE/vmlinux"; [ -f "$KERNEL" ] || KERNEL="$KDIR/boot/vmlinuz-$KVER"
+
+# --- 2. initramfs: static busybox + virtio/9p modules; mounts host / and switches to it -------
+if [ ! -f "$CACHE/initrd.img" ]; then
+  T=$(mktemp -d); mkdir -p "$T/bin" "$T/mod" "$T/proc" "$T/dev" "$T/newroot"; cp "$BB" "$T/bin/busybox"
+  modprobe -d "$KDIR" -S "$KVER" --show-depends -a virtio_pci 9pnet_virtio 9p |
+    awk '$1=="insmod" && !seen[$2]++ {print $2}' |
+    while read -r f; do cp "$f" "$T/mod/"; basename "$f" .ko >> "$T/mod/order"; done
+  cat > "$T/init" <<'EOI'
+#!/bin/busybox sh
+B=/bin/busybox
+$B mount -t proc proc /proc; $B mount -t devtmpfs dev /dev
+for m in $($B cat /mod/order); do $B insmod /mod/$m.ko; done
+$B mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose hostroot /newroot ||
+  { echo "canvm: cannot mount host root" >&2; $B poweroff -f; }
+$B umount /proc; $B umount /dev
+exec $B switch_root /newroot /bin/sh "$canvm_dir/stage2.sh"
+EOI
+  chmod +x "$T/init"; (cd "$T" && find . | "$BB" cpio -o -H newc 2>/dev/null | gzip -1) > "$CACHE/initrd.img"; rm -rf "$T"
+fi
+
+# --- 3. per-run files: stage2 (PID 1 on the host root), the command, the environment ----------
+W=$(mktemp -d /tmp/canvm.XXXXXX); trap 'rm -rf "$W"' EXIT
+for v in PATH VIRTUAL_ENV PYTHONPATH CI ${CANVM_ENV:-}; do [ -n "${!v+x}" ] && printf 'export %s=%q\n' "$v" "${!v}"; done > "$W/env.sh"
+{ printf 'cd %q || exit 125\nexec' "$PWD"; printf ' %q' "$@"; printf '\n'; } > "$W/cmd.sh"
+cat > "$W/stage2.sh" <<EOS
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs shm /dev/shm; mount -t tmpfs run /run
+mkdir -p /lib/modules; mount --bind "$KDIR/lib/modules" /lib/modules
+stty -F /dev/ttyS0 raw -echo; stty -F /dev/ttyS1 raw -echo
+hostname canvm; ip link set lo up
+modprobe -a vcan vxcan can-raw can-bcm can-gw veth sch_netem
+for i in 0 1; do ip link add dev vcan\$i type vcan && ip link set up vcan\$i; done
+. "$W/env.sh"
+bash "$W/cmd.sh" </dev/null >/dev/ttyS0 2>/dev/ttyS1; echo \$? > "$W/rc"
+sync; "$BB" poweroff -f
+EOS
+
+# --- 4. boot --------------------------------------------------------------------------------
+set +e
+timeout -k 5 "${CANVM_TIMEOUT:-0}" qemu-system-x86_64 -accel "${CANVM_ACCEL:-tcg,thread=multi}" \
+  -M q35 -cpu max -smp "${CANVM_CPUS:-2}" -m "${CANVM_MEM:-1G}" \
+  -nodefaults -no-user-config -display none -no-reboot \
+  -chardev stdio,id=out -serial chardev:out \
+  -chardev file,id=err,path=/dev/stderr,append=on -serial chardev:err \
+  -fsdev local,id=root,path=/,security_model=none,multidevs=remap \
+  -device virtio-9p-pci,fsdev=root,mount_tag=hostroot \
+  -kernel "$KERNEL" -initrd "$CACHE/initrd.img" \
+  -append "console=ttyS0 quiet loglevel=0 panic=-1 mitigations=off canvm_dir=$W ${CANVM_APPEND:-}" </dev/null
+q=$?; set -e
+[ $q = 124 ] && { echo "canvm: timed out after ${CANVM_TIMEOUT}s" >&2; exit 124; }
+[ -f "$W/rc" ] || { echo "canvm: VM ended without an exit code (qemu rc=$q)" >&2; exit 255; }
+exit "$(cat "$W/rc")"
