@@ -1,0 +1,113 @@
+"""The bridge process: builds endpoints from a Config, runs the reactor, reports counters."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+
+from bridge.codec import native
+from bridge.config import Config, PeerConfig
+from bridge.endpoints.socketcan import SocketCanEndpoint
+from bridge.endpoints.tcp import HEARTBEAT_S, TcpClient, TcpServer
+from bridge.endpoints.udp import UdpPeer
+from bridge.reactor import Reactor
+from bridge.router import Router
+
+log = logging.getLogger(__name__)
+
+
+class Bridge:
+    """Owns the reactor, the router and every endpoint. Raises OSError (with the interface or
+    address named) when an endpoint the user asked for cannot be opened."""
+
+    def __init__(self, config: Config, reactor: Reactor | None = None) -> None:
+        self.config = config
+        self.reactor = reactor or Reactor()
+        self.router = Router(self.reactor)
+        self.buses: list[SocketCanEndpoint] = []
+        self.peers: list = []
+        try:
+            for channel, iface in enumerate(config.interfaces):
+                self.buses.append(self._open_bus(channel, iface))
+            hello = native.Hello(
+                version=native.VERSION,
+                capabilities=native.CAP_FD | native.CAP_ERR_FRAMES,
+                heartbeat_ms=int(HEARTBEAT_S * 1000),
+                channels=tuple(i.name for i in config.interfaces),
+            )
+            for peer in config.peers:
+                self.peers.append(self._open_peer(peer, hello))
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_bus(self, channel: int, iface) -> SocketCanEndpoint:
+        try:
+            bus = SocketCanEndpoint(
+                self.reactor,
+                iface.name,
+                channel,
+                self.router.from_bus,
+                rx_filter=iface.filter,
+                error_frames=iface.error_frames,
+                fd=iface.fd,
+            )
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot open CAN interface {iface.name}: {exc.strerror}") from None
+        self.router.add_bus(bus)
+        log.info("bus %s: channel %d, CAN FD %s", iface.name, channel, "on" if bus.fd_enabled else "off")
+        return bus
+
+    def _open_peer(self, peer: PeerConfig, hello):
+        filters = (peer.filter, peer.inbound_filter)
+        addr = (peer.host, peer.port)
+        try:
+            if peer.scheme == "tcp-listen":
+                server = TcpServer(self.reactor, self.router, addr, hello, filters=filters)
+                log.info("listening on %s", server.name)
+                return server
+            if peer.scheme == "tcp":
+                return TcpClient(self.reactor, self.router, addr, hello, filters=filters)
+            return UdpPeer(self.reactor, self.router, addr, peer.bind, hello, peer.mtu, filters=filters)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot open {peer.url}: {exc.strerror}") from None
+
+    def stats(self) -> dict:
+        """{endpoint name: counters snapshot}; TCP servers include their live clients."""
+        out = {}
+        for ep in [*self.buses, *self.peers]:
+            out[ep.name] = ep.counters.snapshot()
+            if isinstance(ep, SocketCanEndpoint):
+                out[ep.name]["tx_queued"] = ep.tx_queued
+            for client in getattr(ep, "clients", ()):
+                out[client.name] = client.counters.snapshot()
+            live = getattr(ep, "peer", None)
+            if live is not None:
+                out[ep.name + " (current connection)"] = live.counters.snapshot()
+        out["reactor"] = {"callback_errors": self.reactor.callback_errors, "passes": self.reactor.passes}
+        return out
+
+    def run(self) -> int:
+        """Run until SIGINT/SIGTERM; returns 0 after a requested stop. SIGUSR1 logs counters."""
+        self.reactor.stop_on_signals(signal.SIGINT, signal.SIGTERM)
+        self.reactor.add_signal_handler(signal.SIGUSR1, self.log_stats)
+        try:
+            self.reactor.run()
+        finally:
+            self.log_stats()
+            self.close()
+            self.reactor.close()
+        return 0
+
+    def log_stats(self) -> None:
+        log.info("counters: %s", json.dumps(self.stats(), sort_keys=True))
+
+    def close(self) -> None:
+        for ep in [*self.peers, *self.buses]:
+            try:
+                ep.close()
+            except Exception:
+                log.exception("closing %s", ep.name)
+        self.peers.clear()
+        self.buses.clear()

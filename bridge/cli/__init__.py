@@ -1,0 +1,1 @@
+"""Command line: `canbridge IFACE PEER...`, `canbridge run -c FILE`, and the subcommands."""

@@ -1,0 +1,103 @@
+"""`canbridge` entry point. Subcommands are dispatched on the first word; anything else is the
+common case `canbridge IFACE... PEER_URL...`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from bridge import __version__
+from bridge.errors import ConfigError
+
+EXAMPLES = """\
+examples:
+  canbridge vcan0 tcp-listen://0.0.0.0:29600          gateway side: serve vcan0 to TCP clients
+  canbridge vcan1 tcp://192.0.2.10:29600              remote side: connect, reconnect when lost
+  canbridge vcan0 udp://192.0.2.11:29601?bind=0.0.0.0:29601   UDP, both directions
+  canbridge vcan0,123:7FF tcp://gw:29600              only id 0x123 leaves vcan0 (candump filter)
+  canbridge run -c /etc/canbridge/bridge.toml         several interfaces, peers and filters
+  canbridge demo                                      Durango trace through two bridges (test VM)
+  canbridge testvm --vcan 2 -- pytest -m vcan         run a command in a kernel with vcan0, vcan1
+  canbridge replay tests/data/durango_mapswitch.log vcan0 --speed 4
+
+subcommands: run, demo, replay, testvm (each has --help)
+URLs: tcp://HOST:PORT, tcp-listen://[ADDR]:PORT (ADDR defaults to 127.0.0.1), udp://HOST:PORT[?bind=ADDR:PORT&mtu=N];
+      options on any peer URL: filter=SPEC (bus -> peer), inbound_filter=SPEC (peer -> bus).
+"""
+
+SUBCOMMANDS = ("run", "demo", "replay", "testvm")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 0 else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _bridge_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="canbridge",
+        description="Bridge SocketCAN interfaces to TCP/UDP peers (native protocol).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("endpoints", nargs="+", metavar="IFACE|PEER_URL", help="CAN interfaces and peer URLs")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+    p.add_argument("--version", action="version", version=f"canbridge {__version__}")
+    return p
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="canbridge run", description="Run a bridge from a TOML config file.")
+    p.add_argument("-c", "--config", required=True, help="path to bridge.toml (format: docs/cli.md)")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def _serve(config) -> int:
+    from bridge.app import Bridge
+
+    try:
+        bridge = Bridge(config)
+    except OSError as exc:
+        logging.getLogger("canbridge").error("%s", exc)
+        return 1
+    return bridge.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv else ""
+    try:
+        if command == "testvm":
+            from hw.testvm.runner import main as testvm_main
+
+            return testvm_main(argv[1:])
+        if command == "demo":
+            from bridge.demo import main as demo_main
+
+            return demo_main(argv[1:])
+        if command == "replay":
+            from bridge.replay import main as replay_main
+
+            return replay_main(argv[1:])
+        from bridge import config as cfg
+
+        if command == "run":
+            args = _run_parser().parse_args(argv[1:])
+            _setup_logging(args.verbose)
+            return _serve(cfg.load_toml(args.config))
+        args = _bridge_parser().parse_args(argv)
+        _setup_logging(args.verbose)
+        peers = [e for e in args.endpoints if cfg.is_peer_url(e)]
+        ifaces = [e for e in args.endpoints if not cfg.is_peer_url(e)]
+        return _serve(cfg.from_args(ifaces, peers))
+    except ConfigError as exc:
+        print(f"canbridge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

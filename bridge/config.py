@@ -1,0 +1,198 @@
+"""Configuration: endpoint URLs and the TOML file. Errors name the key or argument at fault.
+
+URLs (docs/cli.md):
+    vcan0 | can://vcan0                   a SocketCAN interface (channel = its position)
+    tcp://host:port                       native protocol, client, reconnects
+    tcp-listen://[addr]:port              native protocol, server; addr defaults to 127.0.0.1
+    udp://host:port[?bind=addr:port]      native protocol over UDP; bind defaults to *:port
+Query options on peer URLs: mtu=BYTES (udp), filter=SPEC (bus -> peer), inbound_filter=SPEC.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit
+
+from bridge.codec.filters import FilterSet, parse_filters
+from bridge.errors import ConfigError
+
+DEFAULT_PORT = 29600
+DEFAULT_MTU = 1472
+PEER_SCHEMES = ("tcp", "tcp-listen", "udp")
+IFNAMSIZ = 16
+
+
+@dataclass
+class InterfaceConfig:
+    name: str
+    fd: bool | None = None  # None: CAN FD when the link MTU is 72
+    error_frames: bool = False
+    filter: FilterSet | None = None  # kernel RX filter
+
+
+@dataclass
+class PeerConfig:
+    url: str
+    scheme: str  # "tcp" | "tcp-listen" | "udp"
+    host: str
+    port: int
+    bind: tuple[str, int] | None = None
+    mtu: int = DEFAULT_MTU
+    filter: FilterSet | None = None  # bus -> peer
+    inbound_filter: FilterSet | None = None  # peer -> bus
+
+
+@dataclass
+class Config:
+    interfaces: list[InterfaceConfig] = field(default_factory=list)
+    peers: list[PeerConfig] = field(default_factory=list)
+
+    def validate(self) -> Config:
+        if not self.interfaces:
+            raise ConfigError("no CAN interface given (e.g. vcan0)")
+        if not self.peers:
+            raise ConfigError("no peer given (e.g. tcp-listen://127.0.0.1:29600)")
+        names = [i.name for i in self.interfaces]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"interface listed twice: {names}")
+        if len(names) > 255:
+            raise ConfigError("at most 255 interfaces (channel index is one byte)")
+        return self
+
+
+def is_peer_url(text: str) -> bool:
+    return "://" in text and text.split("://", 1)[0] not in ("can",)
+
+
+def parse_interface(text: str, where: str = "interface") -> InterfaceConfig:
+    """`vcan0`, `can://vcan0`, or candump style `vcan0,123:7FF` (kernel RX filter)."""
+    name = text[len("can://") :] if text.startswith("can://") else text
+    name, _, spec = name.partition(",")
+    if not name or len(name) >= IFNAMSIZ or "/" in name or " " in name:
+        raise ConfigError(f"{where}: {text!r} is not a network interface name (e.g. vcan0, can0)")
+    return InterfaceConfig(name=name, filter=_filters(spec, where) if spec else None)
+
+
+def parse_peer_url(url: str, where: str = "peer") -> PeerConfig:
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    if scheme not in PEER_SCHEMES:
+        raise ConfigError(f"{where}: unknown scheme in {url!r}; expected one of {', '.join(PEER_SCHEMES)}")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{where}: bad port in {url!r}: {exc}") from None
+    host = parts.hostname or ""
+    if not host:
+        if scheme != "tcp-listen":
+            raise ConfigError(f"{where}: {url!r} needs a host, e.g. {scheme}://127.0.0.1:{DEFAULT_PORT}")
+        host = "127.0.0.1"  # listen on loopback unless an address is given
+    peer = PeerConfig(url=url, scheme=scheme, host=host, port=port or DEFAULT_PORT)
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        _apply_option(peer, key, value, f"{where} {url!r}")
+    return peer
+
+
+def _apply_option(peer: PeerConfig, key: str, value, where: str) -> None:
+    if key == "bind":
+        peer.bind = _parse_hostport(str(value), f"{where}: bind")
+    elif key == "mtu":
+        try:
+            peer.mtu = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: mtu must be an integer number of bytes, got {value!r}") from None
+        if not 98 <= peer.mtu <= 65507:
+            raise ConfigError(f"{where}: mtu {peer.mtu} out of range 98..65507")
+    elif key in ("filter", "inbound_filter"):
+        setattr(peer, key, _filters(str(value), f"{where}: {key}"))
+    else:
+        raise ConfigError(f"{where}: unknown option {key!r}; expected bind, mtu, filter or inbound_filter")
+
+
+def _parse_hostport(text: str, where: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where}: expected ADDR:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _filters(spec: str, where: str) -> FilterSet:
+    try:
+        return parse_filters(spec)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: bad filter {spec!r}: {exc}") from None
+
+
+def from_args(interfaces: list[str], peers: list[str]) -> Config:
+    return Config(
+        interfaces=[parse_interface(i, f"argument {i!r}") for i in interfaces],
+        peers=[parse_peer_url(p, f"argument {p!r}") for p in peers],
+    ).validate()
+
+
+_INTERFACE_KEYS = {"name", "fd", "error_frames", "filter"}
+_PEER_KEYS = {"url", "bind", "mtu", "filter", "inbound_filter"}
+
+
+def load_toml(path: str) -> Config:
+    """Read a bridge config file (format: docs/cli.md). Raises ConfigError naming the key."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    unknown = set(doc) - {"interface", "peer"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected [[interface]], [[peer]]")
+    config = Config()
+    for n, table in enumerate(_tables(doc, "interface", path)):
+        where = f"{path}: interface[{n}]"
+        _check_keys(table, _INTERFACE_KEYS, where)
+        iface = parse_interface(_str(table, "name", where), where)
+        iface.fd = _opt_bool(table, "fd", where)
+        iface.error_frames = bool(_opt_bool(table, "error_frames", where))
+        if "filter" in table:
+            iface.filter = _filters(_str(table, "filter", where), f"{where}.filter")
+        config.interfaces.append(iface)
+    for n, table in enumerate(_tables(doc, "peer", path)):
+        where = f"{path}: peer[{n}]"
+        _check_keys(table, _PEER_KEYS, where)
+        peer = parse_peer_url(_str(table, "url", where), where)
+        for key in ("bind", "mtu", "filter", "inbound_filter"):
+            if key in table:
+                _apply_option(peer, key, table[key], where)
+        config.peers.append(peer)
+    try:
+        return config.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _tables(doc: dict, key: str, path: str) -> list[dict]:
+    value = doc.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ConfigError(f"{path}: {key} must be an array of tables ([[{key}]])")
+    return value
+
+
+def _check_keys(table: dict, allowed: set[str], where: str) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; expected {sorted(allowed)}")
+
+
+def _str(table: dict, key: str, where: str) -> str:
+    value = table.get(key)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}.{key}: expected a string, got {value!r}")
+    return value
+
+
+def _opt_bool(table: dict, key: str, where: str) -> bool | None:
+    value = table.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key}: expected true or false, got {value!r}")
+    return value

@@ -1,0 +1,223 @@
+"""SocketCAN endpoint: one CAN_RAW socket per interface, used for both RX and TX.
+
+RX drains the socket until EAGAIN (at most RX_BATCH_MAX frames per readable event) and hands
+the batch to the router as raw structs with kernel RX timestamps (SO_TIMESTAMPNS).
+Frames this socket writes are not read back (CAN_RAW_RECV_OWN_MSGS stays 0), which is the bus
+half of echo suppression.
+TX writes frames straight away; on EAGAIN (socket send buffer full) it queues and waits for
+EVENT_WRITE; on ENOBUFS (the interface's TX queue is full, poll() would report writable at
+once) it queues and retries on a short timer. The queue is bounded; overflow drops the oldest.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+from collections import deque
+from pathlib import Path
+
+from bridge.codec import socketcan as sc
+from bridge.reactor import Reactor, TimerHandle
+from bridge.stats import Counters
+
+log = logging.getLogger(__name__)
+
+# linux/can/raw.h, asm-generic/socket.h
+SOL_CAN_RAW = 101
+CAN_RAW_FILTER = 1
+CAN_RAW_ERR_FILTER = 2
+CAN_RAW_FD_FRAMES = 5
+CAN_RAW_JOIN_FILTERS = 6
+SO_TIMESTAMPNS = 35
+SO_RXQ_OVFL = 40
+SO_RCVBUFFORCE = 33
+SO_SNDBUFFORCE = 32
+
+RX_BATCH_MAX = 512  # frames per readable event: bounds the time other fds wait for the loop
+RX_BUFFER = 8 << 20  # SO_RCVBUF: ~50k frames of kernel queue, covers a 2 s stall at 25k frames/s
+TX_QUEUE_MAX = 4096  # frames waiting for the interface; ~0.5 s of a full 1 Mbit/s bus
+ENOBUFS_RETRY_S = 0.001  # retry delay when the interface TX queue (qdisc) is full
+
+_TIMESPEC = struct.Struct("=qq")
+_U32 = struct.Struct("=I")
+_ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_U32.size)
+
+
+def link_mtu(ifname: str) -> int:
+    """Interface MTU from sysfs: 16 = classic CAN only, 72 = CAN FD capable."""
+    try:
+        return int(Path(f"/sys/class/net/{ifname}/mtu").read_text())
+    except (OSError, ValueError):
+        return sc.CAN_MTU
+
+
+class SocketCanEndpoint:
+    """A SocketCAN interface as a router endpoint.
+
+    ifname: "can0", "vcan0"...; channel: index used on the wire for this interface.
+    rx_filter: a bridge.codec.filters.FilterSet applied in the kernel (CAN_RAW_FILTER).
+    error_frames: also receive and forward error frames (CAN_RAW_ERR_FILTER = all classes).
+    fd: enable CAN FD (None = when the link MTU is 72). Raises OSError if the interface is
+    missing or CAN_RAW is not supported, ValueError if fd=True on a classic-only link.
+    """
+
+    def __init__(
+        self,
+        reactor: Reactor,
+        ifname: str,
+        channel: int,
+        on_frames,
+        *,
+        rx_filter=None,
+        error_frames: bool = False,
+        fd: bool | None = None,
+        rcvbuf: int = RX_BUFFER,
+    ) -> None:
+        self.reactor = reactor
+        self.name = ifname
+        self.channel = channel
+        self.on_frames = on_frames  # callable(endpoint, channel, batch)
+        self.counters = Counters()
+        mtu = link_mtu(ifname)
+        self.fd_enabled = (mtu == sc.CANFD_MTU) if fd is None else fd
+        if self.fd_enabled and mtu != sc.CANFD_MTU:
+            raise ValueError(f"{ifname}: fd requested but link MTU is {mtu} (needs 72)")
+        self.sock = self._open(ifname, rx_filter, error_frames, rcvbuf)
+        self.kernel_drops = 0  # SO_RXQ_OVFL: frames the kernel dropped because our queue was full
+        self._txq: deque[bytes] = deque()
+        self._retry: TimerHandle | bool | None = None  # timer (ENOBUFS), True (EVENT_WRITE), None
+        self._blocked_on = "eagain"
+        self._closed = False
+        reactor.add_reader(self.sock.fileno(), self._on_readable)
+
+    def _open(self, ifname, rx_filter, error_frames, rcvbuf) -> socket.socket:
+        sock = socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW)
+        try:
+            if self.fd_enabled:
+                sock.setsockopt(SOL_CAN_RAW, CAN_RAW_FD_FRAMES, 1)
+            if rx_filter is not None and not rx_filter.matches_all:
+                sock.setsockopt(SOL_CAN_RAW, CAN_RAW_FILTER, rx_filter.kernel_filters())
+                if rx_filter.join:
+                    sock.setsockopt(SOL_CAN_RAW, CAN_RAW_JOIN_FILTERS, 1)
+            err_mask = (rx_filter.err_mask if rx_filter is not None else 0) or (
+                sc.CAN_ERR_MASK if error_frames else 0
+            )
+            if err_mask:
+                sock.setsockopt(SOL_CAN_RAW, CAN_RAW_ERR_FILTER, err_mask)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+            _set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, rcvbuf)
+            sock.bind((ifname,))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    # --- RX --------------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        batch = []
+        recvmsg = self.sock.recvmsg
+        ovfl = None
+        for _ in range(RX_BATCH_MAX):
+            try:
+                raw, anc, _flags, _addr = recvmsg(sc.CANFD_MTU, _ANC_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # ENETDOWN while the link is down: keep the socket
+                self.counters.errors[errno.errorcode.get(exc.errno, "oserror")] += 1
+                break
+            ts = 0
+            for _level, kind, data in anc:
+                if kind == SO_TIMESTAMPNS:
+                    sec, nsec = _TIMESPEC.unpack(data)
+                    ts = sec * 1_000_000_000 + nsec
+                else:  # SO_RXQ_OVFL, sent only once the count is non-zero
+                    ovfl = _U32.unpack(data)[0]
+            batch.append((raw, ts))
+        if ovfl is not None and ovfl != self.kernel_drops:
+            self.counters.drop("kernel_rx_overflow", ovfl - self.kernel_drops)
+            self.kernel_drops = ovfl
+        if batch:
+            self.counters.rx_frames += len(batch)
+            self.on_frames(self, self.channel, batch)
+
+    # --- TX --------------------------------------------------------------------------------
+    def send_frames(self, channel: int, frames) -> int:
+        """Write raw frames to the bus in order; returns how many were accepted (sent or
+        queued). FD frames on a classic-only link are dropped ("fd_on_classic_bus")."""
+        accepted = 0
+        txq = self._txq
+        for raw, _ts in frames:
+            if len(raw) == sc.CANFD_MTU and not self.fd_enabled:
+                self.counters.drop("fd_on_classic_bus")
+                continue
+            if txq or not self._send_one(raw):
+                if len(txq) >= TX_QUEUE_MAX:
+                    txq.popleft()
+                    self.counters.drop("tx_queue_full")
+                txq.append(raw)
+            accepted += 1
+        if txq and self._retry is None:
+            self._wait_writable()
+        return accepted
+
+    def _send_one(self, raw: bytes) -> bool:
+        """True if the frame is gone (sent, or dropped and counted); False to queue it."""
+        try:
+            self.sock.send(raw)
+        except (BlockingIOError, InterruptedError):
+            self._blocked_on = "eagain"
+            return False
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                self._blocked_on = "enobufs"
+                return False
+            self.counters.drop("tx_" + errno.errorcode.get(exc.errno, "error").lower())
+            return True
+        self.counters.tx_frames += 1
+        return True
+
+    def _wait_writable(self) -> None:
+        if self._blocked_on == "enobufs":
+            self._retry = self.reactor.call_later(ENOBUFS_RETRY_S, self._drain)
+        else:
+            self._retry = True
+            self.reactor.add_writer(self.sock.fileno(), self._drain)
+
+    def _drain(self) -> None:
+        if self._retry is True and not self._closed:
+            self.reactor.remove_writer(self.sock.fileno())
+        self._retry = None
+        txq = self._txq
+        while txq:
+            if not self._send_one(txq[0]):
+                self._wait_writable()
+                return
+            txq.popleft()
+
+    def flush(self) -> None:
+        """Nothing to batch: frames go to the kernel as they arrive."""
+
+    @property
+    def tx_queued(self) -> int:
+        return len(self._txq)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if isinstance(self._retry, TimerHandle):
+            self._retry.cancel()
+        self.reactor.forget(self.sock.fileno())
+        self.sock.close()
+
+
+def _set_buffer(sock: socket.socket, opt: int, force_opt: int, size: int) -> None:
+    """Set SO_RCVBUF/SO_SNDBUF; as root use the FORCE variant to pass net.core.*mem_max."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force_opt, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, opt, size)

@@ -1,0 +1,334 @@
+"""Native protocol over TCP: one connection endpoint per socket, a listening server, and a client
+that reconnects with jittered exponential backoff.
+
+Frames queued for a connection wait un-encoded in `pending` until the end of the loop pass, then
+leave in one write. While the socket's userspace write buffer is above its high watermark
+(a slow consumer) frames stay in `pending`, which is bounded: the oldest are dropped and counted
+("peer_slow"). A silent peer (no bytes for `peer_timeout` seconds, heartbeats included) is closed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import random
+import socket
+import time
+from collections import deque
+
+from bridge.codec import native
+from bridge.reactor import Reactor
+from bridge.stats import Counters
+from bridge.transport import StreamTransport
+
+log = logging.getLogger(__name__)
+
+PENDING_MAX_FRAMES = 16384  # frames waiting for a slow TCP consumer (~6 s at 2.5k frames/s)
+MAX_CLIENTS = 64  # connections a tcp-listen endpoint accepts at once; more are refused
+HEARTBEAT_S = 1.0  # send a HEARTBEAT when nothing else was sent for this long
+PEER_TIMEOUT_S = 5.0  # close a connection that sent nothing (not even a heartbeat) this long
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 5.0
+SOCKET_BUFFER = 4 << 20  # SO_SNDBUF/SO_RCVBUF for peer sockets
+
+
+class NativeStreamPeer:
+    """One native-protocol TCP connection as a router endpoint (both directions)."""
+
+    def __init__(
+        self,
+        reactor: Reactor,
+        sock: socket.socket,
+        router,
+        name: str,
+        hello,
+        on_closed=None,
+        owner=None,
+        filters=(None, None),
+    ):
+        self.reactor = reactor
+        self.router = router
+        self.name = name
+        self.counters = Counters()
+        self.on_closed = on_closed
+        self.remote_hello = None
+        self.decoder = native.StreamDecoder()
+        self._pending: deque[tuple[int, list]] = deque()
+        self._pending_frames = 0
+        self._last_rx = self._last_tx = time.monotonic()
+        _tune(sock)
+        self.transport = StreamTransport(reactor, sock, self)
+        self.transport.write(native.STREAM_PREAMBLE + native.encode_hello(hello))
+        self._timer = reactor.call_later(HEARTBEAT_S, self._tick)
+        # A TcpClient is the router's peer across reconnects (so frames sent while it is down
+        # are counted); its connections route as the client. Server connections route as self.
+        self.owner = owner or self
+        if owner is None:
+            router.add_peer(self, *filters)
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.closed
+
+    # --- bus -> network -----------------------------------------------------------------
+    def send_frames(self, channel: int, frames: list) -> int:
+        if self.transport.closed:
+            self.counters.drop("not_connected", len(frames))
+            return 0
+        self._pending.append((channel, frames))
+        self._pending_frames += len(frames)
+        while self._pending_frames > PENDING_MAX_FRAMES:
+            _ch, old = self._pending.popleft()
+            self._pending_frames -= len(old)
+            self.counters.drop("peer_slow", len(old))
+        return len(frames)
+
+    def flush(self) -> None:
+        if not self._pending or self.transport.paused or self.transport.closed:
+            return
+        encode = native.encode_frames
+        data = b"".join([encode(ch, frames) for ch, frames in self._pending])
+        self.counters.tx_frames += self._pending_frames
+        self.counters.tx_bytes += len(data)
+        self._pending.clear()
+        self._pending_frames = 0
+        self._last_tx = time.monotonic()
+        self.transport.write(data)
+
+    # --- network -> bus (transport protocol) ---------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        self._last_rx = time.monotonic()
+        self.counters.rx_bytes += len(data)
+        self.decoder.receive_data(data)
+        self._drain_events()
+
+    def eof_received(self) -> None:
+        self.decoder.receive_data(b"")
+        self._drain_events()
+
+    def _drain_events(self) -> None:
+        try:
+            while True:
+                event = self.decoder.next_event()
+                if event is native.NEED_DATA or event is native.CLOSED:
+                    return
+                if isinstance(event, native.Frames):
+                    self.counters.rx_frames += len(event.frames)
+                    self.router.from_peer(self.owner, event.channel, event.frames)
+                elif isinstance(event, native.Hello):
+                    self._on_hello(event)
+        except native.NativeProtocolError as exc:
+            self.counters.errors[exc.reason] += 1
+            log.warning("%s: closing connection, malformed native stream: %s", self.name, exc)
+            self.close()
+
+    def _on_hello(self, hello) -> None:
+        self.remote_hello = hello
+        log.info("%s: peer hello v%d channels=%s", self.name, hello.version, ",".join(hello.channels))
+
+    def pause_writing(self) -> None:
+        self.counters.gauges["paused"] = True
+
+    def resume_writing(self) -> None:
+        self.counters.gauges["paused"] = False
+        self.flush()
+
+    def connection_lost(self, exc) -> None:
+        self._timer.cancel()
+        if self.owner is self:
+            self.router.remove_peer(self)
+        self.counters.drop("connection_closed", self._pending_frames)
+        self._pending.clear()
+        self._pending_frames = 0
+        log.info("%s: connection closed%s", self.name, f" ({exc})" if exc else "")
+        if self.on_closed:
+            self.on_closed(self)
+
+    # --- liveness ---------------------------------------------------------------------------
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_rx > PEER_TIMEOUT_S:
+            self.counters.errors["peer_timeout"] += 1
+            log.warning("%s: no data for %.1f s, closing", self.name, now - self._last_rx)
+            self.close()
+            return
+        if now - self._last_tx >= HEARTBEAT_S:
+            self._last_tx = now
+            self.transport.write(native.encode_heartbeat(time.time_ns()))
+        self._timer = self.reactor.call_later(HEARTBEAT_S, self._tick)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+class TcpServer:
+    """`tcp-listen://addr:port`: accepts up to MAX_CLIENTS connections, each fed independently."""
+
+    def __init__(
+        self, reactor: Reactor, router, addr: tuple[str, int], hello, max_clients=MAX_CLIENTS, filters=(None, None)
+    ):
+        self.reactor = reactor
+        self.router = router
+        self.hello = hello
+        self.max_clients = max_clients
+        self.filters = filters  # (bus -> peer, peer -> bus) FilterSets for every client
+        self.name = f"tcp-listen://{_fmt_addr(addr)}"
+        self.counters = Counters()
+        self.clients: list[NativeStreamPeer] = []
+        family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind(addr)
+            self.sock.listen(16)
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.setblocking(False)
+        self.address = self.sock.getsockname()[:2]
+        reactor.add_reader(self.sock.fileno(), self._on_accept)
+
+    def _on_accept(self) -> None:
+        for _ in range(16):
+            try:
+                sock, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: log, keep listening
+                self.counters.errors[errno.errorcode.get(exc.errno, "accept")] += 1
+                log.warning("%s: accept failed: %s", self.name, exc)
+                return
+            if len(self.clients) >= self.max_clients:
+                self.counters.errors["too_many_clients"] += 1
+                log.warning("%s: refusing %s, %d clients already", self.name, addr, len(self.clients))
+                sock.close()
+                continue
+            name = f"{self.name}<-{_fmt_addr(addr)}"
+            log.info("%s: client connected", name)
+            self.counters.gauges["accepted"] = self.counters.gauges.get("accepted", 0) + 1
+            self.clients.append(
+                NativeStreamPeer(
+                    self.reactor, sock, self.router, name, self.hello, self._on_client_closed, filters=self.filters
+                )
+            )
+
+    def _on_client_closed(self, peer) -> None:
+        if peer in self.clients:
+            self.clients.remove(peer)
+        _merge(self.counters, peer.counters)
+
+    def close(self) -> None:
+        for peer in list(self.clients):
+            peer.close()
+        self.reactor.forget(self.sock.fileno())
+        self.sock.close()
+
+
+class TcpClient:
+    """`tcp://host:port`: connects, and reconnects after any loss with jittered exponential
+    backoff (BACKOFF_MIN_S doubling up to BACKOFF_MAX_S, times a random 0.5..1 factor)."""
+
+    def __init__(self, reactor: Reactor, router, addr: tuple[str, int], hello, filters=(None, None)):
+        self.reactor = reactor
+        self.router = router
+        self.addr = addr
+        self.hello = hello
+        self.name = f"tcp://{_fmt_addr(addr)}"
+        self.counters = Counters()  # totals over all connections
+        self.peer: NativeStreamPeer | None = None
+        self.reconnects = 0
+        self._attempt = 0
+        self._sock: socket.socket | None = None
+        self._timer = None
+        self._closed = False
+        router.add_peer(self, *filters)
+        self._connect()
+
+    def send_frames(self, channel: int, frames: list) -> int:
+        if self.peer is None or self.peer.closed:
+            self.counters.drop("not_connected", len(frames))
+            return 0
+        return self.peer.send_frames(channel, frames)
+
+    def flush(self) -> None:
+        if self.peer is not None:
+            self.peer.flush()
+
+    def _connect(self) -> None:
+        self._timer = None
+        try:
+            infos = socket.getaddrinfo(self.addr[0], self.addr[1], type=socket.SOCK_STREAM)
+            family, _, _, _, sockaddr = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as exc:
+            self._retry(exc)
+            return
+        sock.setblocking(False)
+        err = sock.connect_ex(sockaddr)
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            self._retry(OSError(err, errno.errorcode.get(err, "")))
+            return
+        self._sock = sock
+        self.reactor.add_writer(sock.fileno(), self._on_connected)
+
+    def _on_connected(self) -> None:
+        sock, self._sock = self._sock, None
+        self.reactor.forget(sock.fileno())
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            sock.close()
+            self._retry(OSError(err, errno.errorcode.get(err, "")))
+            return
+        self._attempt = 0
+        log.info("%s: connected", self.name)
+        self.peer = NativeStreamPeer(
+            self.reactor, sock, self.router, self.name, self.hello, self._on_lost, owner=self
+        )
+
+    def _on_lost(self, peer) -> None:
+        _merge(self.counters, peer.counters)
+        self.peer = None
+        if not self._closed:
+            self.reconnects += 1
+            self.counters.gauges["reconnects"] = self.reconnects
+            self._retry(None)
+
+    def _retry(self, exc) -> None:
+        delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * (2**self._attempt)) * random.uniform(0.5, 1.0)
+        self._attempt = min(self._attempt + 1, 16)
+        if exc is not None:
+            log.info("%s: connect failed (%s), retry in %.2f s", self.name, exc, delay)
+        self._timer = self.reactor.call_later(delay, self._connect)
+
+    def close(self) -> None:
+        self._closed = True
+        self.router.remove_peer(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._sock is not None:
+            self.reactor.forget(self._sock.fileno())
+            self._sock.close()
+        if self.peer is not None:
+            self.peer.close()
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+
+
+def _merge(total: Counters, part: Counters) -> None:
+    """Fold a closed connection's counters into its server's or client's totals."""
+    total.rx_frames += part.rx_frames
+    total.tx_frames += part.tx_frames
+    total.rx_bytes += part.rx_bytes
+    total.tx_bytes += part.tx_bytes
+    total.dropped.update(part.dropped)
+    total.errors.update(part.errors)
+
+
+def _fmt_addr(addr) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,141 @@
+"""Native protocol over UDP to one unicast peer (`udp://host:port?bind=addr:port`).
+
+Frames queued in a loop pass leave packed into as few datagrams as fit the MTU (1472 bytes
+default: an Ethernet frame without fragmentation). Each datagram has a sequence number; the
+receiver counts lost, duplicated and reordered datagrams per sender session. Only datagrams from
+the configured peer address are accepted (others: "unknown_sender"). A HELLO datagram every
+HEARTBEAT_S doubles as the heartbeat; the peer is "up" while its datagrams keep arriving.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import time
+
+from bridge.codec import native
+from bridge.reactor import Reactor
+from bridge.stats import Counters
+
+log = logging.getLogger(__name__)
+
+RX_BATCH_MAX = 256  # datagrams per readable event (each may hold ~46 classic frames)
+SOCKET_BUFFER = 8 << 20  # SO_RCVBUF/SO_SNDBUF; bursts from a busy peer land here, not on the floor
+HEARTBEAT_S = 1.0
+PEER_TIMEOUT_S = 5.0
+MAX_DATAGRAM = 65535
+
+
+class UdpPeer:
+    """remote: (host, port) of the peer; bind: local (addr, port), default (wildcard, remote port).
+    mtu: largest datagram sent, bytes (>= 14 + 84 so one FD frame fits). Raises OSError when the
+    bind fails (port in use, bad address)."""
+
+    def __init__(self, reactor: Reactor, router, remote, bind, hello, mtu: int = 1472, filters=(None, None)):
+        if mtu < native.UDP_HEADER_LEN + 84:
+            raise ValueError(f"mtu {mtu} too small: one CAN FD record needs {native.UDP_HEADER_LEN + 84}")
+        self.reactor = reactor
+        self.router = router
+        self.name = f"udp://{remote[0]}:{remote[1]}"
+        self.counters = Counters()
+        self.hello_record = native.encode_hello(hello)
+        infos = socket.getaddrinfo(remote[0], remote[1], type=socket.SOCK_DGRAM)
+        family, _, _, _, self.remote = infos[0]
+        if bind is None:
+            bind = ("::" if family == socket.AF_INET6 else "0.0.0.0", remote[1])
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                self.sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            self.sock.bind(bind)
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.setblocking(False)
+        self.encoder = native.DatagramEncoder(int.from_bytes(os.urandom(4), "big"), mtu)
+        self.tracker = native.SequenceTracker()
+        self.peer_up = False
+        self._last_rx = 0.0
+        self._pending: list[tuple[int, list]] = []
+        reactor.add_reader(self.sock.fileno(), self._on_readable)
+        router.add_peer(self, *filters)
+        self._timer = reactor.call_later(0, self._tick)
+
+    # --- bus -> network -----------------------------------------------------------------
+    def send_frames(self, channel: int, frames: list) -> int:
+        self._pending.append((channel, frames))
+        return len(frames)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for channel, frames in pending:
+            for dgram in self.encoder.encode(channel, frames):
+                self._send(dgram)
+            self.counters.tx_frames += len(frames)
+
+    def _send(self, dgram: bytes) -> None:
+        try:
+            self.sock.sendto(dgram, self.remote)
+            self.counters.tx_bytes += len(dgram)
+        except (BlockingIOError, InterruptedError):
+            # socket buffer full: UDP is the lossy transport by contract; count what fell
+            self.counters.errors["sndbuf_full"] += 1
+        except OSError as exc:  # ECONNREFUSED from an earlier ICMP, ENETUNREACH...
+            self.counters.errors[errno.errorcode.get(exc.errno, "oserror").lower()] += 1
+
+    # --- network -> bus -----------------------------------------------------------------
+    def _on_readable(self) -> None:
+        recvfrom = self.sock.recvfrom
+        for _ in range(RX_BATCH_MAX):
+            try:
+                data, addr = recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP port unreachable surfaces here as ECONNREFUSED
+                self.counters.errors[errno.errorcode.get(exc.errno, "oserror").lower()] += 1
+                continue
+            if addr[:2] != self.remote[:2]:
+                self.counters.errors["unknown_sender"] += 1
+                continue
+            self._on_datagram(data)
+
+    def _on_datagram(self, data: bytes) -> None:
+        self.counters.rx_bytes += len(data)
+        try:
+            session, seq, events = native.decode_datagram(data)
+        except native.NativeProtocolError as exc:
+            self.counters.errors[exc.reason] += 1
+            log.warning("%s: dropped malformed datagram (%d bytes): %s", self.name, len(data), exc)
+            return
+        verdict = self.tracker.observe(session, seq)
+        if verdict == "duplicate":
+            self.counters.errors["duplicate_datagram"] += 1
+            return
+        self._last_rx = time.monotonic()
+        if not self.peer_up:
+            self.peer_up = True
+            log.info("%s: peer up", self.name)
+        for event in events:
+            if isinstance(event, native.Frames):
+                self.counters.rx_frames += len(event.frames)
+                self.router.from_peer(self, event.channel, event.frames)
+
+    # --- heartbeat --------------------------------------------------------------------------
+    def _tick(self) -> None:
+        self._send(self.encoder.encode_control(self.hello_record))
+        if self.peer_up and time.monotonic() - self._last_rx > PEER_TIMEOUT_S:
+            self.peer_up = False
+            log.warning("%s: peer down (nothing for %.0f s)", self.name, PEER_TIMEOUT_S)
+        t = self.tracker
+        self.counters.gauges.update(
+            peer_up=self.peer_up, lost=t.lost, duplicated=t.duplicated, reordered=t.reordered
+        )
+        self._timer = self.reactor.call_later(HEARTBEAT_S, self._tick)
+
+    def close(self) -> None:
+        self._timer.cancel()
+        self.router.remove_peer(self)
+        self.reactor.forget(self.sock.fileno())
+        self.sock.close()

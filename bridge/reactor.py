@@ -1,0 +1,205 @@
+"""The single-threaded event loop: selectors (epoll), a timer heap on the monotonic clock, signals
+through a wakeup fd, and end-of-pass hooks that let endpoints flush one batch per loop pass.
+
+Rules it enforces (see docs/architecture.md):
+- one registration per fd; write interest only while a transport has buffered data;
+- a callback that raises is logged and counted, never kills the loop;
+- `stop()` (or SIGINT/SIGTERM) ends `run()` after the current pass.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[], None]
+
+
+class TimerHandle:
+    """Returned by `call_later`; `cancel()` is idempotent."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callback):
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Reactor:
+    """Event loop. Times are `time.monotonic()` seconds."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._timers: list[tuple[float, int, TimerHandle]] = []
+        self._seq = itertools.count()
+        self._soon: list[Callback] = []
+        self._end_of_pass: list[Callback] = []
+        self._signal_handlers: dict[int, Callback] = {}
+        self._wakeup_r: socket.socket | None = None
+        self._wakeup_w: socket.socket | None = None
+        self._running = False
+        self.stop_requested = False
+        self.callback_errors = 0  # callbacks that raised (each one logged with its traceback)
+        self.passes = 0
+
+    # --- fds -------------------------------------------------------------------------------
+    def _update(self, fd: int, reader: Callback | None, writer: Callback | None) -> None:
+        events = (selectors.EVENT_READ if reader else 0) | (selectors.EVENT_WRITE if writer else 0)
+        try:
+            key = self._selector.get_key(fd)
+        except KeyError:
+            if events:
+                self._selector.register(fd, events, (reader, writer))
+            return
+        if not events:
+            self._selector.unregister(fd)
+        elif key.events != events or key.data != (reader, writer):
+            self._selector.modify(fd, events, (reader, writer))
+
+    def _callbacks(self, fd: int) -> tuple[Callback | None, Callback | None]:
+        try:
+            return self._selector.get_key(fd).data
+        except KeyError:
+            return None, None
+
+    def add_reader(self, fd: int, callback: Callback) -> None:
+        self._update(fd, callback, self._callbacks(fd)[1])
+
+    def remove_reader(self, fd: int) -> None:
+        self._update(fd, None, self._callbacks(fd)[1])
+
+    def add_writer(self, fd: int, callback: Callback) -> None:
+        self._update(fd, self._callbacks(fd)[0], callback)
+
+    def remove_writer(self, fd: int) -> None:
+        self._update(fd, self._callbacks(fd)[0], None)
+
+    def forget(self, fd: int) -> None:
+        """Unregister fd entirely; call before closing it."""
+        self._update(fd, None, None)
+
+    # --- timers and hooks --------------------------------------------------------------------
+    def time(self) -> float:
+        return time.monotonic()
+
+    def call_later(self, delay: float, callback: Callback) -> TimerHandle:
+        handle = TimerHandle(time.monotonic() + max(0.0, delay), callback)
+        heapq.heappush(self._timers, (handle.when, next(self._seq), handle))
+        return handle
+
+    def call_soon(self, callback: Callback) -> None:
+        self._soon.append(callback)
+
+    def add_end_of_pass(self, callback: Callback) -> None:
+        """Run `callback` after every pass's I/O callbacks (used to flush batched writes)."""
+        self._end_of_pass.append(callback)
+
+    def remove_end_of_pass(self, callback: Callback) -> None:
+        if callback in self._end_of_pass:
+            self._end_of_pass.remove(callback)
+
+    # --- signals -----------------------------------------------------------------------------
+    def add_signal_handler(self, signum: int, callback: Callback) -> None:
+        """Run `callback` in the loop (not in signal context) when signum arrives."""
+        if self._wakeup_r is None:
+            self._wakeup_r, self._wakeup_w = socket.socketpair()
+            self._wakeup_r.setblocking(False)
+            self._wakeup_w.setblocking(False)
+            signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
+            self.add_reader(self._wakeup_r.fileno(), self._read_signals)
+        self._signal_handlers[signum] = callback
+        signal.signal(signum, lambda *_: None)  # the wakeup fd carries the signal number
+
+    def _read_signals(self) -> None:
+        try:
+            data = self._wakeup_r.recv(512)
+        except BlockingIOError:
+            return
+        for signum in data:
+            handler = self._signal_handlers.get(signum)
+            if handler:
+                self._safe(handler)
+
+    def stop_on_signals(self, *signums: int) -> None:
+        for s in signums or (signal.SIGINT, signal.SIGTERM):
+            self.add_signal_handler(s, self.stop)
+
+    # --- running -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        self.stop_requested = True
+
+    def _safe(self, callback: Callback) -> None:
+        try:
+            callback()
+        except Exception:
+            self.callback_errors += 1
+            log.exception("callback %r failed; the loop carries on", callback)
+
+    def _timeout(self) -> float | None:
+        if self._soon:
+            return 0.0
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return None
+        return max(0.0, self._timers[0][0] - time.monotonic())
+
+    def run_once(self, timeout: float | None = None) -> None:
+        """One pass: wait for I/O (bounded by the next timer), run ready callbacks, due timers,
+        call_soon callbacks, then the end-of-pass hooks."""
+        wait = self._timeout()
+        if timeout is not None:
+            wait = timeout if wait is None else min(wait, timeout)
+        for key, events in self._selector.select(wait):
+            reader, writer = key.data
+            if events & selectors.EVENT_READ and reader:
+                self._safe(reader)
+            if events & selectors.EVENT_WRITE and writer:
+                # the reader may have closed the fd; re-check the registration
+                if self._callbacks(key.fd)[1] is writer:
+                    self._safe(writer)
+        now = time.monotonic()
+        while self._timers and (self._timers[0][2].cancelled or self._timers[0][0] <= now):
+            _, _, handle = heapq.heappop(self._timers)
+            if not handle.cancelled:
+                handle.cancelled = True
+                self._safe(handle.callback)
+        soon, self._soon = self._soon, []
+        for callback in soon:
+            self._safe(callback)
+        for callback in list(self._end_of_pass):
+            self._safe(callback)
+        self.passes += 1
+
+    def run(self) -> None:
+        """Run until stop() is called (or a handled signal calls it)."""
+        self._running = True
+        self.stop_requested = False
+        try:
+            while not self.stop_requested:
+                self.run_once()
+        finally:
+            self._running = False
+
+    def close(self) -> None:
+        if self._wakeup_r is not None:
+            signal.set_wakeup_fd(-1)
+            for signum in self._signal_handlers:
+                signal.signal(signum, signal.SIG_DFL)
+            self.forget(self._wakeup_r.fileno())
+            self._wakeup_r.close()
+            self._wakeup_w.close()
+            self._wakeup_r = self._wakeup_w = None
+        self._selector.close()

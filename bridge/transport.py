@@ -1,0 +1,128 @@
+"""Non-blocking stream transport over a connected socket (model: asyncio's selector transports).
+
+The protocol object it drives has these methods:
+    data_received(data: bytes)    -- bytes read from the socket
+    eof_received()                -- peer closed its side
+    connection_lost(exc)          -- transport closed; exc is None for a local close
+    pause_writing(), resume_writing()  -- write buffer crossed the high / low watermark
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections import deque
+
+from bridge.reactor import Reactor
+
+log = logging.getLogger(__name__)
+
+# Watermarks on bytes queued in userspace: above HIGH the producer is paused (the peer endpoint
+# keeps frames un-encoded and drops the oldest), below LOW it resumes. 1 MiB is ~12k FD frames,
+# far more than one second of a 1 Mbit/s bus, so a healthy peer never reaches it.
+WRITE_HIGH_WATER = 1 << 20
+WRITE_LOW_WATER = 256 << 10
+READ_CHUNK = 256 << 10  # bytes per recv(); bounded so one busy peer cannot starve the loop
+
+
+class StreamTransport:
+    def __init__(self, reactor: Reactor, sock: socket.socket, protocol) -> None:
+        sock.setblocking(False)
+        self.reactor = reactor
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.protocol = protocol
+        self._buffer: deque[memoryview] = deque()
+        self._buffered = 0
+        self._paused = False
+        self.closed = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        reactor.add_reader(self.fd, self._on_readable)
+
+    # --- writing ------------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        """Queue `data`; sends at once if nothing is queued. Never blocks."""
+        if self.closed or not data:
+            return
+        if not self._buffer:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._fatal(exc)
+                return
+            self.bytes_out += sent
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+            self.reactor.add_writer(self.fd, self._on_writable)
+        self._buffer.append(memoryview(data))
+        self._buffered += len(data)
+        if not self._paused and self._buffered > WRITE_HIGH_WATER:
+            self._paused = True
+            self.protocol.pause_writing()
+
+    @property
+    def write_buffer_size(self) -> int:
+        return self._buffered
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def _on_writable(self) -> None:
+        while self._buffer:
+            chunk = self._buffer[0]
+            try:
+                sent = self.sock.send(chunk)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._fatal(exc)
+                return
+            self.bytes_out += sent
+            self._buffered -= sent
+            if sent < len(chunk):
+                self._buffer[0] = chunk[sent:]
+                return
+            self._buffer.popleft()
+        self.reactor.remove_writer(self.fd)
+        if self._paused and self._buffered <= WRITE_LOW_WATER:
+            self._paused = False
+            self.protocol.resume_writing()
+
+    # --- reading ------------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        try:
+            data = self.sock.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        if not data:
+            self.protocol.eof_received()
+            self.close()
+            return
+        self.bytes_in += len(data)
+        self.protocol.data_received(data)
+
+    # --- closing ------------------------------------------------------------------------------
+    def _fatal(self, exc: OSError) -> None:
+        if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
+            log.warning("socket error on fd %d: %s", self.fd, exc)
+        self.close(exc)
+
+    def close(self, exc: Exception | None = None) -> None:
+        """Drop buffered data, unregister, close; calls protocol.connection_lost(exc) once."""
+        if self.closed:
+            return
+        self.closed = True
+        self.reactor.forget(self.fd)
+        self._buffer.clear()
+        self._buffered = 0
+        self.sock.close()
+        self.protocol.connection_lost(exc)
