@@ -3,7 +3,8 @@
 Frames queued in a loop pass leave packed into as few datagrams as fit the MTU (1472 bytes
 default: an Ethernet frame without fragmentation). Each datagram has a sequence number; the
 receiver counts lost, duplicated and reordered datagrams per sender session. Only datagrams from
-the configured peer address are accepted (others: "unknown_sender"). A HELLO datagram every
+the configured peer's IP address are accepted, from any port so NAT does not break it (others:
+"unknown_sender"; authentication is the job of the optional AEAD layer, not of the address). A HELLO datagram every
 HEARTBEAT_S doubles as the heartbeat; the peer is "up" while its datagrams keep arriving.
 """
 
@@ -83,7 +84,7 @@ class UdpPeer:
             # socket buffer full: UDP is the lossy transport by contract; count what fell
             self.counters.errors["sndbuf_full"] += 1
         except OSError as exc:  # ECONNREFUSED from an earlier ICMP, ENETUNREACH...
-            self.counters.errors[errno.errorcode.get(exc.errno, "oserror").lower()] += 1
+            self.counters.errors["send_" + errno.errorcode.get(exc.errno, "oserror").lower()] += 1
 
     # --- network -> bus -----------------------------------------------------------------
     def _on_readable(self) -> None:
@@ -94,9 +95,9 @@ class UdpPeer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # ICMP port unreachable surfaces here as ECONNREFUSED
-                self.counters.errors[errno.errorcode.get(exc.errno, "oserror").lower()] += 1
+                self.counters.errors["recv_" + errno.errorcode.get(exc.errno, "oserror").lower()] += 1
                 continue
-            if addr[:2] != self.remote[:2]:
+            if addr[0] != self.remote[0]:
                 self.counters.errors["unknown_sender"] += 1
                 continue
             self._on_datagram(data)
