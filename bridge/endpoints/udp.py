@@ -111,8 +111,8 @@ class UdpPeer:
             log.warning("%s: dropped malformed datagram (%d bytes): %s", self.name, len(data), exc)
             return
         verdict = self.tracker.observe(session, seq)
-        if verdict == "duplicate":
-            self.counters.errors["duplicate_datagram"] += 1
+        if verdict in ("duplicate", "stale"):  # stale: far outside the window or an old session
+            self.counters.errors[f"{verdict}_datagram"] += 1
             return
         self._last_rx = time.monotonic()
         if not self.peer_up:
