@@ -166,10 +166,9 @@ class Reactor:
             reader, writer = key.data
             if events & selectors.EVENT_READ and reader:
                 self._safe(reader)
-            if events & selectors.EVENT_WRITE and writer:
-                # the reader may have closed the fd; re-check the registration
-                if self._callbacks(key.fd)[1] is writer:
-                    self._safe(writer)
+            # the reader may have closed the fd: re-check the registration before writing
+            if events & selectors.EVENT_WRITE and writer and self._callbacks(key.fd)[1] is writer:
+                self._safe(writer)
         now = time.monotonic()
         while self._timers and (self._timers[0][2].cancelled or self._timers[0][0] <= now):
             _, _, handle = heapq.heappop(self._timers)

@@ -66,7 +66,8 @@ def test_toml(tmp_path):
 @pytest.mark.parametrize(
     "text, words",
     [
-        ('[[interface]]\nname = "vcan0"\ncolour = 1\n[[peer]]\nurl="tcp://h:1"\n', "interface[0]: unknown key(s) ['colour']"),
+        ('[[interface]]\nname = "vcan0"\ncolour = 1\n[[peer]]\nurl="tcp://h:1"\n',
+         "interface[0]: unknown key(s) ['colour']"),
         ('[[interface]]\nname = 5\n[[peer]]\nurl="tcp://h:1"\n', "interface[0].name: expected a string"),
         ('[[interface]]\nname = "vcan0"\nfd = "yes"\n[[peer]]\nurl="tcp://h:1"\n', "fd: expected true or false"),
         ('[[interface]]\nname = "vcan0"\n[[peer]]\nurl="tcp://h:1"\nmtu = "x"\n', "mtu must be an integer"),
