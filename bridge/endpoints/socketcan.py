@@ -134,8 +134,8 @@ class SocketCanEndpoint:
                 if kind == SO_TIMESTAMPNS:
                     sec, nsec = _TIMESPEC.unpack(data)
                     ts = sec * 1_000_000_000 + nsec
-                else:  # SO_RXQ_OVFL, sent only once the count is non-zero
-                    ovfl = _U32.unpack(data)[0]
+                else:  # SO_RXQ_OVFL: the socket's drop count when this frame was queued
+                    ovfl = _U32.unpack(data)[0]  # (absent while 0, so a drop shows with the next frame)
             batch.append((raw, ts))
         if ovfl is not None and ovfl != self.kernel_drops:
             self.counters.drop("kernel_rx_overflow", ovfl - self.kernel_drops)
