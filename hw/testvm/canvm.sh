@@ -1,23 +1,46 @@
 #!/bin/bash
-# canvm.sh - run a command inside a throw-away QEMU VM (Debian kernel) that has vcan0/vcan1 up.
-# The host's / is the VM's / (9p, read-write), the command runs in the current directory,
+# canvm.sh - run a command inside a throw-away QEMU VM (Debian kernel) that has vcan0..vcanN-1 up.
+# The host's / is the VM's / (9p, read-write; /run, /dev/shm private; TMPDIR=/run/tmp), the command runs in the cwd,
 # its stdout/stderr come back on stdout/stderr and its exit code is canvm.sh's exit code.
+# Recipe and measurements: shared/reference/test-vm.md. Front end: `canbridge testvm` (hw/testvm/runner.py).
 #   usage: canvm.sh [--] CMD [ARGS...]
 #   env:   CANVM_MEM=1G CANVM_CPUS=2 CANVM_TIMEOUT=0 (s, 0=none) CANVM_ENV="VAR1 VAR2" (extra vars to pass)
+#          CANVM_VCAN=2 (vcan0..vcanN-1, mtu 72, up) CANVM_QEMU=qemu-system-x86_64 (binary)
 #          CANVM_CACHE_DIR=~/.cache/canvm CANVM_APPEND="" (extra kernel args) CANVM_ACCEL=tcg,thread=multi
+#   exit:  CMD's exit code; 124 CANVM_TIMEOUT hit; 125 cwd missing in the VM; 255 the VM died without
+#          an exit code; 3 a host prerequisite is missing (qemu, kmod, iproute2, apt lists); 2 usage;
+#          130/143 interrupted (SIGINT/SIGTERM; the VM is stopped).
 set -euo pipefail
 [ "${1:-}" = "--" ] && shift
 [ $# -gt 0 ] || { echo "usage: $0 CMD [ARGS...]" >&2; exit 2; }
+VCAN=${CANVM_VCAN:-2}
+case $VCAN in ''|*[!0-9]*) echo "canvm: CANVM_VCAN must be a number, not '$VCAN'" >&2; exit 2;; esac
+VCAN_LIST=$(seq 0 $((VCAN - 1)) | tr '\n' ' ')
+QEMU=${CANVM_QEMU:-qemu-system-x86_64}
+# the command's environment, taken before PATH is widened for this script's own tools
+ENVSH=$(for v in PATH VIRTUAL_ENV PYTHONPATH CI ${CANVM_ENV:-}; do [ -n "${!v+x}" ] && printf 'export %s=%q\n' "$v" "${!v}"; done
+        echo "export CANBRIDGE_IN_TESTVM=1")
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+missing=""
+command -v "$QEMU" >/dev/null || missing="$missing qemu-system-x86($QEMU)"
+command -v depmod >/dev/null && command -v modprobe >/dev/null || missing="$missing kmod"
+command -v ip >/dev/null || missing="$missing iproute2"
+if [ -n "$missing" ]; then
+  echo "canvm: missing on this host:$missing" >&2
+  echo "canvm: install: apt-get update && apt-get install -y --no-install-recommends qemu-system-x86 kmod iproute2" >&2
+  exit 3
+fi
 CACHE=${CANVM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/canvm}
 mkdir -p "$CACHE"
 
 # --- 1. kernel + static busybox: Debian packages, unpacked (not installed) into the cache -------
 if [ ! -f "$CACHE/kernel.ok" ]; then
   pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-  [ -n "$pkg" ] || { echo "canvm: run 'apt-get update' first" >&2; exit 2; }
+  [ -n "$pkg" ] || { echo "canvm: no kernel package known to apt: run 'apt-get update' first" >&2; exit 3; }
   rm -rf "$CACHE/k" "$CACHE/bb" && mkdir -p "$CACHE/k" "$CACHE/bb"
   (cd "$CACHE" && apt-get download -q -o APT::Sandbox::User=root "$pkg" busybox-static >/dev/null &&
-   dpkg-deb -x "$pkg"_*.deb k && dpkg-deb -x busybox-static_*.deb bb && rm -f ./*.deb)
+   dpkg-deb -x "$pkg"_*.deb k && dpkg-deb -x busybox-static_*.deb bb && rm -f ./*.deb) ||
+    { echo "canvm: could not fetch $pkg and busybox-static (try 'apt-get update')" >&2; exit 3; }
   KVER=$(ls "$CACHE/k/lib/modules"); depmod -b "$CACHE/k" "$KVER"
   # uncompressed vmlinux boots through PVH: skips firmware + in-guest decompression (~2.5 s)
   python3 - "$CACHE/k/boot/vmlinuz-$KVER" "$CACHE/vmlinux" <<'PY' || rm -f "$CACHE/vmlinux"
@@ -52,25 +75,30 @@ fi
 
 # --- 3. per-run files: stage2 (PID 1 on the host root), the command, the environment ----------
 W=$(mktemp -d /tmp/canvm.XXXXXX); trap 'rm -rf "$W"' EXIT
-for v in PATH VIRTUAL_ENV PYTHONPATH CI ${CANVM_ENV:-}; do [ -n "${!v+x}" ] && printf 'export %s=%q\n' "$v" "${!v}"; done > "$W/env.sh"
-{ printf 'cd %q || exit 125\nexec' "$PWD"; printf ' %q' "$@"; printf '\n'; } > "$W/cmd.sh"
+printf '%s\n' "$ENVSH" > "$W/env.sh"
+{ printf 'cd %q || { echo "canvm: no such directory in the VM: %q" >&2; exit 125; }\nexec' "$PWD" "$PWD"; printf ' %q' "$@"; printf '\n'; } > "$W/cmd.sh"
+# TMPDIR=/run/tmp (private tmpfs): over 9p, ftruncate() of an open but unlinked file fails (ENOENT),
+# which breaks tempfile.TemporaryFile and so pytest's output capture. /tmp itself stays the host's.
+# To override, pass TMPDIR in: CANVM_ENV=TMPDIR.
 cat > "$W/stage2.sh" <<EOS
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs shm /dev/shm; mount -t tmpfs run /run
 mkdir -p /lib/modules; mount --bind "$KDIR/lib/modules" /lib/modules
+mkdir -m 1777 /run/tmp; export TMPDIR=/run/tmp
 stty -F /dev/ttyS0 raw -echo; stty -F /dev/ttyS1 raw -echo
 hostname canvm; ip link set lo up
 modprobe -a vcan vxcan can-raw can-bcm can-gw veth sch_netem
-for i in 0 1; do ip link add dev vcan\$i type vcan && ip link set up vcan\$i; done
+for i in $VCAN_LIST; do ip link add dev vcan\$i type vcan && ip link set vcan\$i mtu 72 up; done
 . "$W/env.sh"
 bash "$W/cmd.sh" </dev/null >/dev/ttyS0 2>/dev/ttyS1; echo \$? > "$W/rc"
 sync; "$BB" poweroff -f
 EOS
 
 # --- 4. boot --------------------------------------------------------------------------------
-set +e
-timeout -k 5 "${CANVM_TIMEOUT:-0}" qemu-system-x86_64 -accel "${CANVM_ACCEL:-tcg,thread=multi}" \
+# in the background so that SIGINT/SIGTERM/SIGHUP here stop the VM (timeout runs in its own process group)
+set +e; got=""
+timeout -k 5 "${CANVM_TIMEOUT:-0}" "$QEMU" -accel "${CANVM_ACCEL:-tcg,thread=multi}" \
   -M q35 -cpu max -smp "${CANVM_CPUS:-2}" -m "${CANVM_MEM:-1G}" \
   -nodefaults -no-user-config -display none -no-reboot \
   -chardev stdio,id=out -serial chardev:out \
@@ -78,8 +106,15 @@ timeout -k 5 "${CANVM_TIMEOUT:-0}" qemu-system-x86_64 -accel "${CANVM_ACCEL:-tcg
   -fsdev local,id=root,path=/,security_model=none,multidevs=remap \
   -device virtio-9p-pci,fsdev=root,mount_tag=hostroot \
   -kernel "$KERNEL" -initrd "$CACHE/initrd.img" \
-  -append "console=ttyS0 quiet loglevel=0 panic=-1 mitigations=off canvm_dir=$W ${CANVM_APPEND:-}" </dev/null
-q=$?; set -e
+  -append "console=ttyS0 quiet loglevel=0 panic=-1 mitigations=off canvm_dir=$W ${CANVM_APPEND:-}" </dev/null &
+qpid=$!
+trap 'got=130; kill -TERM $qpid 2>/dev/null' INT
+trap 'got=143; kill -TERM $qpid 2>/dev/null' TERM
+trap 'got=129; kill -TERM $qpid 2>/dev/null' HUP
+wait "$qpid"; q=$?
+while kill -0 "$qpid" 2>/dev/null; do wait "$qpid"; q=$?; done
+set -e
+[ -n "$got" ] && { echo "canvm: interrupted, VM stopped" >&2; exit "$got"; }
 [ $q = 124 ] && { echo "canvm: timed out after ${CANVM_TIMEOUT}s" >&2; exit 124; }
 [ -f "$W/rc" ] || { echo "canvm: VM ended without an exit code (qemu rc=$q)" >&2; exit 255; }
 exit "$(cat "$W/rc")"
