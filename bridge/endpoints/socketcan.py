@@ -108,7 +108,7 @@ class SocketCanEndpoint:
                 sock.setsockopt(SOL_CAN_RAW, CAN_RAW_ERR_FILTER, err_mask)
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-            _set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, rcvbuf)
+            set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, rcvbuf)
             sock.bind((ifname,))
             sock.setblocking(False)
         except BaseException:
@@ -215,8 +215,9 @@ class SocketCanEndpoint:
         self.sock.close()
 
 
-def _set_buffer(sock: socket.socket, opt: int, force_opt: int, size: int) -> None:
-    """Set SO_RCVBUF/SO_SNDBUF; as root use the FORCE variant to pass net.core.*mem_max."""
+def set_buffer(sock: socket.socket, opt: int, force_opt: int, size: int) -> None:
+    """Set SO_RCVBUF/SO_SNDBUF; as root (CAP_NET_ADMIN) the FORCE variant passes net.core.*mem_max,
+    which would otherwise cap the buffer at ~208 KB (a few thousand frames)."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, force_opt, size)
     except PermissionError:

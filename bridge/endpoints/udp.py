@@ -17,6 +17,7 @@ import socket
 import time
 
 from bridge.codec import native
+from bridge.endpoints.socketcan import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
 from bridge.reactor import Reactor
 from bridge.stats import Counters
 
@@ -48,8 +49,8 @@ class UdpPeer:
             bind = ("::" if family == socket.AF_INET6 else "0.0.0.0", remote[1])
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-                self.sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            set_buffer(self.sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, SOCKET_BUFFER)
+            set_buffer(self.sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, SOCKET_BUFFER)
             self.sock.bind(bind)
         except OSError:
             self.sock.close()
