@@ -155,8 +155,10 @@ def test_malformed_input_is_rejected_and_the_other_peer_keeps_flowing(transport)
                 time.sleep(0.05)
         assert rig.stop_bridges() == [0, 0]
         gw_log = rig.log_text("gateway")
+        remote_log = rig.log_text("remote")
     report = probe.compare(frames, got)
-    assert report.complete, report.summary()
+    assert report.complete, f"{report.summary()}\ngateway: {counters_at_exit(gw_log)}\n" \
+        f"remote: {counters_at_exit(remote_log)}\nsoftnet_stat:\n{Path('/proc/net/softnet_stat').read_text()}"
     stats = counters_at_exit(gw_log)
     if transport == "tcp":
         assert "malformed native stream: hello_expected" in gw_log
