@@ -10,6 +10,7 @@ from bridge.codec import native
 from bridge.config import Config, PeerConfig
 from bridge.endpoints.socketcan import SocketCanEndpoint
 from bridge.endpoints.tcp import HEARTBEAT_S, TcpClient, TcpServer
+from bridge.endpoints import wire
 from bridge.endpoints.udp import UdpPeer
 from bridge.reactor import Reactor
 from bridge.router import Router
@@ -62,14 +63,19 @@ class Bridge:
     def _open_peer(self, peer: PeerConfig, hello):
         filters = (peer.filter, peer.inbound_filter)
         addr = (peer.host, peer.port)
+        protocol, _, transport = peer.scheme.rpartition("+")
+        cannelloni = protocol == "cannelloni"
         try:
-            if peer.scheme == "tcp-listen":
-                server = TcpServer(self.reactor, self.router, addr, hello, filters=filters)
+            if transport == "udp":
+                dgram = (wire.CannelloniDatagram if cannelloni else wire.NativeDatagram)(hello, peer.mtu)
+                return UdpPeer(self.reactor, self.router, addr, peer.bind, dgram, filters=filters, scheme=peer.scheme)
+            stream = wire.CannelloniStream if cannelloni else wire.NativeStream
+            new_wire = lambda: stream(hello)  # noqa: E731
+            if transport == "tcp-listen":
+                server = TcpServer(self.reactor, self.router, addr, new_wire, filters=filters, scheme=peer.scheme)
                 log.info("listening on %s", server.name)
                 return server
-            if peer.scheme == "tcp":
-                return TcpClient(self.reactor, self.router, addr, hello, filters=filters)
-            return UdpPeer(self.reactor, self.router, addr, peer.bind, hello, peer.mtu, filters=filters)
+            return TcpClient(self.reactor, self.router, addr, new_wire, filters=filters, scheme=peer.scheme)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot open {peer.url}: {exc.strerror}") from None
 

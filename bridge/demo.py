@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trace", default=str(DEFAULT_TRACE), help="candump log to replay (default: Durango trace)")
     p.add_argument("--speed", type=float, default=1.0, help="replay speed factor (default 1 = recorded timing)")
-    p.add_argument("--transport", default="tcp,udp", help="comma list of tcp, udp (default both)")
+    p.add_argument("--transport", default="tcp,udp",
+                   help="comma list of tcp, udp, cannelloni+tcp, cannelloni+udp (default tcp,udp)")
     p.add_argument("--limit", type=int, default=0, help="replay only the first N frames")
     return p
 
@@ -38,8 +39,10 @@ def main(argv: list[str]) -> int:
         print(f"canbridge demo: trace not found: {args.trace} (give --trace FILE)", file=sys.stderr)
         return 2
     transports = [t.strip() for t in args.transport.split(",") if t.strip()]
-    if any(t not in ("tcp", "udp") for t in transports):
-        print(f"canbridge demo: --transport takes tcp, udp; got {args.transport!r}", file=sys.stderr)
+    from hw.rig import TRANSPORTS
+
+    if any(t not in TRANSPORTS for t in transports):
+        print(f"canbridge demo: --transport takes {', '.join(TRANSPORTS)}; got {args.transport!r}", file=sys.stderr)
         return 2
     if not _in_can_kernel():
         from hw.testvm.runner import main as testvm
@@ -77,12 +80,12 @@ def _run(args, transports: list[str]) -> int:
 
 
 def _table(rows) -> str:
-    head = f"{'transport':<10}{'sent':>8}{'received':>10}{'lost':>6}{'dup':>5}{'reordered':>11}" \
+    head = f"{'transport':<16}{'sent':>8}{'received':>10}{'lost':>6}{'dup':>5}{'reordered':>11}" \
            f"{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
     lines = ["", head, "-" * len(head)]
     for transport, rep, _codes in rows:
         lat = rep.latency_ms()
         f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-        lines.append(f"{transport:<10}{rep.sent:>8}{rep.received:>10}{rep.lost:>6}{rep.duplicated:>5}"
+        lines.append(f"{transport:<16}{rep.sent:>8}{rep.received:>10}{rep.lost:>6}{rep.duplicated:>5}"
                      f"{rep.reordered:>11}{f(lat['p50']):>9}{f(lat['p99']):>9}{f(lat['max']):>9}")
     return "\n".join(lines)

@@ -26,15 +26,20 @@ TCP_PORT = 29600
 UDP_PORT = 29601
 
 
+TRANSPORTS = ("tcp", "udp", "cannelloni+tcp", "cannelloni+udp")
+
+
 def bridge_args(transport: str, side: str) -> list[str]:
-    """canbridge arguments for one side of the rig; transport "tcp" or "udp"."""
-    if transport == "tcp":
-        peer = f"tcp-listen://{GW_ADDR}:{TCP_PORT}" if side == "gateway" else f"tcp://{GW_ADDR}:{TCP_PORT}"
-    elif transport == "udp":
-        me, other = (GW_ADDR, REMOTE_ADDR) if side == "gateway" else (REMOTE_ADDR, GW_ADDR)
-        peer = f"udp://{other}:{UDP_PORT}?bind={me}:{UDP_PORT}"
+    """canbridge arguments for one side of the rig; transport one of TRANSPORTS. TCP: the
+    gateway listens, the remote connects."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    prefix = transport[: -len("udp")] if transport.endswith("udp") else transport[: -len("tcp")]
+    if transport.endswith("tcp"):
+        peer = f"{prefix}tcp-listen://{GW_ADDR}:{TCP_PORT}" if side == "gateway" else f"{transport}://{GW_ADDR}:{TCP_PORT}"
     else:
-        raise ValueError(f"transport must be tcp or udp, got {transport!r}")
+        me, other = (GW_ADDR, REMOTE_ADDR) if side == "gateway" else (REMOTE_ADDR, GW_ADDR)
+        peer = f"{transport}://{other}:{UDP_PORT}?bind={me}:{UDP_PORT}"
     return ["vcan0", peer]
 
 

@@ -16,6 +16,7 @@ examples:
   canbridge vcan1 tcp://192.0.2.10:29600              remote side: connect, reconnect when lost
   canbridge vcan0 udp://192.0.2.11:29601?bind=0.0.0.0:29601   UDP, both directions
   canbridge vcan0,123:7FF tcp://gw:29600              only id 0x123 leaves vcan0 (candump filter)
+  canbridge vcan0 cannelloni+udp://192.0.2.11:20000?bind=0.0.0.0:20000   talk to a cannelloni peer
   canbridge run -c /etc/canbridge/bridge.toml         several interfaces, peers and filters
   canbridge demo                                      Durango trace through two bridges (test VM)
   canbridge testvm --vcan 2 -- pytest -m vcan         run a command in a kernel with vcan0, vcan1

@@ -1,5 +1,6 @@
-"""Native protocol over TCP: one connection endpoint per socket, a listening server, and a client
-that reconnects with jittered exponential backoff.
+"""Frames over TCP: one connection endpoint per socket, a listening server, and a client that
+reconnects with jittered exponential backoff. The protocol (native, cannelloni) is a stream wire
+from bridge.endpoints.wire.
 
 Frames queued for a connection wait un-encoded in `pending` until the end of the loop pass, then
 leave in one write. While the socket's userspace write buffer is above its high watermark
@@ -16,7 +17,7 @@ import socket
 import time
 from collections import deque
 
-from bridge.codec import native
+from bridge.errors import ProtocolError
 from bridge.endpoints.socketcan import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
 from bridge.reactor import Reactor
 from bridge.stats import Counters
@@ -33,8 +34,8 @@ BACKOFF_MAX_S = 5.0
 SOCKET_BUFFER = 4 << 20  # SO_SNDBUF/SO_RCVBUF for peer sockets
 
 
-class NativeStreamPeer:
-    """One native-protocol TCP connection as a router endpoint (both directions)."""
+class StreamPeer:
+    """One TCP connection as a router endpoint (both directions); `wire` is its protocol."""
 
     def __init__(
         self,
@@ -42,7 +43,7 @@ class NativeStreamPeer:
         sock: socket.socket,
         router,
         name: str,
-        hello,
+        wire,
         on_closed=None,
         owner=None,
         filters=(None, None),
@@ -52,14 +53,13 @@ class NativeStreamPeer:
         self.name = name
         self.counters = Counters()
         self.on_closed = on_closed
-        self.remote_hello = None
-        self.decoder = native.StreamDecoder()
+        self.wire = wire
         self._pending: deque[tuple[int, list]] = deque()
         self._pending_frames = 0
         self._last_rx = self._last_tx = time.monotonic()
         _tune(sock)
         self.transport = StreamTransport(reactor, sock, self)
-        self.transport.write(native.STREAM_PREAMBLE + native.encode_hello(hello))
+        self.transport.write(wire.greeting())
         self._timer = reactor.call_later(HEARTBEAT_S, self._tick)
         # A TcpClient is the router's peer across reconnects (so frames sent while it is down
         # are counted); its connections route as the client. Server connections route as self.
@@ -87,7 +87,7 @@ class NativeStreamPeer:
     def flush(self) -> None:
         if not self._pending or self.transport.paused or self.transport.closed:
             return
-        encode = native.encode_frames
+        encode = self.wire.encode
         data = b"".join([encode(ch, frames) for ch, frames in self._pending])
         self.counters.tx_frames += self._pending_frames
         self.counters.tx_bytes += len(data)
@@ -100,32 +100,25 @@ class NativeStreamPeer:
     def data_received(self, data: bytes) -> None:
         self._last_rx = time.monotonic()
         self.counters.rx_bytes += len(data)
-        self.decoder.receive_data(data)
-        self._drain_events()
+        self._feed(data)
 
     def eof_received(self) -> None:
-        self.decoder.receive_data(b"")
-        self._drain_events()
+        self._feed(b"")
 
-    def _drain_events(self) -> None:
+    def _feed(self, data: bytes) -> None:
+        greeted = self.wire.describe_peer()
         try:
-            while True:
-                event = self.decoder.next_event()
-                if event is native.NEED_DATA or event is native.CLOSED:
-                    return
-                if isinstance(event, native.Frames):
-                    self.counters.rx_frames += len(event.frames)
-                    self.router.from_peer(self.owner, event.channel, event.frames)
-                elif isinstance(event, native.Hello):
-                    self._on_hello(event)
-        except native.NativeProtocolError as exc:
+            batches = self.wire.feed(data)
+        except ProtocolError as exc:
             self.counters.errors[exc.reason] += 1
-            log.warning("%s: closing connection, malformed native stream: %s", self.name, exc)
+            log.warning("%s: closing connection, malformed stream: %s", self.name, exc)
             self.close()
-
-    def _on_hello(self, hello) -> None:
-        self.remote_hello = hello
-        log.info("%s: peer hello v%d channels=%s", self.name, hello.version, ",".join(hello.channels))
+            return
+        if greeted is None and (peer := self.wire.describe_peer()):
+            log.info("%s: peer is %s", self.name, peer)
+        for channel, frames in batches:
+            self.counters.rx_frames += len(frames)
+            self.router.from_peer(self.owner, channel, frames)
 
     def pause_writing(self) -> None:
         self.counters.gauges["paused"] = True
@@ -148,14 +141,14 @@ class NativeStreamPeer:
     # --- liveness ---------------------------------------------------------------------------
     def _tick(self) -> None:
         now = time.monotonic()
-        if now - self._last_rx > PEER_TIMEOUT_S:
+        if self.wire.has_heartbeat and now - self._last_rx > PEER_TIMEOUT_S:
             self.counters.errors["peer_timeout"] += 1
             log.warning("%s: no data for %.1f s, closing", self.name, now - self._last_rx)
             self.close()
             return
         if now - self._last_tx >= HEARTBEAT_S:
             self._last_tx = now
-            self.transport.write(native.encode_heartbeat(time.time_ns()))
+            self.transport.write(self.wire.heartbeat(time.time_ns()))
         self._timer = self.reactor.call_later(HEARTBEAT_S, self._tick)
 
     def close(self) -> None:
@@ -166,16 +159,17 @@ class TcpServer:
     """`tcp-listen://addr:port`: accepts up to MAX_CLIENTS connections, each fed independently."""
 
     def __init__(
-        self, reactor: Reactor, router, addr: tuple[str, int], hello, max_clients=MAX_CLIENTS, filters=(None, None)
+        self, reactor: Reactor, router, addr: tuple[str, int], new_wire, max_clients=MAX_CLIENTS, filters=(None, None),
+        scheme="tcp-listen",
     ):
         self.reactor = reactor
         self.router = router
-        self.hello = hello
+        self.new_wire = new_wire  # () -> a stream wire for each connection
         self.max_clients = max_clients
         self.filters = filters  # (bus -> peer, peer -> bus) FilterSets for every client
-        self.name = f"tcp-listen://{_fmt_addr(addr)}"
+        self.name = f"{scheme}://{_fmt_addr(addr)}"
         self.counters = Counters()
-        self.clients: list[NativeStreamPeer] = []
+        self.clients: list[StreamPeer] = []
         family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -208,8 +202,8 @@ class TcpServer:
             log.info("%s: client connected", name)
             self.counters.gauges["accepted"] = self.counters.gauges.get("accepted", 0) + 1
             self.clients.append(
-                NativeStreamPeer(
-                    self.reactor, sock, self.router, name, self.hello, self._on_client_closed, filters=self.filters
+                StreamPeer(
+                    self.reactor, sock, self.router, name, self.new_wire(), self._on_client_closed, filters=self.filters
                 )
             )
 
@@ -229,14 +223,14 @@ class TcpClient:
     """`tcp://host:port`: connects, and reconnects after any loss with jittered exponential
     backoff (BACKOFF_MIN_S doubling up to BACKOFF_MAX_S, times a random 0.5..1 factor)."""
 
-    def __init__(self, reactor: Reactor, router, addr: tuple[str, int], hello, filters=(None, None)):
+    def __init__(self, reactor: Reactor, router, addr: tuple[str, int], new_wire, filters=(None, None), scheme="tcp"):
         self.reactor = reactor
         self.router = router
         self.addr = addr
-        self.hello = hello
-        self.name = f"tcp://{_fmt_addr(addr)}"
+        self.new_wire = new_wire
+        self.name = f"{scheme}://{_fmt_addr(addr)}"
         self.counters = Counters()  # totals over all connections
-        self.peer: NativeStreamPeer | None = None
+        self.peer: StreamPeer | None = None
         self.reconnects = 0
         self._attempt = 0
         self._sock: socket.socket | None = None
@@ -283,9 +277,7 @@ class TcpClient:
             return
         self._attempt = 0
         log.info("%s: connected", self.name)
-        self.peer = NativeStreamPeer(
-            self.reactor, sock, self.router, self.name, self.hello, self._on_lost, owner=self
-        )
+        self.peer = StreamPeer(self.reactor, sock, self.router, self.name, self.new_wire(), self._on_lost, owner=self)
 
     def _on_lost(self, peer) -> None:
         _merge(self.counters, peer.counters)

@@ -1,4 +1,5 @@
-"""Native protocol over UDP to one unicast peer (`udp://host:port?bind=addr:port`).
+"""Frames over UDP to one unicast peer (`udp://host:port?bind=addr:port`); the protocol (native,
+cannelloni) is a datagram wire from bridge.endpoints.wire.
 
 Frames queued in a loop pass leave packed into as few datagrams as fit the MTU (1472 bytes
 default: an Ethernet frame without fragmentation). Each datagram has a sequence number; the
@@ -12,11 +13,10 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
 import time
 
-from bridge.codec import native
+from bridge.errors import ProtocolError
 from bridge.endpoints.socketcan import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
 from bridge.reactor import Reactor
 from bridge.stats import Counters
@@ -31,18 +31,16 @@ MAX_DATAGRAM = 65535
 
 
 class UdpPeer:
-    """remote: (host, port) of the peer; bind: local (addr, port), default (wildcard, remote port).
-    mtu: largest datagram sent, bytes (>= 14 + 84 so one FD frame fits). Raises OSError when the
+    """remote: (host, port) of the peer; bind: local (addr, port), default (wildcard, remote port);
+    wire: a datagram wire (bridge.endpoints.wire), which owns the MTU. Raises OSError when the
     bind fails (port in use, bad address)."""
 
-    def __init__(self, reactor: Reactor, router, remote, bind, hello, mtu: int = 1472, filters=(None, None)):
-        if mtu < native.UDP_HEADER_LEN + 84:
-            raise ValueError(f"mtu {mtu} too small: one CAN FD record needs {native.UDP_HEADER_LEN + 84}")
+    def __init__(self, reactor: Reactor, router, remote, bind, wire, filters=(None, None), scheme="udp"):
         self.reactor = reactor
         self.router = router
-        self.name = f"udp://{remote[0]}:{remote[1]}"
+        self.name = f"{scheme}://{remote[0]}:{remote[1]}"
         self.counters = Counters()
-        self.hello_record = native.encode_hello(hello)
+        self.wire = wire
         infos = socket.getaddrinfo(remote[0], remote[1], type=socket.SOCK_DGRAM)
         family, _, _, _, self.remote = infos[0]
         if bind is None:
@@ -56,8 +54,6 @@ class UdpPeer:
             self.sock.close()
             raise
         self.sock.setblocking(False)
-        self.encoder = native.DatagramEncoder(int.from_bytes(os.urandom(4), "big"), mtu)
-        self.tracker = native.SequenceTracker()
         self.peer_up = False
         self._last_rx = 0.0
         self._pending: list[tuple[int, list]] = []
@@ -73,7 +69,7 @@ class UdpPeer:
     def flush(self) -> None:
         pending, self._pending = self._pending, []
         for channel, frames in pending:
-            for dgram in self.encoder.encode(channel, frames):
+            for dgram in self.wire.encode(channel, frames):
                 self._send(dgram)
             self.counters.tx_frames += len(frames)
 
@@ -106,34 +102,31 @@ class UdpPeer:
     def _on_datagram(self, data: bytes) -> None:
         self.counters.rx_bytes += len(data)
         try:
-            session, seq, events = native.decode_datagram(data)
-        except native.NativeProtocolError as exc:
+            verdict, batches = self.wire.decode(data)
+        except ProtocolError as exc:
             self.counters.errors[exc.reason] += 1
             log.warning("%s: dropped malformed datagram (%d bytes): %s", self.name, len(data), exc)
             return
-        verdict = self.tracker.observe(session, seq)
-        if verdict in ("duplicate", "stale"):  # stale: far outside the window or an old session
+        if verdict != "ok":  # duplicate, or stale: far outside the window or an old session
             self.counters.errors[f"{verdict}_datagram"] += 1
             return
         self._last_rx = time.monotonic()
         if not self.peer_up:
             self.peer_up = True
             log.info("%s: peer up", self.name)
-        for event in events:
-            if isinstance(event, native.Frames):
-                self.counters.rx_frames += len(event.frames)
-                self.router.from_peer(self, event.channel, event.frames)
+        for channel, frames in batches:
+            self.counters.rx_frames += len(frames)
+            self.router.from_peer(self, channel, frames)
 
     # --- heartbeat --------------------------------------------------------------------------
     def _tick(self) -> None:
-        self._send(self.encoder.encode_control(self.hello_record))
+        control = self.wire.control()
+        if control:
+            self._send(control)
         if self.peer_up and time.monotonic() - self._last_rx > PEER_TIMEOUT_S:
             self.peer_up = False
             log.warning("%s: peer down (nothing for %.0f s)", self.name, PEER_TIMEOUT_S)
-        t = self.tracker
-        self.counters.gauges.update(
-            peer_up=self.peer_up, lost=t.lost, duplicated=t.duplicated, reordered=t.reordered
-        )
+        self.counters.gauges.update(peer_up=self.peer_up, **self.wire.stats())
         self._timer = self.reactor.call_later(HEARTBEAT_S, self._tick)
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ def counters_at_exit(log_text: str) -> dict:
     return json.loads(found[-1])
 
 
-@pytest.mark.parametrize("transport", ["tcp", "udp"])
+@pytest.mark.parametrize("transport", ["tcp", "udp", "cannelloni+udp", "cannelloni+tcp"])
 def test_durango_trace_arrives_complete_in_order(durango, transport):
     with Rig() as rig:
         rig.start_pair(transport)
@@ -65,7 +65,7 @@ def fd_zoo():
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
 def test_can_fd_every_length_and_flags(transport):
-    frames = fd_zoo()
+    frames = fd_zoo()  # len8_dlc included: the native protocol carries it (cannelloni does not)
     with Rig() as rig:
         rig.start_pair(transport)
         report = rig.run_traffic(frames, speed=1.0)
@@ -168,3 +168,32 @@ def test_malformed_input_is_rejected_and_the_other_peer_keeps_flowing(transport)
         errors = stats[f"udp://{REMOTE_ADDR}:{UDP_PORT}"]["errors"]
         protocol_errors = {k: v for k, v in errors.items() if not k.startswith(("send_", "recv_"))}
         assert sum(protocol_errors.values()) == 3, errors
+
+
+def test_cannelloni_golden_datagram_reaches_the_bus():
+    """The worked example from cannelloni's tcpdump (wire-formats.md 2a), sent from a raw UDP
+    socket on the peer host, becomes EFF frame 0x19FA044D on the bus; a malformed one is dropped."""
+    golden = bytes.fromhex("02 00 23 00 01 99 FA 04 4D 08 0C 11 01 00 F2 1D 0B 02")
+    with Rig() as rig:
+        rig.start_bridge("remote", ["vcan0", f"cannelloni+udp://{GW_ADDR}:{UDP_PORT}?bind={REMOTE_ADDR}:{UDP_PORT}"])
+        with netns.inside(rig.remote):
+            rx = probe.open_can("vcan0")
+        with netns.inside(rig.gw):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((GW_ADDR, 0))
+        got: list = []
+        deadline = time.monotonic() + 30
+        while not got and time.monotonic() < deadline:  # until the bridge is up and bound
+            s.sendto(bytes.fromhex("02 00 00 00 01 00 00 01 23 41") + b"\x00", (REMOTE_ADDR, UDP_PORT))  # bad: len 0x41
+            s.sendto(golden, (REMOTE_ADDR, UDP_PORT))
+            time.sleep(0.2)
+            probe.drain(rx, got)
+        rx.close()
+        s.close()
+        assert rig.stop_bridges() == [0]
+        log = rig.log_text("remote")
+    can_id, n, flags, _len8, data = sc.unpack(got[0][1])
+    assert (can_id, n, flags, data) == (sc.CAN_EFF_FLAG | 0x19FA044D, 8, 0, bytes.fromhex("0C 11 01 00 F2 1D 0B 02"))
+    assert {sc.unpack(raw) for _, raw in got} == {sc.unpack(got[0][1])}  # nothing from the bad datagrams
+    stats = counters_at_exit(log)[f"cannelloni+udp://{GW_ADDR}:{UDP_PORT}"]
+    assert stats["errors"].get("len_too_large", 0) >= 1
