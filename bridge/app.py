@@ -9,7 +9,8 @@ import signal
 from bridge.codec import native
 from bridge.config import Config, PeerConfig
 from bridge.endpoints.socketcan import SocketCanEndpoint
-from bridge.endpoints.tcp import HEARTBEAT_S, TcpClient, TcpServer
+from bridge.endpoints.socketcand_server import SocketcandPeer
+from bridge.endpoints.tcp import HEARTBEAT_S, TcpClient, TcpServer, stream_peers
 from bridge.endpoints import wire
 from bridge.endpoints.udp import UdpPeer
 from bridge.reactor import Reactor
@@ -66,18 +67,31 @@ class Bridge:
         protocol, _, transport = peer.scheme.rpartition("+")
         cannelloni = protocol == "cannelloni"
         try:
+            if peer.scheme == "socketcand":
+                return self._socketcand_server(addr)
             if transport == "udp":
                 dgram = (wire.CannelloniDatagram if cannelloni else wire.NativeDatagram)(hello, peer.mtu)
                 return UdpPeer(self.reactor, self.router, addr, peer.bind, dgram, filters=filters, scheme=peer.scheme)
             stream = wire.CannelloniStream if cannelloni else wire.NativeStream
             new_wire = lambda: stream(hello)  # noqa: E731
             if transport == "tcp-listen":
-                server = TcpServer(self.reactor, self.router, addr, new_wire, filters=filters, scheme=peer.scheme)
+                make_peer = stream_peers(self.reactor, self.router, new_wire, filters)
+                server = TcpServer(self.reactor, self.router, addr, make_peer, scheme=peer.scheme)
                 log.info("listening on %s", server.name)
                 return server
             return TcpClient(self.reactor, self.router, addr, new_wire, filters=filters, scheme=peer.scheme)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot open {peer.url}: {exc.strerror}") from None
+
+    def _socketcand_server(self, addr) -> TcpServer:
+        buses = {bus.name: (bus.channel, bus.fd_enabled) for bus in self.buses}
+
+        def make_peer(sock, name, on_closed):
+            return SocketcandPeer(self.reactor, sock, self.router, name, buses, on_closed)
+
+        server = TcpServer(self.reactor, self.router, addr, make_peer, scheme="socketcand")
+        log.info("socketcand server on %s, buses %s", server.name, ",".join(buses))
+        return server
 
     def stats(self) -> dict:
         """{endpoint name: counters snapshot}; TCP servers include their live clients."""

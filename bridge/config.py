@@ -6,6 +6,7 @@ URLs (docs/cli.md):
     tcp-listen://[addr]:port              native protocol, server; addr defaults to 127.0.0.1
     udp://host:port[?bind=addr:port]      native protocol over UDP; bind defaults to *:port
     cannelloni+udp://, cannelloni+tcp://, cannelloni+tcp-listen://   the same, cannelloni's format
+    socketcand://[addr]:port              socketcand server (python-can, SavvyCAN, Kayak connect)
 Query options on peer URLs: mtu=BYTES (udp), filter=SPEC (bus -> peer), inbound_filter=SPEC.
 """
 
@@ -20,7 +21,9 @@ from bridge.errors import ConfigError
 
 DEFAULT_PORT = 29600
 DEFAULT_MTU = 1472
-PEER_SCHEMES = ("tcp", "tcp-listen", "udp", "cannelloni+udp", "cannelloni+tcp", "cannelloni+tcp-listen")
+PEER_SCHEMES = ("tcp", "tcp-listen", "udp", "cannelloni+udp", "cannelloni+tcp", "cannelloni+tcp-listen", "socketcand")
+SERVER_SCHEMES = ("tcp-listen", "cannelloni+tcp-listen", "socketcand")
+SOCKETCAND_PORT = 29536
 CANNELLONI_PORT = 20000  # cannelloni's own default (-l/-r)
 IFNAMSIZ = 16
 
@@ -87,10 +90,12 @@ def parse_peer_url(url: str, where: str = "peer") -> PeerConfig:
         raise ConfigError(f"{where}: bad port in {url!r}: {exc}") from None
     host = parts.hostname or ""
     if not host:
-        if not scheme.endswith("tcp-listen"):
+        if scheme not in SERVER_SCHEMES:
             raise ConfigError(f"{where}: {url!r} needs a host, e.g. {scheme}://127.0.0.1:{DEFAULT_PORT}")
         host = "127.0.0.1"  # listen on loopback unless an address is given
-    default_port = CANNELLONI_PORT if scheme.startswith("cannelloni+") else DEFAULT_PORT
+    default_port = {"socketcand": SOCKETCAND_PORT}.get(
+        scheme, CANNELLONI_PORT if scheme.startswith("cannelloni+") else DEFAULT_PORT
+    )
     peer = PeerConfig(url=url, scheme=scheme, host=host, port=port or default_port)
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         _apply_option(peer, key, value, f"{where} {url!r}")

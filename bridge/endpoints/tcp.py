@@ -156,20 +156,19 @@ class StreamPeer:
 
 
 class TcpServer:
-    """`tcp-listen://addr:port`: accepts up to MAX_CLIENTS connections, each fed independently."""
+    """`tcp-listen://addr:port` (and the other listening schemes): accepts up to MAX_CLIENTS
+    connections, each fed independently. make_peer(sock, name, on_closed) builds the endpoint of
+    one connection; `stream_peers(...)` makes one for a stream wire."""
 
-    def __init__(
-        self, reactor: Reactor, router, addr: tuple[str, int], new_wire, max_clients=MAX_CLIENTS, filters=(None, None),
-        scheme="tcp-listen",
-    ):
+    def __init__(self, reactor: Reactor, router, addr: tuple[str, int], make_peer, max_clients=MAX_CLIENTS,
+                 scheme="tcp-listen"):
         self.reactor = reactor
         self.router = router
-        self.new_wire = new_wire  # () -> a stream wire for each connection
+        self.make_peer = make_peer
         self.max_clients = max_clients
-        self.filters = filters  # (bus -> peer, peer -> bus) FilterSets for every client
         self.name = f"{scheme}://{_fmt_addr(addr)}"
         self.counters = Counters()
-        self.clients: list[StreamPeer] = []
+        self.clients: list = []
         family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -201,11 +200,7 @@ class TcpServer:
             name = f"{self.name}<-{_fmt_addr(addr)}"
             log.info("%s: client connected", name)
             self.counters.gauges["accepted"] = self.counters.gauges.get("accepted", 0) + 1
-            self.clients.append(
-                StreamPeer(
-                    self.reactor, sock, self.router, name, self.new_wire(), self._on_client_closed, filters=self.filters
-                )
-            )
+            self.clients.append(self.make_peer(sock, name, self._on_client_closed))
 
     def _on_client_closed(self, peer) -> None:
         if peer in self.clients:
@@ -217,6 +212,15 @@ class TcpServer:
             peer.close()
         self.reactor.forget(self.sock.fileno())
         self.sock.close()
+
+
+def stream_peers(reactor: Reactor, router, new_wire, filters=(None, None)):
+    """make_peer for TcpServer: a StreamPeer with a fresh wire from new_wire() per connection."""
+
+    def make_peer(sock, name, on_closed):
+        return StreamPeer(reactor, sock, router, name, new_wire(), on_closed, filters=filters)
+
+    return make_peer
 
 
 class TcpClient:

@@ -161,7 +161,7 @@ def test_malformed_input_is_rejected_and_the_other_peer_keeps_flowing(transport)
         f"remote: {counters_at_exit(remote_log)}\nsoftnet_stat:\n{Path('/proc/net/softnet_stat').read_text()}"
     stats = counters_at_exit(gw_log)
     if transport == "tcp":
-        assert "malformed native stream: hello_expected" in gw_log
+        assert "malformed stream: hello_expected" in gw_log
         assert stats[f"tcp-listen://{GW_ADDR}:{TCP_PORT}"]["errors"] == {"hello_expected": 1}
     else:
         assert "dropped malformed datagram" in gw_log

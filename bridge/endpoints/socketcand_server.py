@@ -1,0 +1,174 @@
+"""socketcand server (`socketcand://[addr]:port`, default port 29536): python-can's `socketcand`
+interface, SavvyCAN and Kayak connect to canbridge as they would to socketcand.
+
+Each client is a router peer bound to the bus it opened (`< open vcan0 >`); frames of other buses
+are not sent to it. The protocol state (RAW/BCM/CONTROL modes, cyclic jobs, subscriptions) lives
+in the sans-IO bridge.codec.socketcand.ServerSession; this module does the I/O and the timers.
+Times given to the session are wall-clock ns (the same clock as kernel RX timestamps).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from bridge.codec import socketcand
+from bridge.reactor import Reactor
+from bridge.stats import Counters
+from bridge.transport import StreamTransport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 29536
+# python-can's client needs "< ok >" alone in one recv(): frames wait this long after it
+HOLD_AFTER_OK_S = 0.005
+PENDING_MAX_FRAMES = 16384  # frames waiting for a slow client; the oldest are dropped ("peer_slow")
+
+
+class SocketcandPeer:
+    """One socketcand client connection. buses: {name: (channel, fd_capable)}."""
+
+    def __init__(self, reactor: Reactor, sock, router, name: str, buses: dict, on_closed=None):
+        self.reactor = reactor
+        self.router = router
+        self.name = name
+        self.buses = buses
+        self.on_closed = on_closed
+        self.counters = Counters()
+        self.channel: int | None = None
+        self.session = socketcand.ServerSession(
+            bus_exists=lambda bus: bus in buses, fd_allowed=lambda bus: buses.get(bus, (0, False))[1]
+        )
+        self._pending: list = []
+        self._pending_frames = 0
+        self._hold_until = 0.0
+        self._hold_timer = None
+        self._bcm_timer = None
+        self.transport = StreamTransport(reactor, sock, self)
+        self.transport.write(self.session.greeting())
+        router.add_peer(self)
+
+    # --- bus -> client ------------------------------------------------------------------
+    def send_frames(self, channel: int, frames: list) -> int:
+        if channel != self.channel or self.transport.closed:
+            return 0  # not this client's bus
+        self._pending.append(frames)
+        self._pending_frames += len(frames)
+        while self._pending_frames > PENDING_MAX_FRAMES:
+            old = self._pending.pop(0)
+            self._pending_frames -= len(old)
+            self.counters.drop("peer_slow", len(old))
+        return len(frames)
+
+    def flush(self) -> None:
+        if not self._pending or self.transport.closed or self.transport.paused:
+            return
+        wait = self._hold_until - time.monotonic()
+        if wait > 0:
+            if self._hold_timer is None:
+                self._hold_timer = self.reactor.call_later(wait, self._end_hold)
+            return
+        now = time.time_ns()
+        data = b"".join([self.session.encode_frames(frames, now) for frames in self._pending])
+        self.counters.tx_frames += self._pending_frames
+        self._pending.clear()
+        self._pending_frames = 0
+        self._write(data)
+        self._schedule_bcm()  # throttled subscriptions may have set a deadline
+
+    def _end_hold(self) -> None:
+        self._hold_timer = None
+        self.flush()
+
+    def _write(self, data: bytes) -> None:
+        if data:
+            self.counters.tx_bytes += len(data)
+            self.transport.write(data)
+
+    # --- client -> bus (transport protocol) ----------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        self.counters.rx_bytes += len(data)
+        self.session.receive_data(data)
+        try:
+            while (event := self.session.next_event()) is not socketcand.NEED_DATA:
+                if event is socketcand.CLOSED:
+                    return
+                self._on_event(event)
+        except socketcand.SocketcandProtocolError as exc:
+            self.counters.errors[exc.reason] += 1
+            log.warning("%s: closing client: %s", self.name, exc)
+            self.close()
+            return
+        self._schedule_bcm()
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, socketcand.Send):
+            self.counters.rx_frames += 1
+            self.router.from_peer(self, self.channel, [(event.raw, time.time_ns())])
+        elif isinstance(event, socketcand.Reply):
+            if event.flush_alone:
+                self.flush()  # frames queued before the mode change go first
+                self._write(event.data)
+                self._hold_until = time.monotonic() + HOLD_AFTER_OK_S
+            else:
+                self._write(event.data)
+        elif isinstance(event, socketcand.Open):
+            self.channel = self.buses[event.bus][0]
+            log.info("%s: opened %s", self.name, event.bus)
+        elif isinstance(event, socketcand.Rejected):
+            self.counters.errors[f"rejected_{event.reason}"] += 1
+            log.debug("%s: rejected %r: %s", self.name, event.command, event.reason)
+
+    def eof_received(self) -> None:
+        pass
+
+    def pause_writing(self) -> None:
+        self.counters.gauges["paused"] = True
+
+    def resume_writing(self) -> None:
+        self.counters.gauges["paused"] = False
+        self.flush()
+
+    # --- BCM cyclic jobs, throttled subscriptions, statistics ---------------------------
+    def _schedule_bcm(self) -> None:
+        deadline = self.session.next_deadline_ns()
+        if self._bcm_timer is not None:
+            self._bcm_timer.cancel()
+            self._bcm_timer = None
+        if deadline is not None and not self.transport.closed:
+            self._bcm_timer = self.reactor.call_later(max(0.0, (deadline - time.time_ns()) / 1e9), self._on_bcm)
+
+    def _on_bcm(self) -> None:
+        self._bcm_timer = None
+        now = time.time_ns()
+        raws = self.session.due_cyclic(now)
+        if raws and self.channel is not None:
+            self.router.from_peer(self, self.channel, [(raw, now) for raw in raws])
+        self._write(self.session.due_output(now))
+        if self.session.stats_due(now) and self.session.bus:
+            self._write(socketcand.encode_stat(*_link_stats(self.session.bus)))
+        self._schedule_bcm()
+
+    def connection_lost(self, exc) -> None:
+        for timer in (self._bcm_timer, self._hold_timer):
+            if timer is not None:
+                timer.cancel()
+        self.router.remove_peer(self)
+        self.counters.drop("connection_closed", self._pending_frames)
+        self._pending.clear()
+        log.info("%s: client gone%s", self.name, f" ({exc})" if exc else "")
+        if self.on_closed:
+            self.on_closed(self)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+def _link_stats(ifname: str) -> tuple[int, int, int, int]:
+    """(rx_bytes, rx_packets, tx_bytes, tx_packets) of the interface, as socketcand reports."""
+    base = Path("/sys/class/net") / ifname / "statistics"
+    try:
+        return tuple(int((base / f).read_text()) for f in ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets"))
+    except (OSError, ValueError):
+        return 0, 0, 0, 0
