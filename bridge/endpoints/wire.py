@@ -21,12 +21,16 @@ from bridge.codec import cannelloni, native
 
 
 class NativeStream:
-    has_heartbeat = True  # a silent peer is a dead peer
-
     def __init__(self, hello: native.Hello) -> None:
         self.hello = hello
         self.decoder = native.StreamDecoder()
         self.peer_hello: native.Hello | None = None
+
+    @property
+    def has_heartbeat(self) -> bool:
+        """A silent peer is a dead one, unless its HELLO said heartbeat_ms 0 (the python-can
+        plugin, which only talks when its program does)."""
+        return self.peer_hello is None or self.peer_hello.heartbeat_ms > 0
 
     def greeting(self) -> bytes:
         return native.STREAM_PREAMBLE + native.encode_hello(self.hello)
