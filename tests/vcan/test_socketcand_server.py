@@ -1,5 +1,6 @@
 """canbridge as a socketcand server, driven by python-can 4.6.1's own `socketcand` interface."""
 
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,14 @@ def server(tmp_path, vcan0, vcan1):
     log = tmp_path / "bridge.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "bridge", "run", "-c", str(conf)], stdout=out, stderr=out)
+    deadline = time.monotonic() + 60  # python-can's client retries for 10 s only: wait for the port first
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", PORT), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
     yield proc
     proc.terminate()
     assert proc.wait(20) == 0, log.read_text()
