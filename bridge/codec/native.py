@@ -165,10 +165,11 @@ def encode_heartbeat(sent_ns: int) -> bytes:
 def _append_frame_records(channel: int, frames, out: list) -> None:
     """Append one FRAME record (bytes, 20..84 long) per (raw, ts_ns) of `frames` to `out`.
 
-    raw: 16-byte can_frame (classic: fd_flags 0, len8_dlc from byte 7, no data if RTR) or 72-byte
-    canfd_frame (FDF always set on the wire, other flag bits than BRS/ESI/FDF dropped).
-    Raises ValueError for a channel outside 0..255, a raw frame of another size, an invalid len or
-    len8_dlc, or a timestamp outside u64 - such input never comes from the kernel or our decoders.
+    raw: 16-byte can_frame (classic: fd_flags 0, len8_dlc from byte 7 when it means something - len 8
+    and 9..15 - else 0, as the kernel reads it; no data if RTR) or 72-byte canfd_frame (FDF always set
+    on the wire, other flag bits than BRS/ESI/FDF dropped).
+    Raises ValueError for a channel outside 0..255, a raw frame of another size, an invalid len, or a
+    timestamp outside u64 - such input never comes from the kernel or our decoders.
     """
     if not 0 <= channel <= MAX_CHANNELS:
         raise ValueError(f"channel {channel} outside 0..255")
@@ -180,8 +181,10 @@ def _append_frame_records(channel: int, frames, out: list) -> None:
         for raw, ts in frames:
             if len(raw) == 16:
                 cid, n, _, _, l8, data = can_unpack(raw)
-                if n > 8 or (l8 and (n != 8 or not 9 <= l8 <= 15)):
-                    raise ValueError(f"invalid can_frame len={n} len8_dlc={l8}")
+                if n > 8:
+                    raise ValueError(f"invalid can_frame len={n}")
+                if l8 and (n != 8 or not 9 <= l8 <= 15):
+                    l8 = 0  # meaningless there and ignored by the kernel; python-can writes the DLC in it
                 dl = 0 if cid & 0x40000000 else n
                 ap(recs[dl].pack(REC_FRAME, 0, 16 + dl, cid, n, 0, l8, channel, ts, data))
             elif len(raw) == 72:

@@ -72,12 +72,13 @@ def pack_canfd(can_id: int, data: bytes = b"", flags: int = 0) -> bytes:
 
 def unpack(raw: bytes) -> tuple[int, int, int, int, bytes]:
     """Raw frame -> (can_id, len, fd_flags, len8_dlc, data). fd_flags is 0 for classic frames
-    (their byte 5 is padding); len8_dlc is 0 for FD frames. RTR frames return empty data."""
+    (their byte 5 is padding); len8_dlc is 0 unless len is 8 and byte 7 holds 9..15 (the kernel
+    ignores it otherwise, and python-can writes the DLC there). RTR frames return empty data."""
     can_id, n, b5, _res0, b7 = HEADER.unpack_from(raw)
     if len(raw) == CANFD_MTU:
         return can_id, n, b5 | CANFD_FDF, 0, bytes(raw[8 : 8 + n])
     data = b"" if can_id & CAN_RTR_FLAG else bytes(raw[8 : 8 + n])
-    return can_id, n, 0, b7, data
+    return can_id, n, 0, b7 if n == CAN_MAX_DLEN and 9 <= b7 <= 15 else 0, data
 
 
 def can_id_of(raw: bytes) -> int:

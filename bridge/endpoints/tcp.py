@@ -88,7 +88,14 @@ class StreamPeer:
         if not self._pending or self.transport.paused or self.transport.closed:
             return
         encode = self.wire.encode
-        data = b"".join([encode(ch, frames) for ch, frames in self._pending])
+        try:
+            data = b"".join([encode(ch, frames) for ch, frames in self._pending])
+        except ValueError as exc:  # a frame no kernel would hand us: count the batch, keep the peer
+            log.error("%s: cannot encode %d frames: %s", self.name, self._pending_frames, exc)
+            self.counters.drop("unencodable", self._pending_frames)
+            self._pending.clear()
+            self._pending_frames = 0
+            return
         self.counters.tx_frames += self._pending_frames
         self.counters.tx_bytes += len(data)
         self._pending.clear()

@@ -439,6 +439,15 @@ def test_data_after_eof():
 # --------------------------------------------------------------------------------- encoder checks
 
 
+def test_encoder_ignores_meaningless_len8_dlc():
+    # python-can writes the DLC into byte 7 of every classic frame; the kernel passes it through
+    junk = sc.HEADER.pack(1, 4, 0, 0, 4) + b"\x01\x02\x03\x04" + bytes(4)
+    clean = sc.pack_can(1, b"\x01\x02\x03\x04")
+    assert nv.encode_frames(0, [(junk, 5)]) == nv.encode_frames(0, [(clean, 5)])
+    eight = sc.HEADER.pack(1, 8, 0, 0, 7) + bytes(8)  # len 8 but len8_dlc below 9: ignored too
+    assert nv.encode_frames(0, [(eight, 5)]) == nv.encode_frames(0, [(sc.pack_can(1, bytes(8)), 5)])
+
+
 def test_encoder_rejects_invalid_input_with_value_error():
     with pytest.raises(ValueError):
         nv.encode_frames(256, [(CLASSIC, 0)])
@@ -448,8 +457,6 @@ def test_encoder_rejects_invalid_input_with_value_error():
         nv.encode_frames(0, [(sc.HEADER.pack(1, 9, 0, 0, 0) + bytes(8), 0)])
     with pytest.raises(ValueError):
         nv.encode_frames(0, [(sc.HEADER.pack(1, 9, 4, 0, 0) + bytes(64), 0)])
-    with pytest.raises(ValueError):
-        nv.encode_frames(0, [(sc.HEADER.pack(1, 4, 0, 0, 9) + bytes(8), 0)])  # len8_dlc needs len 8
     with pytest.raises(ValueError):
         nv.encode_frames(0, [(sc.HEADER.pack(sc.CAN_RTR_FLAG, 8, 4, 0, 0) + bytes(64), 0)])  # FD RTR
     with pytest.raises(ValueError):

@@ -31,7 +31,9 @@ def bridge(vcan0, tmp_path):
             time.sleep(0.2)
     yield proc
     proc.terminate()
-    assert proc.wait(20) == 0
+    code = proc.wait(20)
+    print((tmp_path / "bridge.log").read_text())  # shown when the test fails
+    assert code == 0
 
 
 def test_send_recv_filters_fileno_timestamps(bridge, vcan0):
