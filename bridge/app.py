@@ -54,6 +54,7 @@ class Bridge:
                 rx_filter=iface.filter,
                 error_frames=iface.error_frames,
                 fd=iface.fd,
+                **({"rcvbuf": iface.rx_buffer} if iface.rx_buffer else {}),
             )
         except OSError as exc:
             raise OSError(exc.errno, f"cannot open CAN interface {iface.name}: {exc.strerror}") from None

@@ -34,6 +34,7 @@ class InterfaceConfig:
     fd: bool | None = None  # None: CAN FD when the link MTU is 72
     error_frames: bool = False
     filter: FilterSet | None = None  # kernel RX filter
+    rx_buffer: int | None = None  # SO_RCVBUF bytes; None = bridge.endpoints.socketcan.RX_BUFFER
 
 
 @dataclass
@@ -139,7 +140,7 @@ def from_args(interfaces: list[str], peers: list[str]) -> Config:
     ).validate()
 
 
-_INTERFACE_KEYS = {"name", "fd", "error_frames", "filter"}
+_INTERFACE_KEYS = {"name", "fd", "error_frames", "filter", "rx_buffer"}
 _PEER_KEYS = {"url", "bind", "mtu", "filter", "inbound_filter"}
 
 
@@ -164,6 +165,11 @@ def load_toml(path: str) -> Config:
         iface.error_frames = bool(_opt_bool(table, "error_frames", where))
         if "filter" in table:
             iface.filter = _filters(_str(table, "filter", where), f"{where}.filter")
+        if "rx_buffer" in table:
+            value = table["rx_buffer"]
+            if not isinstance(value, int) or isinstance(value, bool) or not 4096 <= value <= 1 << 30:
+                raise ConfigError(f"{where}.rx_buffer: expected bytes, 4096..1073741824, got {value!r}")
+            iface.rx_buffer = value
         config.interfaces.append(iface)
     for n, table in enumerate(_tables(doc, "peer", path)):
         where = f"{path}: peer[{n}]"

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 # far more than one second of a 1 Mbit/s bus, so a healthy peer never reaches it.
 WRITE_HIGH_WATER = 1 << 20
 WRITE_LOW_WATER = 256 << 10
-READ_CHUNK = 256 << 10  # bytes per recv(); bounded so one busy peer cannot starve the loop
+READ_CHUNK = 64 << 10  # bytes per recv() (~2,300 native frames): bounds the work of one loop pass, so one
+# busy peer cannot starve the loop nor delay our heartbeats long enough to look dead to the other side
 
 
 class StreamTransport:

@@ -105,9 +105,9 @@ class StreamPeer:
 
     # --- network -> bus (transport protocol) ---------------------------------------------
     def data_received(self, data: bytes) -> None:
-        self._last_rx = time.monotonic()
         self.counters.rx_bytes += len(data)
         self._feed(data)
+        self._last_rx = time.monotonic()  # after the work: a slow pass here is not the peer's silence
 
     def eof_received(self) -> None:
         self._feed(b"")
