@@ -1,0 +1,817 @@
+"""Throughput, loss, latency, CPU and memory of canbridge, measured as DESIGN.md section 6 says.
+
+Runs INSIDE the test VM (root, vcan0 + vcan1, can-utils):
+
+    hw/testvm/canvm.sh .venv/bin/python benchmarks/throughput.py [--quick] [--json FILE]
+    python -m hw.testvm -- .venv/bin/python benchmarks/throughput.py [--quick] [--json FILE]
+
+Started on a host without vcan0/vcan1 it re-runs itself through hw/testvm/canvm.sh (with
+CANVM_TIMEOUT=1200 and CANVM_MEM=2G unless those are set). A --json path should be on the
+shared file system (anything under the repository is).
+
+Systems, each carrying vcan0 -> vcan1 in the VM's root namespace:
+  cangw          the kernel's gateway, `cangw -A -s vcan0 -d vcan1 -e` (upper bound; -e is needed
+                 on vcan, without it the routed frame is never delivered to vcan1's sockets)
+  python-loop    a plain blocking AF_CAN recv/send loop (python_loop() below, as a subprocess)
+  canbridge-tcp  vcan0 -> bridge A -> TCP 127.0.0.1:29600 -> bridge B -> vcan1
+  canbridge-udp  the same over UDP 127.0.0.1:29601 <-> 29602
+
+Load is made and counted outside the systems, in C: `cangen vcan0 -L 8 -I i` makes it and
+`candump vcan1` (32 MB receive buffer, -d to report its own drops) counts it. cangen's sleep
+overshoots by ~0.5 ms in TCG, so -g alone cannot go past ~2k frames/s: each nominal rate is
+made as bursts of -c frames every -g 1 ms, the burst size chosen from one calibration of
+cangen's cycle time on the idle bus (RatePlan), so every system is offered the same load. The
+rate reported is always the ACTUAL one, frames / cangen wall time, and it is lower than the
+nominal one when the system under test takes CPU from cangen. Figures per system:
+  zero-loss rate   highest actual rate of a run with no frame lost: the ladder of nominal rates
+                   (fixed-size runs, stopping at the first loss or once cangen runs flat out),
+                   or the flat-out burst if that lost nothing. ">=" when nothing was ever lost
+                   (then it is cangen's limit, not the system's)
+  burst            loss of `cangen -g 0` flat out
+  latency          kernel RX timestamp on vcan1 minus own-echo timestamp on vcan0 (bridge.probe),
+                   one frame in flight, and for a replay at 2,500 frames/s
+  CPU              (utime + stime) of each process across the best zero-loss ladder run, per
+                   1,000 frames (and for every run in the CPU section: it falls as the rate rises,
+                   since each wakeup's cost is shared by more frames)
+  peak RSS         VmHWM of each process at the end
+Where a run lost frames, the bridges' counter deltas (SIGUSR1 -> `counters:` log line) and the
+kernel's drop counters are printed to show where the frames went. The test VM is emulated (TCG):
+other VMs on the host slow it down, hence the host load average and the per-system speed index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import os
+import platform
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import ClassVar
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bridge import probe  # noqa: E402
+from bridge.codec.socketcan import CAN_EFF_FLAG, pack_can  # noqa: E402
+from bridge.endpoints.socketcan import CAN_RAW_FILTER, RX_BUFFER, SO_RCVBUFFORCE, SOL_CAN_RAW  # noqa: E402
+
+SRC, DST = "vcan0", "vcan1"
+CANVM = ROOT / "hw" / "testvm" / "canvm.sh"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MARKER = pack_can(CAN_EFF_FLAG | 0x1FFFFFFF, b"canbrdg!")  # path-up probe; never counted
+RECORDER_BUFFER = 32 << 20
+IDLE_MS = 4000  # candump gives up after this long without a frame
+GAP_MS = 1.0  # cangen sleep between bursts on the rate ladder
+
+FULL = {
+    "rates": (5, 10, 15, 20, 25, 30, 40, 50),
+    "frames": 100_000,
+    "burst": 200_000,
+    "pings": 500,
+    "replay": 10_000,
+    "ladder_budget_s": 150,  # stop climbing after this long (a slowed VM makes each rung slower)
+}
+QUICK = {
+    "rates": (5, 10, 20, 40),
+    "frames": 20_000,
+    "burst": 20_000,
+    "pings": 200,
+    "replay": 2_500,
+    "ladder_budget_s": 40,
+}
+REPLAY_RATE = 2500
+
+
+# --------------------------------------------------------------------------- baseline system
+def python_loop(src: str, dst: str) -> None:
+    """The baseline: the plainest Python forwarder (same 8 MB receive buffer as the bridge)."""
+    rx = socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW)
+    rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RX_BUFFER)
+    rx.bind((src,))
+    tx = socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW)
+    tx.setsockopt(SOL_CAN_RAW, CAN_RAW_FILTER, b"")  # send only: receive nothing
+    tx.bind((dst,))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        frame = rx.recv(72)
+        while True:
+            try:
+                tx.send(frame)
+                break
+            except OSError as exc:  # ENOBUFS: TX queue full, wait instead of dropping
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                time.sleep(0.0001)
+
+
+# --------------------------------------------------------------------------- /proc readings
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM of a process, MB."""
+    m = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    return int(m.group(1)) / 1024 if m else None
+
+
+def kernel_counters() -> dict:
+    """Kernel-side drop counters that explain a loss outside the processes."""
+    out = {"softnet_backlog_dropped": 0}
+    for line in Path("/proc/net/softnet_stat").read_text().splitlines():
+        out["softnet_backlog_dropped"] += int(line.split()[1], 16)
+    for ifname in (SRC, DST):
+        for name in ("rx_dropped", "tx_dropped"):
+            out[f"{ifname}_{name}"] = int(Path(f"/sys/class/net/{ifname}/statistics/{name}").read_text())
+    snmp = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")]
+    for key, value in zip(*snmp):
+        if key in ("RcvbufErrors", "SndbufErrors", "InErrors"):
+            out[f"udp_{key}"] = int(value)
+    return out
+
+
+def delta(before, after):
+    """after - before over the numeric leaves of nested dicts; zero and non-numeric leaves left out.
+    A counter that went down was restarted (a new TCP connection): its new value is the delta."""
+    if isinstance(after, dict):
+        before = before if isinstance(before, dict) else {}
+        return {k: d for k, v in after.items() if (d := delta(before.get(k), v))}
+    if isinstance(after, (int, float)) and not isinstance(after, bool):
+        before = before if isinstance(before, (int, float)) else 0
+        return after - before if after >= before else after
+    return None
+
+
+# --------------------------------------------------------------------------- systems under test
+class System:
+    """Something that carries vcan0 -> vcan1. Subclasses start processes (or kernel rules)."""
+
+    name = "?"
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> dict:
+        """SIGTERM every process; returns {process: exit code (None = had to be killed)}."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = {}
+        for label, proc in self.procs.items():
+            try:
+                codes[label] = proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                codes[label] = None
+        return codes
+
+    def _spawn(self, label: str, argv: list[str]) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.logdir / f"{self.name}-{label}.log", "ab") as log:
+            self.procs[label] = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def check_alive(self) -> None:
+        for label, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{self.name} {label} exited with {proc.returncode}:\n{self.log_tail(label)}")
+
+    def log_tail(self, label: str, n: int = 3000) -> str:
+        path = self.logdir / f"{self.name}-{label}.log"
+        return path.read_text(errors="replace")[-n:] if path.exists() else ""
+
+    def cpu(self) -> dict:
+        return {label: cpu_seconds(p.pid) for label, p in self.procs.items()}
+
+    def peak_rss(self) -> dict:
+        return {label: peak_rss_mb(p.pid) for label, p in self.procs.items()}
+
+    def counters(self) -> dict:
+        """The processes' own counters, if they have any."""
+        return {}
+
+
+class Cangw(System):
+    name = "cangw"
+
+    def start(self) -> None:
+        subprocess.run(["cangw", "-F"], check=True, timeout=10)
+        subprocess.run(["cangw", "-A", "-s", SRC, "-d", DST, "-e"], check=True, timeout=10)
+
+    def stop(self) -> dict:
+        subprocess.run(["cangw", "-F"], check=True, timeout=10)
+        return {}
+
+
+class PythonLoop(System):
+    name = "python-loop"
+
+    def start(self) -> None:
+        self._spawn("loop", [sys.executable, str(Path(__file__).resolve()), "--python-loop", SRC, DST])
+
+
+class Canbridge(System):
+    """Bridge A on vcan0 and bridge B on vcan1, joined over 127.0.0.1."""
+
+    PEERS: ClassVar[dict[str, tuple[str, str]]] = {
+        "tcp": ("tcp-listen://127.0.0.1:29600", "tcp://127.0.0.1:29600"),
+        "udp": ("udp://127.0.0.1:29602?bind=127.0.0.1:29601", "udp://127.0.0.1:29601?bind=127.0.0.1:29602"),
+    }
+
+    def __init__(self, logdir: Path, transport: str) -> None:
+        super().__init__(logdir)
+        self.name = f"canbridge-{transport}"
+        self.peers = self.PEERS[transport]
+
+    def start(self) -> None:
+        self._spawn("A", [sys.executable, "-m", "bridge", SRC, self.peers[0]])
+        time.sleep(0.5)  # let the listener bind before the client's first connect
+        self._spawn("B", [sys.executable, "-m", "bridge", DST, self.peers[1]])
+
+    def counters(self, timeout: float = 10.0) -> dict:
+        """Ask each bridge for its counters (SIGUSR1) and read the line it logs."""
+        seen = {label: self._counter_lines(label) for label in self.procs}
+        for proc in self.procs.values():
+            proc.send_signal(signal.SIGUSR1)
+        out = {}
+        deadline = time.monotonic() + timeout
+        for label in self.procs:
+            while len(lines := self._counter_lines(label)) <= len(seen[label]) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            out[label] = json.loads(lines[-1]) if len(lines) > len(seen[label]) else {}
+        return out
+
+    def _counter_lines(self, label: str) -> list[str]:
+        return [
+            line.split("counters: ", 1)[1]
+            for line in self.log_tail(label, 1 << 22).splitlines()
+            if "counters: " in line
+        ]
+
+
+# --------------------------------------------------------------------------- load (C tools)
+class Recorder:
+    """candump on vcan1 counting frames into a file on tmpfs."""
+
+    def __init__(self, workdir: Path, expected: int) -> None:
+        self.path = workdir / "candump.txt"
+        argv = ["candump", "-n", str(expected), "-T", str(IDLE_MS), "-r", str(RECORDER_BUFFER), "-d", DST]
+        with open(self.path, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        wait_for_socket(self.proc.pid)
+
+    def finish(self, timeout: float) -> tuple[int, int]:
+        """Wait for candump to end (all frames, or IDLE_MS of silence); (frames, its own drops)."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        frames = drops = 0
+        with open(self.path, "rb") as f:
+            for line in f:
+                if line.startswith(b"DROPCOUNT"):
+                    drops = int(re.search(rb"total drops (\d+)", line).group(1))
+                elif line.strip():
+                    frames += 1
+        return frames, drops
+
+
+def wait_for_socket(pid: int, timeout: float = 5.0) -> None:
+    """Return once process `pid` holds a socket (candump has bound), plus a little margin."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in os.listdir(f"/proc/{pid}/fd")):
+                break
+        except OSError:
+            pass
+        time.sleep(0.02)
+    time.sleep(0.1)
+
+
+def cangen(n: int, gap_ms: float, burst: int = 1, timeout: float = 300.0) -> float:
+    """Send n frames (dlc 8, incrementing id) into vcan0; returns cangen's wall time, s."""
+    argv = ["cangen", SRC, "-g", f"{gap_ms:g}", "-c", str(burst), "-n", str(n), "-L", "8", "-I", "i"]
+    start = time.monotonic()
+    res = subprocess.run(argv, check=False, capture_output=True, timeout=timeout)
+    elapsed = time.monotonic() - start
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.decode(errors='replace')}")
+    return elapsed
+
+
+class RatePlan:
+    """Maps a nominal rate to cangen's (-g gap ms, -c burst). Fitted once, on the idle bus, from
+    cangen's cycle time: wall = startup + bursts * (per_burst + burst * per_frame), per_burst
+    being the GAP_MS sleep plus its overshoot. Every system then gets the same offered load;
+    the rate each run actually reached is measured (cangen shares the CPUs with the system)."""
+
+    def __init__(self, startup: float, per_burst: float, per_frame: float) -> None:
+        self.startup, self.per_burst, self.per_frame = startup, per_burst, per_frame
+
+    @classmethod
+    def calibrate(cls, frames: int = 20_000) -> RatePlan:
+        """Three measurements, each of one unknown: startup (1 frame), per_frame (flat out),
+        per_burst (bursts of one frame with GAP_MS gaps)."""
+        cangen(frames, 0)  # warm-up: TCG translates cangen and the CAN stack on first use
+        startup = min(cangen(1, 0) for _ in range(3))
+        per_frame = max((cangen(frames, 0) - startup) / frames, 1e-6)
+        per_burst = max((cangen(500, GAP_MS, 1) - startup) / 500 - per_frame, 1e-6)
+        return cls(startup, per_burst, per_frame)
+
+    def gap_burst(self, rate: float) -> tuple[float, int]:
+        """(gap ms, frames per burst) for `rate` frames/s; (0, 1) = flat out when cangen cannot
+        reach it with gaps."""
+        room = 1 - rate * self.per_frame
+        if room < 0.1:
+            return 0, 1
+        return GAP_MS, max(1, round(rate * self.per_burst / room))
+
+    def describe(self) -> str:
+        return (
+            f"cangen on the idle bus: startup {self.startup * 1e3:.0f} ms, {self.per_burst * 1e3:.2f} ms per "
+            f"burst (gap {GAP_MS:g} ms), {self.per_frame * 1e6:.1f} us per frame "
+            f"(flat out ~{1 / self.per_frame:,.0f}/s)"
+        )
+
+
+def load_run(system: System, workdir: Path, n: int, gap_ms: float, burst: int, label: str) -> dict:
+    """n frames from cangen into vcan0, counted by candump on vcan1, with the systems' CPU and
+    counters and the kernel's drop counters taken across the run."""
+    system.check_alive()
+    k0, c0, cpu0 = kernel_counters(), system.counters(), system.cpu()
+    recorder = Recorder(workdir, n)
+    error = None
+    try:
+        elapsed = cangen(n, gap_ms, burst, timeout=60 + n / 500)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        error, elapsed = str(exc), None
+    received, recorder_drops = recorder.finish(timeout=60 + n / 500)
+    cpu1 = system.cpu()
+    run = {
+        "label": label,
+        "frames": n,
+        "gap_ms": gap_ms,
+        "burst": burst,
+        "elapsed_s": elapsed,
+        "rate": n / elapsed if elapsed else None,
+        "received": received,
+        "lost": n - received,
+        "recorder_drops": recorder_drops,
+        "cpu_s": {k: cpu1[k] - cpu0[k] for k in cpu1},
+        "kernel": delta(k0, kernel_counters()),
+    }
+    if error:
+        run["error"] = error
+    if run["lost"] or error:
+        run["counters"] = delta(c0, system.counters())
+    return run
+
+
+# --------------------------------------------------------------------------- measurements
+def speed_index_ms() -> float:
+    """Wall ms of a fixed pure-Python workload. The test VM's speed drifts with the host's load
+    (other VMs): a rising index means the figures after it were taken on a slower machine."""
+    start = time.perf_counter()
+    sum(i * i for i in range(200_000))
+    return (time.perf_counter() - start) * 1e3
+
+
+@contextlib.contextmanager
+def probe_sockets(system: System):
+    """(sender on vcan0 with own-echo timestamps, recorder on vcan1), once a frame has crossed."""
+    tx, rx = probe.open_can(SRC, recv_own=True), probe.open_can(DST)
+    try:
+        wait_path_up(system, tx, rx)
+        yield tx, rx
+    finally:
+        tx.close()
+        rx.close()
+
+
+def wait_path_up(system: System, tx, rx, timeout: float = 30.0) -> None:
+    """Send MARKER every 100 ms until it reaches vcan1; then discard what both sockets saw."""
+    deadline = time.monotonic() + timeout
+    seen: list = []
+    while time.monotonic() < deadline:
+        system.check_alive()
+        probe.send(tx, MARKER)
+        time.sleep(0.1)
+        probe.drain(rx, seen)
+        if any(raw == MARKER for _, raw in seen):
+            time.sleep(0.3)
+            probe.drain(rx, [])
+            probe.drain(tx, [])
+            return
+    raise TimeoutError(f"{system.name}: no frame reached {DST} in {timeout:.0f} s")
+
+
+def numbered_frame(i: int) -> bytes:
+    """Frame i of a latency run: unique by (id, data) so probe.compare pairs them exactly."""
+    return pack_can(i % 0x7FF, i.to_bytes(8, "big"))
+
+
+def latency_in_flight(tx, rx, count: int, timeout: float = 1.0, budget_s: float = 120.0) -> probe.Report:
+    """Send one frame, wait until it shows on vcan1 (at most `timeout`), repeat `count` times
+    (fewer if that takes longer than budget_s)."""
+    sent: list = []
+    received: list = []
+    give_up = time.monotonic() + budget_s
+    for i in range(count):
+        if time.monotonic() > give_up:
+            break
+        want = len(received) + 1
+        probe.send(tx, numbered_frame(i))
+        deadline = time.monotonic() + timeout
+        while len(received) < want and (left := deadline - time.monotonic()) > 0:
+            select.select([rx], [], [], left)
+            probe.drain(rx, received)
+        probe.drain(tx, sent, own_only=True)
+    time.sleep(0.05)
+    probe.drain(tx, sent, own_only=True)
+    probe.drain(rx, received)
+    return probe.compare(sent, received)
+
+
+def latency_at_rate(tx, rx, count: int, rate: float, settle_s: float = 2.0) -> tuple[probe.Report, float]:
+    """Replay `count` frames evenly spaced at `rate` frames/s and pair them up. Also returns the
+    CPU seconds the replaying (this) process used: it competes with the system for the CPUs."""
+    frames = [(i * 1_000_000_000 // int(rate), numbered_frame(i)) for i in range(count)]
+    sent: list = []
+    received: list = []
+
+    def pump():
+        probe.drain(tx, sent, own_only=True)
+        probe.drain(rx, received)
+
+    cpu0 = time.process_time()
+    probe.replay(tx, frames, 1.0, on_wait=pump)
+    prober_cpu = time.process_time() - cpu0
+    quiet_since = time.monotonic()
+    while len(received) < count and time.monotonic() - quiet_since < settle_s:
+        before = len(received)
+        pump()
+        if len(received) != before:
+            quiet_since = time.monotonic()
+        time.sleep(0.01)
+    pump()
+    return probe.compare(sent, received), prober_cpu
+
+
+def report_dict(rep: probe.Report) -> dict:
+    return {
+        "sent": rep.sent,
+        "received": rep.received,
+        "lost": rep.lost,
+        "reordered": rep.reordered,
+        "duplicated": rep.duplicated,
+        "unexpected": rep.unexpected,
+        "latency_ms": rep.latency_ms(),
+    }
+
+
+def rate_ladder(system: System, workdir: Path, plan: RatePlan, rates_k, n: int, budget_s: float) -> dict:
+    """Climb the nominal rates; stop at the first loss, once cangen runs flat out, or after budget_s."""
+    runs = []
+    give_up = time.monotonic() + budget_s
+    for k in rates_k:
+        if time.monotonic() > give_up:
+            print(f"    (ladder stopped: its {budget_s:.0f} s time budget is spent)", flush=True)
+            break
+        gap, burst = plan.gap_burst(k * 1000)
+        run = load_run(system, workdir, n, gap, burst, f"{k}k nominal" if gap else f"{k}k -> flat out")
+        runs.append(run)
+        print(
+            f"    {run['label']:>16} (-g {gap:g} -c {burst}): {fmt_rate(run['rate'])} frames/s, lost {run['lost']}",
+            flush=True,
+        )
+        if run["lost"] or "error" in run or not gap:
+            break
+    return {"runs": runs}
+
+
+def is_clean(run: dict) -> bool:
+    return not run["lost"] and "error" not in run and bool(run["rate"])
+
+
+def fastest_clean(runs: list[dict]) -> dict | None:
+    return max(filter(is_clean, runs), key=lambda r: r["rate"], default=None)
+
+
+def zero_loss(result: dict) -> tuple[dict | None, bool]:
+    """(the fastest run without loss, ladder or burst; True if no run lost frames at all,
+    i.e. the figure is cangen's limit rather than the system's)."""
+    runs = [*result["zero_loss"]["runs"], result["burst"]]
+    return fastest_clean(runs), all(map(is_clean, runs))
+
+
+def measure(system: System, workdir: Path, plan: RatePlan, cfg: dict) -> dict:
+    """Every figure for one system, in one start/stop of it."""
+    speed = speed_index_ms()
+    print(f"\n== {system.name} (speed index {speed:.0f} ms)", flush=True)
+    result: dict = {"system": system.name, "speed_index_ms": speed}
+    system.start()
+    try:
+        with probe_sockets(system) as (tx, rx):
+            latency_in_flight(tx, rx, 50)  # warm-up (TCG translates the hot paths on first use)
+        warm = load_run(system, workdir, cfg["frames"] // 5, *plan.gap_burst(5000), "warm-up")
+        print(
+            f"  warm-up: {warm['frames']} frames at {fmt_rate(warm['rate'])}/s, lost {warm['lost']}",
+            flush=True,
+        )
+        result["warmup"] = warm
+        result["zero_loss"] = rate_ladder(system, workdir, plan, cfg["rates"], cfg["frames"], cfg["ladder_budget_s"])
+        result["burst"] = load_run(system, workdir, cfg["burst"], 0, 1, "flat-out burst")
+        b = result["burst"]
+        print(f"  burst: {b['frames']} frames at {fmt_rate(b['rate'])}/s, lost {b['lost']}", flush=True)
+        with probe_sockets(system) as (tx, rx):
+            result["latency_in_flight"] = report_dict(latency_in_flight(tx, rx, cfg["pings"]))
+            report, prober_cpu = latency_at_rate(tx, rx, cfg["replay"], REPLAY_RATE)
+            result["latency_at_rate"] = {**report_dict(report), "prober_cpu_s": prober_cpu}
+        for key in ("latency_in_flight", "latency_at_rate"):
+            lat = result[key]["latency_ms"]
+            print(
+                f"  {key}: p50 {fmt_ms(lat['p50'])} p99 {fmt_ms(lat['p99'])} max {fmt_ms(lat['max'])} ms, "
+                f"lost {result[key]['lost']}",
+                flush=True,
+            )
+        result["peak_rss_mb"] = system.peak_rss()
+        result["final_counters"] = system.counters()
+    finally:
+        result["exit_codes"] = system.stop()
+    return result
+
+
+# --------------------------------------------------------------------------- report
+def fmt_rate(v) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def fmt_ms(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def cpu_per_1k(run: dict | None) -> dict:
+    """{process: CPU seconds per 1,000 frames} over one load run."""
+    return {k: v / run["frames"] * 1000 for k, v in run["cpu_s"].items()} if run else {}
+
+
+def figures(result: dict) -> dict:
+    """The headline numbers of one system, flat, for the table and the ratios."""
+    best, generator_limited = zero_loss(result)
+    burst = result["burst"]
+    cpu = cpu_per_1k(fastest_clean(result["zero_loss"]["runs"]))  # a fixed-size run; the burst may differ in size
+    return {
+        "zero_loss_rate": best["rate"] if best else None,
+        "zero_loss_frames": best["frames"] if best else None,
+        "generator_limited": generator_limited,
+        "burst_rate": burst["rate"],
+        "burst_lost_pct": 100 * burst["lost"] / burst["frames"],
+        "burst_delivered": burst["received"],
+        "lat1": result["latency_in_flight"]["latency_ms"],
+        "lat_rate": result["latency_at_rate"]["latency_ms"],
+        "cpu_per_1k": cpu,
+        "cpu_per_1k_total": sum(cpu.values()) if cpu else None,
+        "rss_mb": result["peak_rss_mb"],
+    }
+
+
+def print_table(results: list[dict]) -> None:
+    print("\n" + "=" * 124)
+    print(
+        f"{'system':<14} {'zero-loss':>10} {'flat-out burst':>22} {'1 in flight, ms':>20} "
+        f"{'at 2.5k/s, ms':>20} {'CPU s/1k frames':>15} {'peak RSS MB':>12} {'speed':>5}"
+    )
+    print(
+        f"{'':<14} {'frames/s':>10} {'rate/s':>9} {'lost':>12} {'p50':>6} {'p99':>6} {'max':>6} "
+        f"{'p50':>6} {'p99':>6} {'max':>6} {'':>15} {'':>12} {'idx':>5}"
+    )
+    for r in results:
+        f = figures(r)
+        cpu = " ".join(f"{k}:{v:.3f}" for k, v in f["cpu_per_1k"].items()) or "-"
+        rss = " ".join(f"{k}:{v:.0f}" for k, v in f["rss_mb"].items() if v) or "-"
+        lost = f"{r['burst']['lost']} ({f['burst_lost_pct']:.1f}%)"
+        rate = (">=" if f["generator_limited"] else "") + fmt_rate(f["zero_loss_rate"])
+        print(
+            f"{r['system']:<14} {rate:>10} {fmt_rate(f['burst_rate']):>9} {lost:>12} "
+            + " ".join(f"{fmt_ms(f['lat1'][q]):>6}" for q in ("p50", "p99", "max"))
+            + " "
+            + " ".join(f"{fmt_ms(f['lat_rate'][q]):>6}" for q in ("p50", "p99", "max"))
+            + f" {cpu:>15} {rss:>12} {r['speed_index_ms']:>5.0f}"
+        )
+
+
+def ratio(a, b) -> str:
+    if a is None or b in (None, 0):
+        return "-"
+    r = a / b
+    return f"{r:.3g}x" if r < 1000 else f"{r:,.0f}x"
+
+
+def print_ratios(results: list[dict]) -> None:
+    by_name = {r["system"]: figures(r) for r in results}
+    print(
+        "\nratios (row / reference): zero-loss rate, burst frames delivered, latency p50 and p99 "
+        "one in flight, CPU per frame (all processes)"
+    )
+    for ref in ("cangw", "python-loop"):
+        if ref not in by_name:
+            continue
+        b = by_name[ref]
+        for name, f in by_name.items():
+            if name == ref:
+                continue
+            print(
+                f"  {name:>14} / {ref:<12} rate {ratio(f['zero_loss_rate'], b['zero_loss_rate']):>7}  "
+                f"delivered {ratio(f['burst_delivered'], b['burst_delivered']):>7}  "
+                f"p50 {ratio(f['lat1']['p50'], b['lat1']['p50']):>7}  "
+                f"p99 {ratio(f['lat1']['p99'], b['lat1']['p99']):>7}  "
+                f"CPU {ratio(f['cpu_per_1k_total'], b['cpu_per_1k_total']):>7}"
+            )
+
+
+def print_cpu(results: list[dict]) -> None:
+    """CPU per 1,000 frames on every ladder rung: the per-wakeup cost shows at low rates."""
+    lines = []
+    for r in results:
+        runs = [run for run in (*r["zero_loss"]["runs"], r["burst"]) if run["cpu_s"] and run["rate"]]
+        cells = [f"{fmt_rate(run['rate'])}/s " + "+".join(f"{v:.3f}" for v in cpu_per_1k(run).values()) for run in runs]
+        if cells:
+            lines.append(f"  {r['system']:<14} " + ", ".join(cells))
+    if lines:
+        print("\nCPU s per 1,000 frames by actual rate (ladder rungs, then the burst; processes A+B):")
+        print("\n".join(lines))
+        replayer = ", ".join(f"{r['system']} {r['latency_at_rate']['prober_cpu_s']:.1f} s" for r in results)
+        seconds = results[0]["latency_at_rate"]["sent"] / REPLAY_RATE
+        print(
+            f"  the 2.5k/s latency replayer (Python, this process) used CPU: {replayer}, per {seconds:.0f} s of traffic"
+        )
+
+
+def print_losses(results: list[dict]) -> None:
+    """Where frames went, for every run that lost some."""
+    lines = []
+    for r in results:
+        runs = [r["warmup"], *r["zero_loss"]["runs"], r["burst"]]
+        for run in runs:
+            if not run["lost"] and "error" not in run:
+                continue
+            lines.append(
+                f"  {r['system']} {run['label']}: sent {run['frames']} at {fmt_rate(run['rate'])}/s, "
+                f"received {run['received']}, lost {run['lost']}, candump's own drops "
+                f"{run['recorder_drops']}; CPU s {json.dumps({k: round(v, 2) for k, v in run['cpu_s'].items()})}"
+            )
+            if "error" in run:
+                lines.append(f"    error: {run['error']}")
+            if run["kernel"]:
+                lines.append(f"    kernel: {json.dumps(run['kernel'], sort_keys=True)}")
+            for label, c in run.get("counters", {}).items():
+                lines.append(f"    bridge {label}: {json.dumps(c, sort_keys=True)}")
+            if not run["kernel"] and not run["recorder_drops"] and not run.get("counters"):
+                lines.append("    (no kernel drops: the system's own socket receive queue overflowed)")
+    if lines:
+        print("\nruns with loss (kernel and bridge counter deltas across the run):")
+        print("\n".join(lines))
+
+
+# --------------------------------------------------------------------------- main
+def run_in_vm(argv: list[str]) -> int:
+    """Re-run this script in the test VM (this kernel has no vcan0/vcan1); returns its exit code.
+    The host's load average goes in and is printed after: other VMs on the host skew the figures."""
+    load = host_load()
+    env = dict(os.environ, CANBRIDGE_BENCH_HOST_LOAD=load)
+    env.setdefault("CANVM_TIMEOUT", "1200")
+    env.setdefault("CANVM_MEM", "2G")
+    env["CANVM_ENV"] = f"{env.get('CANVM_ENV', '')} CANBRIDGE_BENCH_HOST_LOAD".strip()
+    print(f"throughput: no {SRC}/{DST} here; re-running in the test VM ({CANVM})", file=sys.stderr, flush=True)
+    rc = subprocess.run([str(CANVM), sys.executable, str(Path(__file__).resolve()), *argv], env=env).returncode
+    print(f"host load average (1, 5, 15 min) before: {load}, after: {host_load()}", flush=True)
+    return rc
+
+
+def git_commit() -> str:
+    """HEAD of the repository, "+dirty" if bridge/ has uncommitted changes (what was measured)."""
+    try:
+        git = ["git", "-C", str(ROOT)]
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=20)
+        dirty = subprocess.run([*git, "status", "--porcelain", "bridge"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
+
+
+def host_load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="fewer rates, 20k-frame runs")
+    p.add_argument("--json", metavar="FILE", help="write every figure and run to FILE")
+    p.add_argument(
+        "--systems",
+        default="cangw,python-loop,canbridge-tcp,canbridge-udp",
+        help="comma-separated subset (default: all)",
+    )
+    p.add_argument("--python-loop", nargs=2, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def make_systems(names: list[str], logdir: Path) -> list[System]:
+    known = {
+        "cangw": lambda: Cangw(logdir),
+        "python-loop": lambda: PythonLoop(logdir),
+        "canbridge-tcp": lambda: Canbridge(logdir, "tcp"),
+        "canbridge-udp": lambda: Canbridge(logdir, "udp"),
+    }
+    unknown = set(names) - set(known)
+    if unknown:
+        sys.exit(f"throughput: unknown system(s) {', '.join(sorted(unknown))}; known: {', '.join(known)}")
+    return [known[n]() for n in names]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.python_loop:
+        python_loop(*args.python_loop)
+        return 0
+    if not all(Path(f"/sys/class/net/{i}").exists() for i in (SRC, DST)):
+        if os.environ.get("CANBRIDGE_IN_TESTVM"):
+            sys.exit(f"throughput: no {SRC}/{DST} even inside the test VM")
+        return run_in_vm(argv)
+    missing = [t for t in ("cangen", "candump", "cangw") if not shutil.which(t)]
+    if missing or os.geteuid() != 0:
+        sys.exit(f"throughput: needs root and can-utils (missing: {', '.join(missing) or 'root'})")
+    cfg = QUICK if args.quick else FULL
+    started = time.monotonic()
+    header = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "host_load_before": os.environ.get("CANBRIDGE_BENCH_HOST_LOAD", "unknown"),
+        "commit": git_commit(),
+        "mode": "quick" if args.quick else "full",
+        "config": cfg,
+        "replay_rate": REPLAY_RATE,
+    }
+    print(
+        f"canbridge throughput benchmark, {header['date']}, kernel {header['kernel']}, "
+        f"{header['cpus']} CPUs, Python {header['python']}, {header['mode']} mode, "
+        f"host load average {header['host_load_before']}, canbridge {header['commit']}",
+        flush=True,
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="cb-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    plan = RatePlan.calibrate()
+    header["cangen"] = vars(plan)
+    print(plan.describe(), flush=True)
+    results = []
+    for system in make_systems(args.systems.split(","), workdir):
+        try:
+            results.append(measure(system, workdir, plan, cfg))
+        except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
+            print(f"  {system.name} FAILED: {exc}", flush=True)
+    header["duration_s"] = round(time.monotonic() - started, 1)
+    print_table(results)
+    print_ratios(results)
+    print_cpu(results)
+    print_losses(results)
+    print(">= : no run lost a frame, so the figure is cangen's limit in this VM, not the system's")
+    print("speed idx: ms for a fixed Python loop before each system; if it differs, so did the VM's speed")
+    print(f"\nlogs: {workdir} (tmpfs, gone with the VM); total {header['duration_s']:.0f} s")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {**header, "figures": {r["system"]: figures(r) for r in results}, "results": results},
+                indent=1,
+                default=str,
+            )
+        )
+        print(f"figures written to {args.json}")
+    return 0 if len(results) == len(args.systems.split(",")) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
