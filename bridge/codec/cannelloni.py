@@ -30,6 +30,7 @@ from collections import deque
 from dataclasses import dataclass
 from itertools import accumulate
 
+from bridge.codec.base import CLOSED, NEED_DATA, StreamInput
 from bridge.errors import ProtocolError
 
 BANNER = b"CANNELLONIv1"
@@ -59,18 +60,6 @@ _CANFD = struct.Struct("=IBBBB64s")  # can_id, len, flags, __res0, __res1, data[
 assert _UDP_HDR.size == UDP_HEADER_LEN and _FD_REC[64].size == MAX_FRAME_RECORD
 
 
-class _Sentinel:
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str):
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
-
-
-NEED_DATA = _Sentinel("NEED_DATA")  # StreamDecoder: feed more bytes with receive_data()
-CLOSED = _Sentinel("CLOSED")  # StreamDecoder: the peer closed cleanly (EOF on a record boundary)
 
 
 class CannelloniProtocolError(ProtocolError):
@@ -267,32 +256,22 @@ def decode_datagram(data) -> tuple[int, list]:
     return seq, frames
 
 
-class StreamDecoder:
+class StreamDecoder(StreamInput):
     """Decoder of one cannelloni TCP connection, h11 style: receive_data(bytes) then next_event()
     until NEED_DATA. The peer's banner must come first (checked byte by byte as it arrives); then
     every call groups all complete records buffered into one Frames event.
     Attributes: banner_received, bytes_received, frames_decoded.
     """
 
+    _protocol_error = CannelloniProtocolError
+
     def __init__(self) -> None:
-        self._buf = bytearray()
+        super().__init__()
         self._pending: deque = deque()
-        self._eof = False
         self._error: CannelloniProtocolError | None = None
         self.banner_received = False
-        self.bytes_received = 0
         self.frames_decoded = 0
 
-    def receive_data(self, data: bytes) -> None:
-        """Append bytes from the socket; b"" means EOF. Raises CannelloniProtocolError("data_after_eof")
-        if non-empty data follows EOF."""
-        if not data:
-            self._eof = True
-            return
-        if self._eof:
-            raise _err("data_after_eof", f"{len(data)} bytes")
-        self._buf += data
-        self.bytes_received += len(data)
 
     def next_event(self):
         """-> Banner (once, first) | Frames | NEED_DATA | CLOSED (EOF on a record boundary, or before

@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from itertools import accumulate
 
+from bridge.codec.base import CLOSED, NEED_DATA, StreamInput
 from bridge.errors import ProtocolError
 
 VERSION = 1
@@ -69,18 +70,6 @@ _CANFD = struct.Struct("=IBBBB64s")  # can_id, len, flags, __res0, __res1, data[
 assert _UDP_HDR.size == UDP_HEADER_LEN and _FRAME_HDR.size == FRAME_RECORD_FIXED
 
 
-class _Sentinel:
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str):
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
-
-
-NEED_DATA = _Sentinel("NEED_DATA")  # StreamDecoder: feed more bytes with receive_data()
-CLOSED = _Sentinel("CLOSED")  # StreamDecoder: the peer closed cleanly (EOF on a record boundary)
 
 STREAM_PREAMBLE = _STREAM_HDR.pack(MAGIC, VERSION, 0)
 
@@ -414,7 +403,7 @@ def decode_datagram(data, n_channels: int = 256) -> tuple[int, int, list]:
     return session, seq, events
 
 
-class StreamDecoder:
+class StreamDecoder(StreamInput):
     """Decoder of one TCP connection, h11 style: receive_data(bytes) then next_event() until NEED_DATA.
 
     Checks the preamble (magic, version), requires HELLO as the first record, then yields Heartbeat
@@ -422,27 +411,17 @@ class StreamDecoder:
     Attributes: hello (the peer's Hello or None), bytes_received, frames_decoded, records_skipped.
     """
 
+    _protocol_error = NativeProtocolError
+
     def __init__(self) -> None:
-        self._buf = bytearray()
+        super().__init__()
         self._pending: deque = deque()
         self._preamble_done = False
-        self._eof = False
         self._error: NativeProtocolError | None = None
         self.hello: Hello | None = None
-        self.bytes_received = 0
         self.frames_decoded = 0
         self.records_skipped = 0
 
-    def receive_data(self, data: bytes) -> None:
-        """Append bytes from the socket; b"" means EOF. Raises NativeProtocolError("data_after_eof")
-        if non-empty data follows EOF."""
-        if not data:
-            self._eof = True
-            return
-        if self._eof:
-            raise _err("data_after_eof", f"{len(data)} bytes")
-        self._buf += data
-        self.bytes_received += len(data)
 
     def next_event(self):
         """-> Hello | Heartbeat | Frames | NEED_DATA | CLOSED (EOF on a record boundary).

@@ -124,6 +124,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from struct import Struct
 
+from bridge.codec.base import CLOSED, NEED_DATA
 from bridge.errors import ProtocolError
 
 MAX_COMMAND = 512  # bytes, "<" to ">" inclusive; also the longest run of bytes outside commands
@@ -161,18 +162,6 @@ class Mode(StrEnum):
     CONTROL = "control"
 
 
-class _Sentinel:
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str):
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
-
-
-NEED_DATA = _Sentinel("NEED_DATA")  # feed more bytes with receive_data()
-CLOSED = _Sentinel("CLOSED")  # receive_data(b"") was called and every complete command is consumed
 
 
 class SocketcandProtocolError(ProtocolError):
