@@ -1,7 +1,12 @@
 """What the stream codecs share: the NEED_DATA / CLOSED sentinels of the h11-style
-receive_data() / next_event() API, and the input buffer with its end-of-stream rule."""
+receive_data() / next_event() API, the input buffer with its end-of-stream rule, and the packing
+of records into datagrams."""
 
 from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable
+from itertools import accumulate
 
 
 class Sentinel:
@@ -41,3 +46,18 @@ class StreamInput:
             raise self._protocol_error("data_after_eof", f"{len(data)} bytes")
         self._buf += data
         self.bytes_received += len(data)
+
+
+def pack_datagrams(records: list, room: int, header: Callable[[int], bytes]) -> list[bytes]:
+    """records[1:] (encoded records, each <= room bytes) -> datagrams of header(count) + at most
+    `room` bytes of records, in order, as few as fit. records[0] is a free slot (b"") the header goes
+    into. Cut points come from bisecting the running sizes (C loops, no per-record Python work)."""
+    ends = list(accumulate(map(len, records)))  # ends[i]: bytes in records[:i+1]
+    datagrams = []
+    start = 1
+    while start < len(records):
+        stop = bisect_right(ends, ends[start - 1] + room, start)
+        records[start - 1] = header(stop - start)
+        datagrams.append(b"".join(records[start - 1 : stop]))
+        start = stop
+    return datagrams

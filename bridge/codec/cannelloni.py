@@ -25,12 +25,10 @@ arguments (a caller bug, never peer input).
 from __future__ import annotations
 
 import struct
-from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
-from itertools import accumulate
 
-from bridge.codec.base import CLOSED, NEED_DATA, StreamInput
+from bridge.codec.base import CLOSED, NEED_DATA, StreamInput, pack_datagrams
 from bridge.errors import ProtocolError
 
 BANNER = b"CANNELLONIv1"
@@ -161,20 +159,8 @@ class DatagramEncoder:
         if n * MAX_FRAME_RECORD <= room or sum(map(len, records)) <= room:  # all in one datagram
             records[0] = self._header(n)
             return [b"".join(records)]
-        return self._split(records, room)
+        return pack_datagrams(records, room, self._header)
 
-    def _split(self, records: list, room: int) -> list[bytes]:
-        """records[1:] -> datagrams of at most `room` bytes of records; cut points found by bisecting
-        the running sizes (C loops, no per-record Python work)."""
-        ends = list(accumulate(map(len, records)))  # ends[i]: bytes in records[:i+1]; records[0] is b""
-        datagrams = []
-        start = 1
-        while start < len(records):
-            stop = bisect_right(ends, ends[start - 1] + room, start)
-            records[start - 1] = self._header(stop - start)
-            datagrams.append(b"".join(records[start - 1 : stop]))
-            start = stop
-        return datagrams
 
 
 # ----------------------------------------------------------------------------------------- decoding

@@ -20,12 +20,10 @@ ValueError for invalid arguments (a caller bug, never peer input).
 from __future__ import annotations
 
 import struct
-from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass
-from itertools import accumulate
 
-from bridge.codec.base import CLOSED, NEED_DATA, StreamInput
+from bridge.codec.base import CLOSED, NEED_DATA, StreamInput, pack_datagrams
 from bridge.errors import ProtocolError
 
 VERSION = 1
@@ -231,20 +229,8 @@ class DatagramEncoder:
         if (len(records) - 1) * MAX_FRAME_RECORD <= room:  # fast path: everything fits in one
             records[0] = self._header()
             return [b"".join(records)]
-        return self._split(records, room)
+        return pack_datagrams(records, room, lambda _count: self._header())
 
-    def _split(self, records: list, room: int) -> list[bytes]:
-        """records[1:] -> datagrams of at most `room` bytes of records; cut points found by bisecting
-        the running sizes (C loops, no per-record Python work)."""
-        ends = list(accumulate(map(len, records)))  # ends[i]: bytes in records[:i+1]; records[0] is b""
-        datagrams = []
-        start = 1
-        while start < len(records):
-            stop = bisect_right(ends, ends[start - 1] + room, start)
-            records[start - 1] = self._header()
-            datagrams.append(b"".join(records[start - 1 : stop]))
-            start = stop
-        return datagrams
 
     def encode_control(self, record: bytes) -> bytes:
         """One record (from encode_hello / encode_heartbeat) -> one datagram. ValueError if > mtu."""
