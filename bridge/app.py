@@ -9,7 +9,7 @@ import signal
 from bridge.codec import native
 from bridge.config import Config, PeerConfig
 from bridge.endpoints.socketcan import SocketCanEndpoint
-from bridge.endpoints.socketcand_server import SocketcandPeer
+from bridge.endpoints.socketcand_server import Beacon, SocketcandPeer
 from bridge.endpoints.tcp import HEARTBEAT_S, TcpClient, TcpServer, stream_peers
 from bridge.endpoints import wire
 from bridge.endpoints.udp import UdpPeer
@@ -69,7 +69,7 @@ class Bridge:
         cannelloni = protocol == "cannelloni"
         try:
             if peer.scheme == "socketcand":
-                return self._socketcand_server(addr)
+                return self._socketcand_server(addr, peer.beacon)
             if transport == "udp":
                 dgram = (wire.CannelloniDatagram if cannelloni else wire.NativeDatagram)(hello, peer.mtu)
                 return UdpPeer(self.reactor, self.router, addr, peer.bind, dgram, filters=filters, scheme=peer.scheme)
@@ -84,7 +84,7 @@ class Bridge:
         except OSError as exc:
             raise OSError(exc.errno, f"cannot open {peer.url}: {exc.strerror}") from None
 
-    def _socketcand_server(self, addr) -> TcpServer:
+    def _socketcand_server(self, addr, beacon: str | None) -> TcpServer:
         buses = {bus.name: (bus.channel, bus.fd_enabled) for bus in self.buses}
 
         def make_peer(sock, name, on_closed):
@@ -92,6 +92,8 @@ class Bridge:
 
         server = TcpServer(self.reactor, self.router, addr, make_peer, scheme="socketcand")
         log.info("socketcand server on %s, buses %s", server.name, ",".join(buses))
+        if beacon:
+            self.peers.append(Beacon(self.reactor, beacon, server.address, list(buses)))
         return server
 
     def stats(self) -> dict:

@@ -6,7 +6,8 @@ URLs (docs/cli.md):
     tcp-listen://[addr]:port              native protocol, server; addr defaults to 127.0.0.1
     udp://host:port[?bind=addr:port]      native protocol over UDP; bind defaults to *:port
     cannelloni+udp://, cannelloni+tcp://, cannelloni+tcp-listen://   the same, cannelloni's format
-    socketcand://[addr]:port              socketcand server (python-can, SavvyCAN, Kayak connect)
+    socketcand://[addr]:port[?beacon=BROADCAST]   socketcand server (python-can, SavvyCAN, Kayak
+                                          connect); beacon: announce it every 3 s on UDP 42000
 Query options on peer URLs: mtu=BYTES (udp), filter=SPEC (bus -> peer), inbound_filter=SPEC.
 """
 
@@ -47,6 +48,7 @@ class PeerConfig:
     mtu: int = DEFAULT_MTU
     filter: FilterSet | None = None  # bus -> peer
     inbound_filter: FilterSet | None = None  # peer -> bus
+    beacon: str | None = None  # socketcand: broadcast address for the discovery beacon
 
 
 @dataclass
@@ -113,10 +115,14 @@ def _apply_option(peer: PeerConfig, key: str, value, where: str) -> None:
             raise ConfigError(f"{where}: mtu must be an integer number of bytes, got {value!r}") from None
         if not 98 <= peer.mtu <= 65507:
             raise ConfigError(f"{where}: mtu {peer.mtu} out of range 98..65507")
+    elif key == "beacon":
+        if peer.scheme != "socketcand":
+            raise ConfigError(f"{where}: beacon is a socketcand:// option")
+        peer.beacon = str(value)
     elif key in ("filter", "inbound_filter"):
         setattr(peer, key, _filters(str(value), f"{where}: {key}"))
     else:
-        raise ConfigError(f"{where}: unknown option {key!r}; expected bind, mtu, filter or inbound_filter")
+        raise ConfigError(f"{where}: unknown option {key!r}; expected bind, mtu, filter, inbound_filter or beacon")
 
 
 def _parse_hostport(text: str, where: str) -> tuple[str, int]:
@@ -141,7 +147,7 @@ def from_args(interfaces: list[str], peers: list[str]) -> Config:
 
 
 _INTERFACE_KEYS = {"name", "fd", "error_frames", "filter", "rx_buffer"}
-_PEER_KEYS = {"url", "bind", "mtu", "filter", "inbound_filter"}
+_PEER_KEYS = {"url", "bind", "mtu", "filter", "inbound_filter", "beacon"}
 
 
 def load_toml(path: str) -> Config:
@@ -175,7 +181,7 @@ def load_toml(path: str) -> Config:
         where = f"{path}: peer[{n}]"
         _check_keys(table, _PEER_KEYS, where)
         peer = parse_peer_url(_str(table, "url", where), where)
-        for key in ("bind", "mtu", "filter", "inbound_filter"):
+        for key in ("bind", "mtu", "filter", "inbound_filter", "beacon"):
             if key in table:
                 _apply_option(peer, key, table[key], where)
         config.peers.append(peer)

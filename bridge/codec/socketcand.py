@@ -123,6 +123,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from struct import Struct
+from xml.sax.saxutils import escape, quoteattr
 
 from bridge.codec.base import CLOSED, NEED_DATA
 from bridge.errors import ProtocolError
@@ -786,3 +787,24 @@ def _bcm_frame(raw: bytes, ts: int) -> str:
     sec, ns = divmod(ts, _NS)
     data = "".join(f"{b:02X} " for b in raw[8:8 + n])
     return f"< frame {_fmt_id(cid)} {sec}.{ns // 1000:06d} {data} >"
+
+
+BEACON_PORT = 42000  # socketcand's discovery port (beacon.c); python-can's detect_beacon() listens here
+BEACON_INTERVAL_S = 3.0  # socketcand's period; detect_beacon() waits 3.1 s by default
+MAX_BEACON = 1024  # python-can reads the beacon with one recv(1024)
+
+
+def encode_beacon(hostname: str, host: str, port: int, buses) -> bytes:
+    """The socketcand discovery beacon (beacon.c), exact form:
+    `<CANBeacon name="HOST" type="SocketCAN" description="socketcand">\n<URL>can://IP:PORT</URL>
+    <Bus name="vcan0"/>...</CANBeacon>`. Raises ValueError when it exceeds MAX_BEACON bytes."""
+    text = (
+        f'<CANBeacon name={quoteattr(hostname)} type="SocketCAN" description="socketcand">\n'
+        f"<URL>{escape(f'can://{host}:{port}')}</URL>"
+        + "".join(f"<Bus name={quoteattr(bus)}/>" for bus in buses)
+        + "</CANBeacon>"
+    )
+    data = text.encode()
+    if len(data) > MAX_BEACON:
+        raise ValueError(f"beacon of {len(data)} bytes exceeds {MAX_BEACON} (too many buses)")
+    return data

@@ -9,7 +9,9 @@ Times given to the session are wall-clock ns (the same clock as kernel RX timest
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import time
 from pathlib import Path
 
@@ -172,3 +174,42 @@ def _link_stats(ifname: str) -> tuple[int, int, int, int]:
         return tuple(int((base / f).read_text()) for f in ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets"))
     except (OSError, ValueError):
         return 0, 0, 0, 0
+
+
+class Beacon:
+    """Announces the socketcand server every BEACON_INTERVAL_S with a UDP broadcast to
+    `broadcast`:42000, as socketcand does, so python-can's detect_beacon(), SavvyCAN and Kayak find it.
+    server: the listening (addr, port); a wildcard addr is replaced by the address used to reach
+    `broadcast`. Raises OSError when the broadcast address cannot be used."""
+
+    def __init__(self, reactor: Reactor, broadcast: str, server: tuple, buses: list[str]):
+        self.reactor = reactor
+        self.name = f"socketcand beacon -> {broadcast}:{socketcand.BEACON_PORT}"
+        self.counters = Counters()
+        self.target = (broadcast, socketcand.BEACON_PORT)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            self.sock.connect(self.target)  # picks the source address; sends go there
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.setblocking(False)
+        host = server[0] if server[0] not in ("0.0.0.0", "::", "") else self.sock.getsockname()[0]
+        self.datagram = socketcand.encode_beacon(socket.gethostname(), host, server[1], buses)
+        self._timer = reactor.call_later(0, self._send)
+
+    def _send(self) -> None:
+        try:
+            self.sock.send(self.datagram)
+            self.counters.tx_bytes += len(self.datagram)
+        except OSError as exc:  # ENETUNREACH while the link is down: try again next period
+            self.counters.errors[errno.errorcode.get(exc.errno, "oserror").lower()] += 1
+        self._timer = self.reactor.call_later(socketcand.BEACON_INTERVAL_S, self._send)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._timer.cancel()
+        self.sock.close()

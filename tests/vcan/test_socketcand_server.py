@@ -118,3 +118,30 @@ def test_durango_through_python_can_and_back(server, vcan0, vcan1):
     assert relay.returncode == 0
     assert report.sent == 76821
     assert report.complete, report.summary()
+
+
+def test_python_can_detect_beacon_finds_the_server(netns, tmp_path):
+    """Two hosts (namespaces joined by veth); the bridge beacons to the subnet broadcast address
+    and python-can's own detect_beacon() on the other host finds its URL and bus."""
+    gw, other = netns("cbgw"), netns("cbot")
+    subprocess.run(["ip", "link", "add", "vb0", "netns", gw, "type", "veth", "peer", "vb0", "netns", other],
+                   check=True)
+    for ns, addr in ((gw, "10.201.0.1/24"), (other, "10.201.0.2/24")):
+        subprocess.run(["ip", "-n", ns, "addr", "add", addr, "brd", "+", "dev", "vb0"], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "vb0", "up"], check=True)
+    subprocess.run(["ip", "-n", gw, "link", "add", "vcan0", "type", "vcan"], check=True)
+    subprocess.run(["ip", "-n", gw, "link", "set", "vcan0", "up"], check=True)
+    log = open(tmp_path / "bridge.log", "wb")
+    bridge = subprocess.Popen(["ip", "netns", "exec", gw, sys.executable, "-m", "bridge", "vcan0",
+                               "socketcand://10.201.0.1:29536?beacon=10.201.0.255"], stdout=log, stderr=log)
+    try:
+        found = subprocess.run(
+            ["ip", "netns", "exec", other, sys.executable, "-c",
+             "import can.interfaces.socketcand.socketcand as s; print(s.detect_beacon(20000))"],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        bridge.terminate()
+        assert bridge.wait(20) == 0, (tmp_path / "bridge.log").read_text()
+    assert found.returncode == 0, found.stderr
+    assert "'host': '10.201.0.1'" in found.stdout and "'port': 29536" in found.stdout, found.stdout
+    assert "'channel': 'vcan0'" in found.stdout and "'interface': 'socketcand'" in found.stdout
