@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from bridge.codec import socketcand
+from bridge.endpoints.pending import PendingFrames
 from bridge.reactor import Reactor
 from bridge.stats import Counters
 from bridge.transport import StreamTransport
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 29536
 # python-can's client needs "< ok >" alone in one recv(): frames wait this long after it
 HOLD_AFTER_OK_S = 0.005
-PENDING_MAX_FRAMES = 16384  # frames waiting for a slow client; the oldest are dropped ("peer_slow")
 
 
 class SocketcandPeer:
@@ -42,8 +42,7 @@ class SocketcandPeer:
         self.session = socketcand.ServerSession(
             bus_exists=lambda bus: bus in buses, fd_allowed=lambda bus: buses.get(bus, (0, False))[1]
         )
-        self._pending: list = []
-        self._pending_frames = 0
+        self._pending = PendingFrames(self.counters)
         self._hold_until = 0.0
         self._hold_timer = None
         self._bcm_timer = None
@@ -55,12 +54,7 @@ class SocketcandPeer:
     def send_frames(self, channel: int, frames: list) -> int:
         if channel != self.channel or self.transport.closed:
             return 0  # not this client's bus
-        self._pending.append(frames)
-        self._pending_frames += len(frames)
-        while self._pending_frames > PENDING_MAX_FRAMES:
-            old = self._pending.pop(0)
-            self._pending_frames -= len(old)
-            self.counters.drop("peer_slow", len(old))
+        self._pending.append(channel, frames)
         return len(frames)
 
     def flush(self) -> None:
@@ -72,10 +66,8 @@ class SocketcandPeer:
                 self._hold_timer = self.reactor.call_later(wait, self._end_hold)
             return
         now = time.time_ns()
-        data = b"".join([self.session.encode_frames(frames, now) for frames in self._pending])
-        self.counters.tx_frames += self._pending_frames
-        self._pending.clear()
-        self._pending_frames = 0
+        self.counters.tx_frames += self._pending.frames
+        data = b"".join([self.session.encode_frames(frames, now) for _ch, frames in self._pending.take()])
         self._write(data)
         self._schedule_bcm()  # throttled subscriptions may have set a deadline
 
@@ -157,8 +149,7 @@ class SocketcandPeer:
             if timer is not None:
                 timer.cancel()
         self.router.remove_peer(self)
-        self.counters.drop("connection_closed", self._pending_frames)
-        self._pending.clear()
+        self._pending.discard("connection_closed")
         log.info("%s: client gone%s", self.name, f" ({exc})" if exc else "")
         if self.on_closed:
             self.on_closed(self)

@@ -15,8 +15,8 @@ import logging
 import random
 import socket
 import time
-from collections import deque
 
+from bridge.endpoints.pending import PendingFrames
 from bridge.errors import ProtocolError
 from bridge.endpoints.socketcan import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
 from bridge.reactor import Reactor
@@ -25,7 +25,6 @@ from bridge.transport import StreamTransport
 
 log = logging.getLogger(__name__)
 
-PENDING_MAX_FRAMES = 16384  # frames waiting for a slow TCP consumer (~6 s at 2.5k frames/s)
 MAX_CLIENTS = 64  # connections a tcp-listen endpoint accepts at once; more are refused
 HEARTBEAT_S = 1.0  # send a HEARTBEAT when nothing else was sent for this long
 PEER_TIMEOUT_S = 5.0  # close a connection that sent nothing (not even a heartbeat) this long
@@ -54,8 +53,7 @@ class StreamPeer:
         self.counters = Counters()
         self.on_closed = on_closed
         self.wire = wire
-        self._pending: deque[tuple[int, list]] = deque()
-        self._pending_frames = 0
+        self._pending = PendingFrames(self.counters)
         self._last_rx = self._last_tx = time.monotonic()
         _tune(sock)
         self.transport = StreamTransport(reactor, sock, self)
@@ -76,30 +74,22 @@ class StreamPeer:
         if self.transport.closed:
             self.counters.drop("not_connected", len(frames))
             return 0
-        self._pending.append((channel, frames))
-        self._pending_frames += len(frames)
-        while self._pending_frames > PENDING_MAX_FRAMES:
-            _ch, old = self._pending.popleft()
-            self._pending_frames -= len(old)
-            self.counters.drop("peer_slow", len(old))
+        self._pending.append(channel, frames)
         return len(frames)
 
     def flush(self) -> None:
         if not self._pending or self.transport.paused or self.transport.closed:
             return
         encode = self.wire.encode
+        count = self._pending.frames
         try:
-            data = b"".join([encode(ch, frames) for ch, frames in self._pending])
+            data = b"".join([encode(ch, frames) for ch, frames in self._pending.take()])
         except ValueError as exc:  # a frame no kernel would hand us: count the batch, keep the peer
-            log.error("%s: cannot encode %d frames: %s", self.name, self._pending_frames, exc)
-            self.counters.drop("unencodable", self._pending_frames)
-            self._pending.clear()
-            self._pending_frames = 0
+            log.error("%s: cannot encode %d frames: %s", self.name, count, exc)
+            self.counters.drop("unencodable", count)
             return
-        self.counters.tx_frames += self._pending_frames
+        self.counters.tx_frames += count
         self.counters.tx_bytes += len(data)
-        self._pending.clear()
-        self._pending_frames = 0
         self._last_tx = time.monotonic()
         self.transport.write(data)
 
@@ -138,9 +128,7 @@ class StreamPeer:
         self._timer.cancel()
         if self.owner is self:
             self.router.remove_peer(self)
-        self.counters.drop("connection_closed", self._pending_frames)
-        self._pending.clear()
-        self._pending_frames = 0
+        self._pending.discard("connection_closed")
         log.info("%s: connection closed%s", self.name, f" ({exc})" if exc else "")
         if self.on_closed:
             self.on_closed(self)
