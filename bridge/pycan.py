@@ -12,6 +12,7 @@ gateway's kernel RX time. Registered as entry point `canbridge` in the `can.inte
 from __future__ import annotations
 
 import select
+from collections import deque
 import socket
 import time
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import can
 
 from bridge.codec import native
+from bridge.codec.base import events
 from bridge.frame import CanFrame
 
 CONNECT_TIMEOUT_S = 5.0
@@ -38,7 +40,7 @@ class CanBridgeBus(can.BusABC):
             raise can.CanInitializationError(f"canbridge: cannot connect to {channel}: {exc}") from exc
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._decoder = native.StreamDecoder()
-        self._queue: list = []
+        self._queue: deque = deque()  # (raw, ts_ns) of our channel, decoded but not yet returned
         try:
             hello = self._read_hello()
         except (OSError, native.NativeProtocolError) as exc:
@@ -77,7 +79,7 @@ class CanBridgeBus(can.BusABC):
             if not select.select([self._sock], [], [], wait)[0]:
                 return None, False
             self._read_available()
-        raw, ts = self._queue.pop(0)
+        raw, ts = self._queue.popleft()
         frame = CanFrame.from_raw(raw, ts)
         return frame.to_message(channel=self.channel_info), False
 
@@ -90,7 +92,7 @@ class CanBridgeBus(can.BusABC):
             raise can.CanOperationError(f"canbridge: {self.channel_info}: the bridge closed the connection")
         self._decoder.receive_data(data)
         try:
-            while (event := self._decoder.next_event()) not in (native.NEED_DATA, native.CLOSED):
+            for event in events(self._decoder):
                 if isinstance(event, native.Frames) and event.channel == self._index:
                     self._queue.extend(event.frames)
         except native.NativeProtocolError as exc:

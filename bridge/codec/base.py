@@ -25,6 +25,13 @@ NEED_DATA = Sentinel("NEED_DATA")  # feed more bytes with receive_data()
 CLOSED = Sentinel("CLOSED")  # the peer closed cleanly (EOF on a message boundary)
 
 
+def events(decoder):
+    """Yield decoder.next_event() results until NEED_DATA or CLOSED (h11's loop, written once).
+    The decoder's own ProtocolError propagates to the caller."""
+    while (event := decoder.next_event()) is not NEED_DATA and event is not CLOSED:
+        yield event
+
+
 class StreamInput:
     """Input buffer of a stream decoder. Subclasses set `_protocol_error` (their ProtocolError
     subclass) and read `_buf`; receive_data(b"") marks EOF, and more data after it raises

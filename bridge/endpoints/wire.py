@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 from bridge.codec import cannelloni, native
+from bridge.codec.base import events
 
 
 class NativeStream:
@@ -44,14 +45,12 @@ class NativeStream:
     def feed(self, data: bytes) -> list:
         self.decoder.receive_data(data)
         out = []
-        while True:
-            event = self.decoder.next_event()
-            if event is native.NEED_DATA or event is native.CLOSED:
-                return out
+        for event in events(self.decoder):
             if isinstance(event, native.Frames):
                 out.append((event.channel, event.frames))
             elif isinstance(event, native.Hello):
                 self.peer_hello = event
+        return out
 
     def describe_peer(self) -> str | None:
         h = self.peer_hello
@@ -78,13 +77,7 @@ class CannelloniStream:
 
     def feed(self, data: bytes) -> list:
         self.decoder.receive_data(data)
-        out = []
-        while True:
-            event = self.decoder.next_event()
-            if event is cannelloni.NEED_DATA or event is cannelloni.CLOSED:
-                return out
-            if isinstance(event, cannelloni.Frames):
-                out.append((0, event.frames))
+        return [(0, e.frames) for e in events(self.decoder) if isinstance(e, cannelloni.Frames)]
 
     def describe_peer(self) -> str | None:
         return "cannelloni" if self.decoder.banner_received else None
