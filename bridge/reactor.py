@@ -49,7 +49,6 @@ class Reactor:
         self._signal_handlers: dict[int, Callback] = {}
         self._wakeup_r: socket.socket | None = None
         self._wakeup_w: socket.socket | None = None
-        self._running = False
         self.stop_requested = False
         self.callback_errors = 0  # callbacks that raised (each one logged with its traceback)
         self.passes = 0
@@ -184,13 +183,9 @@ class Reactor:
 
     def run(self) -> None:
         """Run until stop() is called (or a handled signal calls it)."""
-        self._running = True
         self.stop_requested = False
-        try:
-            while not self.stop_requested:
-                self.run_once()
-        finally:
-            self._running = False
+        while not self.stop_requested:
+            self.run_once()
 
     def close(self) -> None:
         if self._wakeup_r is not None:

@@ -7,12 +7,9 @@ namespaces (used by the demo's probe to send on the gateway's bus and record the
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import subprocess
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+from pyroute2 import netns as pyroute2_netns
 
 
 def ip(*args: str, netns: str | None = None) -> None:
@@ -21,29 +18,15 @@ def ip(*args: str, netns: str | None = None) -> None:
     subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
-def _setns(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def inside(name: str):
-    """Run the body with this thread in network namespace `name` (from `ip netns add`)."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    """Run the body with this process in network namespace `name` (from `ip netns add`);
+    pyroute2's pushns/popns do the setns(2) there and back."""
+    pyroute2_netns.pushns(name)
     try:
-        _setns(f"/run/netns/{name}")
         yield
     finally:
-        try:
-            if _libc.setns(home, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back to the original namespace failed")
-        finally:
-            os.close(home)
+        pyroute2_netns.popns()
 
 
 def exec_argv(name: str, argv: list[str]) -> list[str]:

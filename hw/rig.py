@@ -34,9 +34,10 @@ def bridge_args(transport: str, side: str) -> list[str]:
     gateway listens, the remote connects."""
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
-    prefix = transport[: -len("udp")] if transport.endswith("udp") else transport[: -len("tcp")]
-    if transport.endswith("tcp"):
-        peer = f"{prefix}tcp-listen://{GW_ADDR}:{TCP_PORT}" if side == "gateway" else f"{transport}://{GW_ADDR}:{TCP_PORT}"
+    protocol, plus, kind = transport.rpartition("+")  # "cannelloni", "+", "tcp" or "", "", "udp"
+    if kind == "tcp":
+        scheme = f"{protocol}{plus}tcp-listen" if side == "gateway" else transport
+        peer = f"{scheme}://{GW_ADDR}:{TCP_PORT}"
     else:
         me, other = (GW_ADDR, REMOTE_ADDR) if side == "gateway" else (REMOTE_ADDR, GW_ADDR)
         peer = f"{transport}://{other}:{UDP_PORT}?bind={me}:{UDP_PORT}"
