@@ -4,6 +4,7 @@ common case `canbridge IFACE... PEER_URL...`."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
@@ -22,12 +23,24 @@ examples:
   canbridge testvm --vcan 2 -- pytest -m vcan         run a command in a kernel with vcan0, vcan1
   canbridge replay tests/data/durango_mapswitch.log vcan0 --speed 4
 
-subcommands: run, demo, replay, testvm (each has --help)
+subcommands: run, demo, replay, testvm, capture, inspect, dump, top, link, stats (each has --help)
 URLs: tcp://HOST:PORT, tcp-listen://[ADDR]:PORT (ADDR defaults to 127.0.0.1), udp://HOST:PORT[?bind=ADDR:PORT&mtu=N];
       options on any peer URL: filter=SPEC (bus -> peer), inbound_filter=SPEC (peer -> bus).
 """
 
-SUBCOMMANDS = ("run", "demo", "replay", "testvm")
+# subcommand -> "module:function"; each function takes argv (after the subcommand) and returns the exit
+# status. Imported lazily so that `canbridge IFACE PEER` never pays for scapy, rich or matplotlib.
+SUBCOMMANDS = {
+    "demo": "bridge.demo:main",
+    "replay": "bridge.replay:main",
+    "testvm": "hw.testvm.runner:main",
+    "capture": "bridge.capture:main",
+    "inspect": "bridge.inspect:main",
+    "dump": "bridge.dump:main",
+    "top": "bridge.top:main",
+    "link": "hw.links:main",
+    "stats": "bridge.stats_cli:main",
+}
 
 
 def _setup_logging(verbose: int) -> None:
@@ -70,18 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv else ""
     try:
-        if command == "testvm":
-            from hw.testvm.runner import main as testvm_main
-
-            return testvm_main(argv[1:])
-        if command == "demo":
-            from bridge.demo import main as demo_main
-
-            return demo_main(argv[1:])
-        if command == "replay":
-            from bridge.replay import main as replay_main
-
-            return replay_main(argv[1:])
+        if command in SUBCOMMANDS:
+            module, _, func = SUBCOMMANDS[command].partition(":")
+            return getattr(importlib.import_module(module), func)(argv[1:])
         from bridge import config as cfg
 
         if command == "run":
