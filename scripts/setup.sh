@@ -2,7 +2,7 @@
 # scripts/setup.sh - idempotent bootstrap of a Debian/Ubuntu machine for canbridge (dev and CI).
 # Installs what is missing, and only that:
 #   apt:  qemu-system-x86 kmod iproute2 (the test VM), can-utils, tshark, python3-venv (if venv is missing)
-#   .venv with `pip install -e '.[test]'` (again whenever pyproject.toml changes)
+#   .venv with `pip install -e '.[test]'` (again whenever pyproject.toml changes), then '.[fuzz]' best effort
 #   the test VM's kernel cache (~/.cache/canvm, filled by hw/testvm/canvm.sh on its first run)
 # Runs apt as root, or through sudo. Safe to run again: a set-up machine takes well under a second.
 set -euo pipefail
@@ -57,6 +57,19 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want_stamp" ] ||
   printf '%s\n' "$want_stamp" > "$stamp"
 else
   say ".venv up to date (canbridge installed editable, pyproject.toml unchanged)"
+fi
+# optional extra `fuzz` (atheris) for test.sh's fuzz stage: best effort, binary wheels only (a source
+# build needs clang/libFuzzer); a failure is remembered per pyproject/Python and only noted
+fuzz_stamp=.venv/.canbridge-fuzz
+if .venv/bin/python -c 'import atheris' 2>/dev/null; then
+  say "atheris present (fuzz stage)"
+elif [ "$(cat "$fuzz_stamp" 2>/dev/null)" = "$want_stamp" ]; then
+  say "note: atheris not installable here (tried before): the fuzz stage will be skipped"
+elif .venv/bin/python -m pip install -q --disable-pip-version-check --only-binary atheris -e '.[fuzz]'; then
+  say "installed the fuzz extra (atheris)"
+else
+  printf '%s\n' "$want_stamp" > "$fuzz_stamp"
+  say "note: pip install -e '.[fuzz]' failed (no atheris wheel for this Python?): the fuzz stage will be skipped"
 fi
 
 # --- 3. the test VM ------------------------------------------------------------------------------

@@ -4,15 +4,18 @@
 #   2. host tests:  pytest -m "not vcan"
 #   3. vcan tests:  all of them in ONE test-VM boot (or natively if this kernel has vcan):
 #                   python -m hw.testvm --vcan 4 --timeout 2400 --mem 2G -- pytest -m vcan
-# PYTEST ARGS go to both pytest runs. Exit 0 only if both stages pass. pytest's exit 5 (no test
-# collected) counts as a pass only with CANBRIDGE_ALLOW_EMPTY=1. JUnit XML lands in out/test/.
+#   4. fuzz:        python fuzz/run.py --seconds ${CANBRIDGE_FUZZ_SECONDS:-20} (atheris, every decoder;
+#                   skipped with a note, and passed, when atheris is not installed)
+# PYTEST ARGS go to both pytest runs. Exit 0 only if all stages pass. pytest's exit 5 (no test
+# collected) counts as a pass only with CANBRIDGE_ALLOW_EMPTY=1. JUnit XML lands in out/test/,
+# fuzz logs and crash inputs in out/fuzz/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "${CANBRIDGE_SKIP_SETUP:-0}" != 1 ]; then
   bash scripts/setup.sh || { rc=$?; echo "test.sh: setup: FAILED (exit $rc)"; exit 1; }
 fi
 PY=.venv/bin/python
-out=out/test; mkdir -p "$out"; rm -f "$out/host.xml" "$out/vcan.xml"
+out=out/test; mkdir -p "$out"; rm -f "$out/host.xml" "$out/vcan.xml" "$out/fuzz.txt"
 
 verdict() {  # verdict STAGE RC -> prints the stage's summary line, returns 0 if it passed
   case $2 in
@@ -35,10 +38,14 @@ echo "test.sh: === vcan tests: one test-VM boot (python -m hw.testvm --vcan 4), 
 "$PY" -m hw.testvm --vcan 4 --timeout 2400 --mem 2G -- \
   "$PY" -m pytest -m vcan --junitxml="$out/vcan.xml" "$@"; vcan_rc=$?
 
+echo "test.sh: === fuzz: python fuzz/run.py --seconds ${CANBRIDGE_FUZZ_SECONDS:-20} ==="
+"$PY" fuzz/run.py --seconds "${CANBRIDGE_FUZZ_SECONDS:-20}" | tee "$out/fuzz.txt"; fuzz_rc=${PIPESTATUS[0]}
+
 echo
 ok=0
 verdict "host tests (-m 'not vcan')" "$host_rc" || ok=1
 verdict "vcan tests (-m vcan, test VM)" "$vcan_rc" || ok=1
+verdict "fuzz (fuzz/run.py, atheris)" "$fuzz_rc" || ok=1
 "$PY" - "$out/host.xml" "$host_rc" "$out/vcan.xml" "$vcan_rc" <<'PY'
 import sys, xml.etree.ElementTree as ET
 counts = {"passed": 0, "failed": 0, "skipped": 0}
@@ -55,4 +62,5 @@ for path, rc in zip(args[::2], args[1::2]):
         counts["failed"] += 1  # the stage died before writing its report: count it as one failure
 print("total: {passed} passed, {failed} failed, {skipped} skipped".format(**counts))
 PY
+grep -E '^fuzz: ([0-9]+ of [0-9]+ targets passed|atheris not installed)' "$out/fuzz.txt" || echo "fuzz: no result (exit $fuzz_rc)"
 exit $ok
