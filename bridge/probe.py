@@ -20,8 +20,11 @@ from bridge.codec import socketcan as sc
 from bridge.endpoints.socketcan import (
     CAN_RAW_FD_FRAMES,
     SO_RCVBUFFORCE,
+    SO_RXQ_OVFL,
     SO_TIMESTAMPNS,
     SOL_CAN_RAW,
+    set_buffer,
+    set_rx_filter,
 )
 
 CAN_RAW_RECV_OWN_MSGS = 4
@@ -31,16 +34,25 @@ _ANC = socket.CMSG_SPACE(16)
 RECORD_BUFFER = 32 << 20  # the recorder must never be the one that drops
 
 
-def open_can(ifname: str, *, recv_own: bool = False) -> socket.socket:
-    """Non-blocking CAN_RAW socket with CAN FD frames and kernel timestamps."""
+def open_can(ifname: str, *, recv_own: bool = False, rx_filter=None, rxq_ovfl: bool = False) -> socket.socket:
+    """Non-blocking CAN_RAW socket with CAN FD frames and kernel timestamps. ifname "" = all CAN
+    interfaces (candump's `any`); rx_filter: a FilterSet applied in the kernel; rxq_ovfl: also
+    deliver the SO_RXQ_OVFL drop count as a control message (drain() expects it off)."""
     s = socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW)
-    s.setsockopt(SOL_CAN_RAW, CAN_RAW_FD_FRAMES, 1)
-    if recv_own:
-        s.setsockopt(SOL_CAN_RAW, CAN_RAW_RECV_OWN_MSGS, 1)
-    s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECORD_BUFFER)
-    s.bind((ifname,))
-    s.setblocking(False)
+    try:
+        s.setsockopt(SOL_CAN_RAW, CAN_RAW_FD_FRAMES, 1)
+        if recv_own:
+            s.setsockopt(SOL_CAN_RAW, CAN_RAW_RECV_OWN_MSGS, 1)
+        set_rx_filter(s, rx_filter)
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        if rxq_ovfl:
+            s.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        set_buffer(s, socket.SO_RCVBUF, SO_RCVBUFFORCE, RECORD_BUFFER)  # falls back when not root
+        s.bind((ifname,))
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
     return s
 
 

@@ -132,8 +132,10 @@ def parse_frame(text: str) -> bytes:
     return sc.pack_can(can_id, data, len8_dlc)
 
 
-def format_frame(raw: bytes) -> str:
-    """Raw frame -> candump/cansend notation, exactly as lib.c writes it in log files."""
+def format_frame(raw: bytes, *, fd_flags_nibble: bool = False) -> str:
+    """Raw frame -> candump/cansend notation, exactly as lib.c writes it in log files.
+    fd_flags_nibble: write the FD flags digit as can-utils >= 2023 does, the low nibble of
+    canfd_frame.flags as received (CANFD_FDF included: `##4`..`##7`); default BRS|ESI only."""
     size = len(raw)
     if size not in (sc.CAN_MTU, sc.CANFD_MTU):
         raise CandumpError("bad_frame", f"raw frame is {size} bytes, expected 16 or 72")
@@ -142,7 +144,8 @@ def format_frame(raw: bytes) -> str:
     if size == sc.CANFD_MTU:
         if not sc.is_valid_fd_len(length):
             raise CandumpError("bad_len", f"CAN FD frame with len {length}")
-        return f"{cid}##{flags & _FD_SHOWN_FLAGS:X}{raw[8 : 8 + length].hex().upper()}"
+        shown = flags & (0x0F if fd_flags_nibble else _FD_SHOWN_FLAGS)
+        return f"{cid}##{shown:X}{raw[8 : 8 + length].hex().upper()}"
     if length > sc.CAN_MAX_DLEN:
         raise CandumpError("bad_len", f"classic CAN frame with len {length}")
     dlc = f"_{len8_dlc:X}" if length == 8 and len8_dlc in _LEN8_DLC else ""
@@ -172,14 +175,16 @@ def parse_line(line: str) -> tuple[int, str, bytes]:
     return _parse_timestamp(ts_text), iface, parse_frame(frame)
 
 
-def format_line(ts_ns: int, iface: str, raw: bytes) -> str:
-    """-> candump -l line without newline: "(sec.usec) iface frame", usec truncated from ns."""
+def format_line(ts_ns: int, iface: str, raw: bytes, *, iface_width: int = 0, fd_flags_nibble: bool = False) -> str:
+    """-> candump -l line without newline: "(sec.usec) iface frame", usec truncated from ns.
+    iface_width: right-align the interface name to this width, as candump -L does to the
+    longest interface name it reads from (`%*s`); fd_flags_nibble: see format_frame."""
     if isinstance(ts_ns, bool) or not isinstance(ts_ns, int) or ts_ns < 0:
         raise CandumpError("bad_timestamp", f"ts_ns must be an int >= 0, got {ts_ns!r}")
     if not iface or not isinstance(iface, str) or len(iface.split()) != 1 or iface.strip() != iface:
         raise CandumpError("bad_iface", f"interface name {iface!r} must be non-empty without whitespace")
     sec, ns = divmod(ts_ns, _NS_PER_S)
-    return f"({sec}.{ns // 1000:06d}) {iface} {format_frame(raw)}"
+    return f"({sec}.{ns // 1000:06d}) {iface:>{iface_width}} {format_frame(raw, fd_flags_nibble=fd_flags_nibble)}"
 
 
 def read_log(source: str | os.PathLike | Iterable[str]) -> Iterator[tuple[int, str, bytes]]:
@@ -203,3 +208,118 @@ def _read_lines(lines: Iterable[str]) -> Iterator[tuple[int, str, bytes]]:
             yield parse_line(text)
         except CandumpError as e:
             raise CandumpError(e.reason, f"line {lineno}: {e.detail}") from None
+
+
+# -- candump's screen format (candump without -l / -L) -----------------------------------------
+# Source: can-utils lib.c snprintf_long_canframe / snprintf_can_error_frame and candump.c, checked
+# byte for byte against candump (can-utils 2023.03) in the test VM (tests/vcan/test_dump.py).
+
+_ERROR_CLASSES = (  # CAN_ERR_* class bits 0..8 of can_id (linux/can/error.h)
+    "tx-timeout", "lost-arbitration", "controller-problem", "protocol-violation", "transceiver-status",
+    "no-acknowledgement-on-tx", "bus-off", "bus-error", "restarted-after-bus-off",
+)
+_CONTROLLER_PROBLEMS = (  # data[1] bits
+    "rx-overflow", "tx-overflow", "rx-error-warning", "tx-error-warning", "rx-error-passive",
+    "tx-error-passive", "back-to-error-active",
+)
+_PROTOCOL_VIOLATION_TYPES = (  # data[2] bits
+    "single-bit-error", "frame-format-error", "bit-stuffing-error", "tx-dominant-bit-error",
+    "tx-recessive-bit-error", "bus-overload", "active-error", "error-on-tx",
+)
+_U = "unspecified"
+_PROTOCOL_VIOLATION_LOCATIONS = (  # data[3] value
+    _U, _U, "id.28-to-id.21", "start-of-frame", "bit-srtr", "bit-ide", "id.20-to-id.18", "id.17-to-id.13",
+    "crc-sequence", "reserved-bit-0", "data-field", "data-length-code", "bit-rtr", "reserved-bit-1",
+    "id.4-to-id.0", "id.12-to-id.5", _U, "active-error-flag", "intermission", "tolerate-dominant-bits",
+    _U, _U, "passive-error-flag", "error-delimiter", "crc-delimiter", "acknowledge-slot", "end-of-frame",
+    "acknowledge-delimiter", "overload-flag", _U, _U, _U,
+)
+_CAN_ERR_LOSTARB, _CAN_ERR_CRTL, _CAN_ERR_PROT = 0x2, 0x4, 0x8
+_ERR_CLASS_LIMIT = 1 << len(_ERROR_CLASSES)
+_PRINTABLE = frozenset(range(0x20, 0x7F))
+
+
+def format_screen(raw: bytes, *, indent_sff: bool = False, ascii: bool = False) -> str:
+    """Raw frame -> the frame part of a candump screen line (lib.c snprintf_long_canframe):
+
+        123   [4]  11 22 33 44          classic: id, [len], data bytes
+        12345678   [1]  AA              EFF and error frames: 8 digits
+        123  [12]  00 01 ...            CAN FD: two-digit [len], one space less before it
+        123   [0]  remote request       RTR
+        123   [0]                       len 0: ends in one space, as candump prints it
+        20000080   [8]  00 ... 00   ERRORFRAME
+
+    indent_sff: pad SFF ids to the width of EFF ids (candump does this once it has seen an EFF
+    frame); ascii: candump -a, the printable bytes in quotes behind the data (len <= 8, not for
+    RTR or error frames). Raises CandumpError for a raw frame that is not 16 or 72 bytes."""
+    size = len(raw)
+    if size not in (sc.CAN_MTU, sc.CANFD_MTU):
+        raise CandumpError("bad_frame", f"raw frame is {size} bytes, expected 16 or 72")
+    can_id, length, _flags, _res0, _len8 = sc.HEADER.unpack_from(raw)
+    if can_id & (sc.CAN_ERR_FLAG | sc.CAN_EFF_FLAG):
+        head = sc.format_can_id(can_id) + "  "
+    else:
+        head = ("     " if indent_sff else "") + f"{can_id & sc.CAN_SFF_MASK:03X}  "
+    if size == sc.CAN_MTU:
+        length = min(length, sc.CAN_MAX_DLEN)  # lib.c sanitises len the same way
+        head += f" [{length}] "
+        if can_id & sc.CAN_RTR_FLAG:
+            return head + " remote request"
+    else:
+        length = min(length, sc.CANFD_MAX_DLEN)
+        head += f"[{length:02d}] "
+    data = raw[8 : 8 + length]
+    text = head + "".join(f" {b:02X}" for b in data)
+    if length > sc.CAN_MAX_DLEN:
+        return text
+    pad = 3 * (sc.CAN_MAX_DLEN - length)
+    if can_id & sc.CAN_ERR_FLAG:
+        return text + " " * (pad + 3) + "ERRORFRAME"
+    if ascii:
+        return text + " " * (pad + 3) + "'" + "".join(chr(b) if b in _PRINTABLE else "." for b in data) + "'"
+    return text
+
+
+def _bit_names(value: int, names: tuple[str, ...]) -> str:
+    return ",".join(name for bit, name in enumerate(names) if value >> bit & 1)
+
+
+def describe_error_frame(raw: bytes, sep: str = "\n\t") -> str | None:
+    """Error frame -> candump -e text (lib.c snprintf_can_error_frame), the classes joined by
+    `sep`: "lost-arbitration{at bit 1}", "controller-problem{tx-overflow}",
+    "protocol-violation{{single-bit-error}{data-field}}", "error-counter-tx-rx{{7}{8}}", ...
+    The data bytes are read past `len` as lib.c does (the kernel zeroes them). Returns "" when
+    there is nothing to say (no known class, counters 0) and None when the class bits exceed
+    CAN_ERR_CNT, which lib.c calls invalid ("Error class 0x%x is invalid"); in both cases candump
+    prints its previous line buffer again (see bridge.dump). Not an error frame -> ""."""
+    can_id = sc.HEADER.unpack_from(raw)[0]
+    if not can_id & sc.CAN_ERR_FLAG:
+        return ""
+    cls = can_id & sc.CAN_EFF_MASK
+    if cls > _ERR_CLASS_LIMIT:
+        return None
+    data = bytes(raw[8:16])
+    parts = []
+    for bit, name in enumerate(_ERROR_CLASSES):
+        mask = 1 << bit
+        if not cls & mask:
+            continue
+        if mask == _CAN_ERR_LOSTARB:
+            name += f"{{at bit {data[0]}}}"
+        elif mask == _CAN_ERR_CRTL:
+            name += "{" + _bit_names(data[1], _CONTROLLER_PROBLEMS) + "}"
+        elif mask == _CAN_ERR_PROT:
+            loc = _PROTOCOL_VIOLATION_LOCATIONS[data[3]] if 0 < data[3] < len(_PROTOCOL_VIOLATION_LOCATIONS) else ""
+            name += "{{" + _bit_names(data[2], _PROTOCOL_VIOLATION_TYPES) + "}{" + loc + "}}"
+        parts.append(name)
+    text = sep.join(parts)
+    if data[6] or data[7]:
+        text += f"{sep}error-counter-tx-rx{{{{{data[6]}}}{{{data[7]}}}}}"
+    return text
+
+
+def format_dropcount(dropped: int, iface: str, total: int) -> str:
+    """candump -d notice (no newline) for frames the kernel dropped because the socket's receive
+    queue was full (SO_RXQ_OVFL)."""
+    plural = "s" if dropped > 1 else ""
+    return f"DROPCOUNT: dropped {dropped} CAN frame{plural} on '{iface}' socket (total drops {total})"

@@ -102,15 +102,7 @@ class SocketCanEndpoint:
         try:
             if self.fd_enabled:
                 sock.setsockopt(SOL_CAN_RAW, CAN_RAW_FD_FRAMES, 1)
-            if rx_filter is not None and not rx_filter.matches_all:
-                sock.setsockopt(SOL_CAN_RAW, CAN_RAW_FILTER, rx_filter.kernel_filters())
-                if rx_filter.join:
-                    sock.setsockopt(SOL_CAN_RAW, CAN_RAW_JOIN_FILTERS, 1)
-            err_mask = (rx_filter.err_mask if rx_filter is not None else 0) or (
-                sc.CAN_ERR_MASK if error_frames else 0
-            )
-            if err_mask:
-                sock.setsockopt(SOL_CAN_RAW, CAN_RAW_ERR_FILTER, err_mask)
+            set_rx_filter(sock, rx_filter, error_frames)
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
             set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, rcvbuf)
@@ -230,6 +222,20 @@ class SocketCanEndpoint:
             self._retry.cancel()
         self.reactor.forget(self.sock.fileno())
         self.sock.close()
+
+
+def set_rx_filter(sock: socket.socket, rx_filter=None, error_frames: bool = False) -> None:
+    """Apply a bridge.codec.filters.FilterSet to a CAN_RAW socket in the kernel (CAN_RAW_FILTER,
+    CAN_RAW_JOIN_FILTERS, CAN_RAW_ERR_FILTER); error_frames: all error classes when the set has
+    no `#mask` of its own. None = the kernel default (all data frames, no error frames)."""
+    if rx_filter is not None and not rx_filter.matches_all:
+        sock.setsockopt(SOL_CAN_RAW, CAN_RAW_FILTER, rx_filter.kernel_filters())
+        if rx_filter.join:
+            sock.setsockopt(SOL_CAN_RAW, CAN_RAW_JOIN_FILTERS, 1)
+    err_mask = (rx_filter.err_mask if rx_filter is not None else 0) or (sc.CAN_ERR_MASK if error_frames else 0)
+    err_mask &= sc.CAN_ERR_MASK  # what the kernel keeps anyway; #FFFFFFFF would overflow setsockopt's C int
+    if err_mask:
+        sock.setsockopt(SOL_CAN_RAW, CAN_RAW_ERR_FILTER, err_mask)
 
 
 def set_buffer(sock: socket.socket, opt: int, force_opt: int, size: int) -> None:

@@ -540,3 +540,86 @@ def test_python_can_agrees_on_random_frames(raw):
     msgs = list(can.CanutilsLogReader(io.StringIO(line + "\n")))
     assert len(msgs) == 1
     assert msgs[0].equals(frame.to_message(channel="can0"), timestamp_delta=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# candump's screen format, -e error text and DROPCOUNT notice (golden lines: candump 2023.03 in
+# the test VM; tests/vcan/test_dump.py compares against the live tool)
+
+from bridge.codec.candump import describe_error_frame, format_dropcount, format_screen  # noqa: E402
+from bridge.dump import Formatter, Rx  # noqa: E402
+
+SCREEN_GOLDEN = [
+    # raw, plain, indent_sff + ascii
+    (cc(0x123, b"\x11\x22\x33\x44"), "123   [4]  11 22 33 44", "     123   [4]  11 22 33 44               '.\"3D'"),
+    (cc(0x123), "123   [0] ", "     123   [0]                            ''"),
+    (cc(0x12345678 | EFF, b"\xaa"), "12345678   [1]  AA", "12345678   [1]  AA                        '.'"),
+    (cc(0x123 | RTR, length=3), "123   [3]  remote request", "     123   [3]  remote request"),
+    (fd(0x123, b"", FDF), "123  [00] ", "     123  [00]                            ''"),
+    (fd(0x123, bytes(range(12)), BRS), "123  [12]  00 01 02 03 04 05 06 07 08 09 0A 0B",
+     "     123  [12]  00 01 02 03 04 05 06 07 08 09 0A 0B"),
+    (cc(ERR | 0x80, bytes(8)), "20000080   [8]  00 00 00 00 00 00 00 00   ERRORFRAME",
+     "20000080   [8]  00 00 00 00 00 00 00 00   ERRORFRAME"),
+    (cc(ERR | 0x4, b"\0"), "20000004   [1]  00                        ERRORFRAME",
+     "20000004   [1]  00                        ERRORFRAME"),
+    (cc(0x456, b"Hello!"), "456   [6]  48 65 6C 6C 6F 21", "     456   [6]  48 65 6C 6C 6F 21         'Hello!'"),
+]
+
+
+@pytest.mark.parametrize("raw, plain, fancy", SCREEN_GOLDEN)
+def test_format_screen_golden(raw, plain, fancy):
+    assert format_screen(raw) == plain
+    assert format_screen(raw, indent_sff=True, ascii=True) == fancy
+
+
+def test_format_screen_rejects_bad_size():
+    with pytest.raises(CandumpError):
+        format_screen(b"\0" * 15)
+
+
+@pytest.mark.parametrize("can_id, data, text", [
+    (0x80, bytes(8), "bus-error"),
+    (0x4, b"\0\x04" + bytes(6), "controller-problem{rx-error-warning}"),
+    (0x4, b"\0\x80" + bytes(6), "controller-problem{}"),
+    (0x2, b"\x1f" + bytes(7), "lost-arbitration{at bit 31}"),
+    (0x8, b"\0\0\x03\x0a" + bytes(4), "protocol-violation{{single-bit-error,frame-format-error}{data-field}}"),
+    (0x8, b"\0\0\0\x13" + bytes(4), "protocol-violation{{}{tolerate-dominant-bits}}"),
+    (0x8, b"\0\0\0\x81" + bytes(4), "protocol-violation{{}{}}"),
+    (0x6, bytes(range(1, 9)),
+     "lost-arbitration{at bit 1}\n\tcontroller-problem{tx-overflow}\n\terror-counter-tx-rx{{7}{8}}"),
+    (0x200, bytes(6) + b"\x07\x08", "\n\terror-counter-tx-rx{{7}{8}}"),
+    (0x200, bytes(8), ""),
+    (0x400, bytes(8), None),
+])
+def test_describe_error_frame(can_id, data, text):
+    assert describe_error_frame(cc(ERR | can_id, data)) == text
+
+
+def test_dropcount_notice():
+    assert format_dropcount(1, "vcan0", 1) == "DROPCOUNT: dropped 1 CAN frame on 'vcan0' socket (total drops 1)"
+    assert format_dropcount(2989, "can0", 3000) == (
+        "DROPCOUNT: dropped 2989 CAN frames on 'can0' socket (total drops 3000)")
+
+
+def test_dump_formatter_lines():
+    """bridge.dump.Formatter: candump's line layout, interface column, -t d/z, -L -x, -e quirk."""
+    ts = 1_795_300_875_450_930_999
+    f = Formatter(["vcan0", "any"], timestamps="d")
+    assert f.frame(Rx("vcan0", cc(0x123, b"\x11"), ts))[0] == " (000.000000)  vcan0  123   [1]  11"
+    assert f.frame(Rx("vcan0", cc(0x1 | EFF), ts + 1_500_000))[0] == " (000.001500)  vcan0  00000001   [0] "
+    assert f.frame(Rx("longcan0", cc(0x7), ts + 1_600_000))[0] == " (000.000100)  longcan0       007   [0] "
+    assert f.frame(Rx("vcan0", cc(0x7), ts))[0] == " (000.000000)     vcan0       007   [0] "  # never negative
+    z = Formatter(["vcan0"], timestamps="z", extra=True)
+    z.frame(Rx("vcan0", cc(0x1), ts))
+    line = z.frame(Rx("vcan0", fd(0x2, b"\x01", BRS | FDF), ts + 2_000_000, tx=True))[0]
+    assert line == " (000.002000)  vcan0  TX B -  002  [01]  01"
+    log = Formatter(["vcan0"], log=True, extra=True)
+    assert log.frame(Rx("vcan0", fd(0x2, b"\x01", BRS | FDF), ts))[0] == "(1795300875.450930) vcan0 002##501 R"
+    e = Formatter(["vcan0"], errors=True)
+    assert e.frame(Rx("vcan0", cc(ERR | 0x80, bytes(8)), ts)) == (
+        "  vcan0  20000080   [8]  00 00 00 00 00 00 00 00   ERRORFRAME\n\tbus-error", None)
+    # an invalid class: candump warns and prints its line buffer (the frame) again
+    text, warning = e.frame(Rx("vcan0", cc(ERR | 0x400, bytes(8)), ts))
+    assert warning == "Error class 0x400 is invalid"
+    frame = "20000400   [8]  00 00 00 00 00 00 00 00   ERRORFRAME"
+    assert text == f"  vcan0  {frame}\n\t{frame}"

@@ -1,0 +1,384 @@
+"""`canbridge dump`: candump-compatible live output of local CAN interfaces and remote bridges.
+
+    canbridge dump [-t a|d|z|A] [-L] [-n COUNT] [-e] [-a] [-x] [-T MSECS] SOURCE...
+    SOURCE: IFACE[,FILTERS] (`any` = every CAN interface) or tcp://HOST[:PORT][/IFACE][,FILTERS]
+
+Output is byte-identical to can-utils candump (2023.03, checked in the test VM): the screen
+format, `-t` timestamps, `-L` log lines (readable by canplayer, python-can and
+bridge.codec.candump), `-e` error-frame text, `-a`, `-x`. Local interfaces are read from CAN_RAW
+sockets whose filters are applied in the kernel; timestamps are kernel RX times (SO_TIMESTAMPNS).
+A remote source is a canbridge serving `tcp-listen://`: frames arrive in the native protocol
+with the gateway's kernel RX timestamps, and the filters are applied here.
+
+Kernel drops (SO_RXQ_OVFL: our receive queue was full) are always reported, in candump -d's
+words, before the frame that revealed them: on stdout in the screen format as candump does, on
+stderr with -L so that the log stays readable by python-can (whose reader rejects the line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from bridge import probe
+from bridge.codec import candump, native
+from bridge.codec import socketcan as sc
+from bridge.codec.base import events
+from bridge.codec.filters import FilterSet, parse_filters
+from bridge.endpoints.socketcan import SO_RXQ_OVFL, SO_TIMESTAMPNS
+from bridge.errors import ConfigError
+
+READ_BATCH = 256  # frames read from one socket per poll round: other sources get their turn
+RECV_CHUNK = 64 << 10  # bytes per TCP read from a remote bridge
+CONNECT_TIMEOUT_S = 5.0
+DEFAULT_PORT = 29600
+MSG_DONTROUTE = 0x04  # set by CAN_RAW on frames sent from this host (candump -x "TX")
+_ANC = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(4)  # SO_TIMESTAMPNS timespec + SO_RXQ_OVFL u32
+_TIMESPEC = struct.Struct("=qq")
+_U32 = struct.Struct("=I")
+
+
+@dataclass(slots=True)
+class Rx:
+    """One received frame: interface name, raw can_frame/canfd_frame, kernel RX time in ns,
+    tx = sent from this host (only known for local sockets)."""
+
+    iface: str
+    raw: bytes
+    ts_ns: int
+    tx: bool = False
+
+
+@dataclass(slots=True)
+class Drops:
+    """The kernel dropped `dropped` frames for this socket (SO_RXQ_OVFL), `total` since open."""
+
+    iface: str
+    dropped: int
+    total: int
+
+
+class SourceClosed(Exception):
+    """A remote bridge closed the connection or sent malformed data."""
+
+
+def split_spec(spec: str) -> tuple[str, FilterSet]:
+    """"vcan0,123:7FF" -> ("vcan0", FilterSet); raises FilterError (a ConfigError)."""
+    name, _, filters = spec.partition(",")
+    if not name:
+        raise ConfigError(f"{spec!r}: expected IFACE[,FILTERS] or tcp://HOST[:PORT][/IFACE][,FILTERS]")
+    return name, parse_filters(filters)
+
+
+class LocalSource:
+    """A CAN_RAW socket on IFACE (`any`: every CAN interface) with its filters in the kernel.
+    Raises OSError when the interface is missing or AF_CAN is not supported."""
+
+    def __init__(self, spec: str) -> None:
+        self.name, rx_filter = split_spec(spec)
+        self.any = self.name == "any"
+        self.sock = probe.open_can("" if self.any else self.name, rx_filter=rx_filter, rxq_ovfl=True)
+        self.drops = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self) -> list:
+        """Up to READ_BATCH Rx (and Drops) in arrival order; [] when nothing is waiting."""
+        out: list = []
+        recvmsg = self.sock.recvmsg
+        for _ in range(READ_BATCH):
+            try:
+                raw, anc, flags, addr = recvmsg(sc.CANFD_MTU, _ANC)
+            except (BlockingIOError, InterruptedError):
+                break
+            ts, ovfl = 0, None
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    sec, nsec = _TIMESPEC.unpack_from(data)
+                    ts = sec * 1_000_000_000 + nsec
+                elif level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL:
+                    ovfl = _U32.unpack_from(data)[0]
+            iface = addr[0] if self.any else self.name
+            if ovfl is not None and ovfl != self.drops:  # the count rides on the next queued frame
+                out.append(Drops(iface, (ovfl - self.drops) & 0xFFFFFFFF, ovfl))
+                self.drops = ovfl
+            out.append(Rx(iface, raw, ts, bool(flags & MSG_DONTROUTE)))
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class RemoteSource:
+    """One interface of a remote canbridge (`tcp-listen://` side), native protocol over TCP:
+    "tcp://HOST[:PORT][/IFACE][,FILTERS]" (IFACE: the bridge's first interface when omitted).
+    Raises ConfigError for a bad URL or an unknown interface, OSError when unreachable."""
+
+    def __init__(self, spec: str) -> None:
+        url, _, filters = spec.partition(",")
+        self.filter = parse_filters(filters)
+        parts = urlsplit(url)
+        try:
+            port = parts.port or DEFAULT_PORT
+        except ValueError as exc:
+            raise ConfigError(f"{url!r}: {exc}") from None
+        if parts.scheme != "tcp" or not parts.hostname:
+            raise ConfigError(f"{url!r}: expected tcp://HOST[:PORT][/IFACE]")
+        self.url = url
+        self.decoder = native.StreamDecoder()
+        self.sock = socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S)
+        try:
+            hello = self._read_hello()
+            wanted = parts.path.strip("/")
+            if wanted and wanted not in hello.channels:
+                raise ConfigError(f"{url}: the bridge has no interface {wanted!r} (it has {', '.join(hello.channels)})")
+            if not hello.channels:
+                raise ConfigError(f"{url}: the bridge announced no interface")
+            self.name = wanted or hello.channels[0]
+            self.index = hello.channels.index(self.name)
+            self.sock.sendall(native.STREAM_PREAMBLE + native.encode_hello(native.Hello(channels=hello.channels)))
+            self.sock.setblocking(False)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _read_hello(self) -> native.Hello:
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                event = self.decoder.next_event()
+            except native.NativeProtocolError as exc:
+                raise ConfigError(f"{self.url}: not a canbridge (native protocol): {exc}") from None
+            if isinstance(event, native.Hello):
+                return event
+            if event is native.CLOSED:
+                break
+            if event is native.NEED_DATA:
+                self.decoder.receive_data(self.sock.recv(RECV_CHUNK))
+        raise ConfigError(f"{self.url}: no HELLO from the bridge")
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self) -> list:
+        try:
+            data = self.sock.recv(RECV_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError as exc:
+            raise SourceClosed(f"{self.url}: {exc}") from None
+        if not data:
+            raise SourceClosed(f"{self.url}: the bridge closed the connection")
+        self.decoder.receive_data(data)
+        out = []
+        try:
+            for event in events(self.decoder):
+                if isinstance(event, native.Frames) and event.channel == self.index:
+                    out += [Rx(self.name, raw, ts) for raw, ts in self.filter.filter_batch(event.frames)]
+        except native.NativeProtocolError as exc:
+            raise SourceClosed(f"{self.url}: malformed data from the bridge: {exc}") from None
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def open_source(spec: str):
+    """IFACE[,FILTERS] -> LocalSource; tcp://... -> RemoteSource."""
+    return RemoteSource(spec) if "://" in spec else LocalSource(spec)
+
+
+class Formatter:
+    """Rx -> candump text. Holds candump's state: the interface column width (the longest name
+    seen), SFF indentation once an EFF frame was seen, and the reference time of -t d / -t z.
+
+    mode: "screen" or "log" (-L); timestamps: None, "a", "d", "z" or "A" (screen only; local
+    time for "A"); ascii (-a), extra (-x: TX/RX and FD flags), errors (-e: decode error frames)."""
+
+    def __init__(self, names, *, log=False, timestamps=None, ascii=False, extra=False, errors=False) -> None:
+        self.width = max((len(n) for n in names), default=0)
+        self.log = log
+        self.timestamps = timestamps
+        self.ascii = ascii
+        self.extra = extra
+        self.errors = errors
+        self.indent = False
+        self._last_us: int | None = None
+
+    def _timestamp(self, ts_ns: int) -> str:
+        us = ts_ns // 1000
+        mode = self.timestamps
+        if mode == "a":
+            return f"({us // 1_000_000:010d}.{us % 1_000_000:06d}) "
+        if mode == "A":
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(us // 1_000_000))
+            return f"({stamp}.{us % 1_000_000:06d}) "
+        if self._last_us is None:
+            self._last_us = us
+        diff = max(0, us - self._last_us)
+        if mode == "d":
+            self._last_us = us
+        return f"({diff // 1_000_000:03d}.{diff % 1_000_000:06d}) "
+
+    def frame(self, rx: Rx) -> tuple[str, str | None]:
+        """-> (text for stdout without the final newline, warning for stderr or None)."""
+        if len(rx.iface) > self.width:
+            self.width = len(rx.iface)
+        if self.log:
+            line = candump.format_line(rx.ts_ns, rx.iface, rx.raw, iface_width=self.width, fd_flags_nibble=True)
+            return (line + (" T" if rx.tx else " R")) if self.extra else line, None
+        can_id = sc.HEADER.unpack_from(rx.raw)[0]
+        if can_id & sc.CAN_EFF_FLAG:
+            self.indent = True
+        text = candump.format_screen(rx.raw, indent_sff=self.indent, ascii=self.ascii)
+        stamp = self._timestamp(rx.ts_ns) if self.timestamps else ""
+        extra = ""
+        if self.extra:
+            flags = rx.raw[5] if len(rx.raw) == sc.CANFD_MTU else 0
+            extra = (f"{'TX' if rx.tx else 'RX'} {'B' if flags & sc.CANFD_BRS else '-'} "
+                     f"{'E' if flags & sc.CANFD_ESI else '-'}  ")
+        line = f" {stamp} {rx.iface:>{self.width}}  {extra}{text}"
+        warning = None
+        if self.errors and can_id & sc.CAN_ERR_FLAG:
+            described = candump.describe_error_frame(rx.raw)
+            if described is None:
+                warning = f"Error class {can_id & sc.CAN_EFF_MASK:#x} is invalid"
+            # lib.c writes nothing then, and candump prints its line buffer (the frame) again
+            line += "\n\t" + (described or text)
+        return line, warning
+
+    @staticmethod
+    def drops(d: Drops) -> str:
+        return candump.format_dropcount(d.dropped, d.iface, d.total)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_signal(_signum, _frame) -> None:
+    raise _Stop
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="canbridge dump",
+        description="candump-compatible live output of CAN interfaces and remote bridges.",
+        epilog="examples:\n  canbridge dump vcan0,123:7FF -t a\n  canbridge dump -L any > trace.log\n"
+               "  canbridge dump tcp://gateway:29600/can0,100:700\n"
+               "filters (candump): ID:MASK, ID~MASK (inverse), #ERRMASK (error frames), j (join)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="IFACE[,FILTERS] (any = all CAN interfaces) or tcp://HOST[:PORT][/IFACE][,FILTERS]")
+    p.add_argument("-t", dest="timestamps", choices="adzA",
+                   help="timestamp: (a)bsolute / (d)elta / (z)ero / (A)bsolute with date")
+    p.add_argument("-L", dest="log", action="store_true", help="log file format on stdout (candump -L)")
+    p.add_argument("-n", dest="count", type=int, default=0, help="exit after COUNT frames")
+    p.add_argument("-e", dest="errors", action="store_true",
+                   help="describe error frames (receive them with a #ERRMASK filter, e.g. vcan0,#FFFFFFFF)")
+    p.add_argument("-a", dest="ascii", action="store_true", help="ASCII column behind the data")
+    p.add_argument("-x", dest="extra", action="store_true", help="extra info: RX/TX, BRS, ESI")
+    p.add_argument("-T", dest="timeout_ms", type=int, default=0, help="exit after MSECS without a frame")
+    p.add_argument("-d", dest="dropmonitor", action="store_true",
+                   help="accepted for candump (drops are always reported)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.log and (args.ascii or args.errors):
+        print("Log file format selected: Please disable ASCII/BINARY/SWAP options!", file=sys.stderr)
+        return 2
+    if args.count < 0 or args.timeout_ms < 0:
+        print("canbridge dump: -n and -T must be >= 0", file=sys.stderr)
+        return 2
+    sources = []
+    try:
+        for spec in args.sources:
+            sources.append(open_source(spec))
+    except ConfigError as exc:
+        print(f"canbridge dump: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"canbridge dump: {spec}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    finally:
+        if len(sources) < len(args.sources):
+            for s in sources:
+                s.close()
+    fmt = Formatter([s.name for s in sources], log=args.log, timestamps=args.timestamps,
+                    ascii=args.ascii, extra=args.extra, errors=args.errors)
+    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _loop(sources, fmt, args.count, args.timeout_ms)
+    except _Stop:
+        return _flush()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for s in sources:
+            s.close()
+
+
+def _loop(sources, fmt: Formatter, count: int, timeout_ms: int) -> int:
+    poller = select.poll()
+    by_fd = {}
+    for s in sources:
+        poller.register(s.fileno(), select.POLLIN)
+        by_fd[s.fileno()] = s
+    out, err = sys.stdout, sys.stderr
+    drops_to = err if fmt.log else out
+    n = 0
+    try:
+        while True:
+            ready = poller.poll(timeout_ms or None)
+            if not ready:
+                return _flush()  # -T: nothing received for timeout_ms
+            for fd, _mask in ready:
+                for item in by_fd[fd].read():
+                    if isinstance(item, Drops):
+                        drops_to.write(fmt.drops(item) + "\n")
+                        continue
+                    text, warning = fmt.frame(item)
+                    if warning:
+                        err.write(warning + "\n")
+                    out.write(text + "\n")
+                    n += 1
+                    if n == count:
+                        return _flush()
+    except SourceClosed as exc:
+        _flush()
+        print(f"canbridge dump: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return _broken_pipe()
+
+
+def _flush() -> int:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _broken_pipe()
+    return 0
+
+
+def _broken_pipe() -> int:
+    """The reader went away (`| head`): a clean exit, without Python's flush error at shutdown."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

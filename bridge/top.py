@@ -1,0 +1,305 @@
+"""`canbridge top`: a live table of the CAN IDs on a bus, like can-utils cansniffer.
+
+    canbridge top SOURCE... [--once] [--duration S] [--window S]
+    SOURCE: IFACE[,FILTERS] or tcp://HOST[:PORT][/IFACE][,FILTERS], as for `canbridge dump`
+
+One row per (interface, CAN ID), sorted by interface then ID: count, rate (frames/s in the last
+`--window` seconds), period mean and jitter of the inter-arrival times, len, and the last data
+with the bytes that changed since the previous frame of that ID highlighted. Times are kernel RX
+timestamps (SO_TIMESTAMPNS, or the gateway's for a remote bridge), so the figures show the bus
+and not this program's scheduling. Jitter is the population standard deviation of the last
+PERIOD_SAMPLES inter-arrival times. Refreshed REFRESH_HZ times a second; `q` or Ctrl-C quits.
+`--once` collects for `--duration` seconds (default 1) and prints one table; `--duration` alone
+runs the live view for that long.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import statistics
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from bridge.codec import socketcan as sc
+from bridge.dump import Rx, SourceClosed, open_source
+from bridge.errors import ConfigError
+
+REFRESH_HZ = 4
+PERIOD_SAMPLES = 64  # inter-arrival times kept per ID for mean and jitter: ~0.6 s of a 100 Hz ID
+RATE_WINDOW_S = 2.0  # default sliding window of the rate
+RATE_SAMPLES_MAX = 20_000  # timestamps kept per ID for the rate: 2 s of a saturated 1 Mbit/s bus
+MAX_IDS = 8192  # rows kept; beyond this new IDs are counted in `ids_dropped`, not shown
+_NS = 1_000_000_000
+
+
+@dataclass(slots=True)
+class IdStats:
+    """Statistics of one CAN ID. data: last payload; changed: indices of the bytes that differ
+    from the previous frame's (a byte that did not exist before counts as changed; none on the
+    first frame); flags: "FD", "BRS", "ESI", "RTR", "ERR" as applicable to the last frame."""
+
+    can_id: int  # canid_t with EFF/ERR flags, RTR cleared (a request shares its data frame's row)
+    count: int = 0
+    length: int = 0
+    data: bytes = b""
+    changed: frozenset = frozenset()
+    flags: tuple = ()
+    first_ns: int = 0
+    last_ns: int = 0
+    intervals: deque = field(default_factory=lambda: deque(maxlen=PERIOD_SAMPLES))
+    recent: deque = field(default_factory=lambda: deque(maxlen=RATE_SAMPLES_MAX))
+
+    @property
+    def period_ms(self) -> float | None:
+        """Mean inter-arrival time in ms over the last PERIOD_SAMPLES intervals (None before 2 frames)."""
+        return statistics.fmean(self.intervals) / 1e6 if self.intervals else None
+
+    @property
+    def jitter_ms(self) -> float | None:
+        """Population standard deviation of those intervals in ms (None before 3 frames)."""
+        return statistics.pstdev(self.intervals) / 1e6 if len(self.intervals) >= 2 else None
+
+    def rate(self, now_ns: int, window_s: float) -> float:
+        """Frames per second in the last window_s seconds before now_ns; while the ID is younger
+        than the window, over its lifetime (so a new 100 Hz ID reads 100, not 100 * age / window)."""
+        horizon = now_ns - int(window_s * _NS)
+        recent = self.recent
+        while recent and recent[0] <= horizon:
+            recent.popleft()
+        span = min(window_s, (now_ns - self.first_ns) / _NS)
+        return len(recent) / span if span > 0 and len(recent) > 1 else len(recent) / window_s
+
+
+class TopStats:
+    """Per-ID statistics of a stream of frames; pure (times are the frames' own timestamps and
+    the `now_ns` passed to rows()). add(iface, raw, ts_ns) per frame; rows(now_ns) for display."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
+        if window_s <= 0:
+            raise ValueError(f"window must be > 0 s, got {window_s}")
+        self.window_s = window_s
+        self.ids: dict[tuple[str, int], IdStats] = {}
+        self.frames = 0
+        self.ids_dropped = 0  # frames of new IDs not tracked because MAX_IDS rows exist
+
+    def add(self, iface: str, raw: bytes, ts_ns: int) -> None:
+        can_id, length, fd_flags, _len8, data = sc.unpack(raw)
+        key = (iface, can_id & ~sc.CAN_RTR_FLAG)
+        st = self.ids.get(key)
+        if st is None:
+            if len(self.ids) >= MAX_IDS:
+                self.ids_dropped += 1
+                return
+            st = self.ids[key] = IdStats(key[1], first_ns=ts_ns)
+        self.frames += 1
+        if st.count:
+            st.intervals.append(max(0, ts_ns - st.last_ns))
+            old = st.data
+            st.changed = frozenset(i for i, b in enumerate(data) if i >= len(old) or old[i] != b)
+        st.count += 1
+        st.last_ns = ts_ns
+        st.recent.append(ts_ns)
+        st.length = length
+        st.data = data
+        st.flags = _flags(can_id, fd_flags, len(raw) == sc.CANFD_MTU)
+
+    def rows(self, now_ns: int) -> list[tuple[str, IdStats, float]]:
+        """[(iface, stats, rate)] sorted by interface, then SFF before EFF, then ID."""
+        keys = sorted(self.ids, key=lambda k: (k[0], bool(k[1] & (sc.CAN_EFF_FLAG | sc.CAN_ERR_FLAG)), k[1]))
+        return [(k[0], self.ids[k], self.ids[k].rate(now_ns, self.window_s)) for k in keys]
+
+
+def _flags(can_id: int, fd_flags: int, is_fd: bool) -> tuple:
+    out = []
+    if is_fd:
+        out.append("FD")
+        if fd_flags & sc.CANFD_BRS:
+            out.append("BRS")
+        if fd_flags & sc.CANFD_ESI:
+            out.append("ESI")
+    if can_id & sc.CAN_RTR_FLAG:
+        out.append("RTR")
+    if can_id & sc.CAN_ERR_FLAG:
+        out.append("ERR")
+    return tuple(out)
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+def render(stats: TopStats, now_ns: int, title: str = ""):
+    """-> rich Table of the current rows; changed bytes in bold reverse."""
+    from rich.table import Table
+    from rich.text import Text
+
+    multi = len({iface for iface, _ in stats.ids}) > 1
+    table = Table(title=title or None, title_justify="left", box=None, header_style="bold", pad_edge=False)
+    if multi:
+        table.add_column("iface")
+    for name in ("CAN ID", "count", "rate/s", "period ms", "jitter ms", "len"):
+        table.add_column(name, justify="right")
+    table.add_column("data")
+    table.add_column("flags")
+    for iface, st, rate in stats.rows(now_ns):
+        data = Text()
+        for i, b in enumerate(st.data):
+            if i:
+                data.append(" ")
+            data.append(f"{b:02X}", style="bold reverse" if i in st.changed else "")
+        cells = [sc.format_can_id(st.can_id), str(st.count), f"{rate:.1f}", _ms(st.period_ms), _ms(st.jitter_ms),
+                 str(st.length), data, " ".join(st.flags)]
+        table.add_row(*([iface] if multi else []), *cells)
+    return table
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _caption(stats: TopStats) -> str:
+    text = f"{len(stats.ids)} IDs, {stats.frames} frames"
+    if stats.ids_dropped:
+        text += f", {stats.ids_dropped} frames of untracked IDs (limit {MAX_IDS})"
+    return text
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_signal(_signum, _frame) -> None:
+    raise _Stop
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="canbridge top", description="Live per-CAN-ID table (like cansniffer).")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="IFACE[,FILTERS] (any = all CAN interfaces) or tcp://HOST[:PORT][/IFACE][,FILTERS]")
+    p.add_argument("--once", action="store_true", help="collect for --duration seconds (default 1), print one table")
+    p.add_argument("--duration", type=float, help="stop after S seconds")
+    p.add_argument("--window", type=float, default=RATE_WINDOW_S, help="rate window in seconds (default 2)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.window <= 0 or (args.duration is not None and args.duration < 0):
+        print("canbridge top: --window must be > 0 and --duration >= 0", file=sys.stderr)
+        return 2
+    duration = args.duration if args.duration is not None else (1.0 if args.once else None)
+    sources = []
+    try:
+        for spec in args.sources:
+            sources.append(open_source(spec))
+    except ConfigError as exc:
+        print(f"canbridge top: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"canbridge top: {spec}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    finally:
+        if len(sources) < len(args.sources):
+            for s in sources:
+                s.close()
+    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run(sources, TopStats(args.window), duration, args.once, " ".join(args.sources))
+    except _Stop:
+        return 0
+    except SourceClosed as exc:
+        print(f"canbridge top: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        for s in sources:
+            s.close()
+
+
+def _run(sources, stats: TopStats, duration: float | None, once: bool, title: str) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    if not console.is_terminal:  # a script reads it: don't wrap the rows at 80 columns
+        console.width = max(console.width, 160)
+    end = None if duration is None else time.monotonic() + duration
+    keys = None if once else _Keys.open()
+    try:
+        if once:
+            _collect(sources, stats, end, None)
+            console.print(render(stats, time.time_ns(), title))
+            console.print(_caption(stats))
+            return 0
+        with Live(render(stats, time.time_ns(), title), console=console, auto_refresh=False) as live:
+            def refresh():
+                live.update(render(stats, time.time_ns(), f"{title}  ({_caption(stats)}; q quits)"), refresh=True)
+            _collect(sources, stats, end, keys, refresh)
+        return 0
+    finally:
+        if keys:
+            keys.close()
+
+
+def _collect(sources, stats: TopStats, end: float | None, keys, refresh=None) -> None:
+    """Read frames into stats until `end` (monotonic) or `q`; refresh() every 1/REFRESH_HZ s."""
+    poller = select.poll()
+    by_fd = {s.fileno(): s for s in sources}
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
+    if keys:
+        poller.register(keys.fd, select.POLLIN)
+    next_refresh = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if refresh and now >= next_refresh:
+            refresh()
+            next_refresh = now + 1 / REFRESH_HZ
+        if end is not None and now >= end:
+            return
+        deadlines = [t for t in (next_refresh if refresh else None, end) if t is not None]
+        timeout_ms = max(0.0, (min(deadlines) - now) * 1000) if deadlines else None
+        for fd, _ in poller.poll(timeout_ms):
+            if keys and fd == keys.fd:
+                if keys.quit_pressed():
+                    return
+                continue
+            for rx in by_fd[fd].read():
+                if isinstance(rx, Rx):  # Drops notices are not shown here
+                    stats.add(rx.iface, rx.raw, rx.ts_ns)
+
+
+class _Keys:
+    """stdin in cbreak mode while the live view runs, so that `q` quits without Enter."""
+
+    def __init__(self, fd: int, saved) -> None:
+        self.fd = fd
+        self._saved = saved
+
+    @classmethod
+    def open(cls):
+        if not sys.stdin.isatty():
+            return None
+        import termios
+        import tty
+
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd)
+        return cls(fd, saved)
+
+    def quit_pressed(self) -> bool:
+        return "q" in os.read(self.fd, 64).decode(errors="replace").lower()
+
+    def close(self) -> None:
+        import termios
+
+        termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
