@@ -18,6 +18,7 @@ import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
 MSG_DONTWAIT = 0x40
+MSG_TRUNC = 0x20  # packet sockets: msg_len is the packet's real length even when truncated
 SOL_SOCKET = 1
 SO_TIMESTAMPNS = 35
 SO_RXQ_OVFL = 40
@@ -46,6 +47,8 @@ class _mmsghdr(ctypes.Structure):
 _MMSG = ctypes.sizeof(_mmsghdr)
 _OFF_LEN = _mmsghdr.msg_len.offset
 _OFF_CTRLLEN = _mmsghdr.msg_hdr.offset + _msghdr.msg_controllen.offset
+_OFF_FLAGS = _mmsghdr.msg_hdr.offset + _msghdr.msg_flags.offset
+_I32 = struct.Struct("=i")
 _SIZE_T = struct.Struct("=Q" if ctypes.sizeof(ctypes.c_size_t) == 8 else "=I")
 _U32 = struct.Struct("=I")
 _CMSG_HDR = struct.Struct("=" + ("Q" if ctypes.sizeof(ctypes.c_size_t) == 8 else "I") + "ii")
@@ -57,13 +60,14 @@ _CTRL = 2 * (_CMSG_HDR.size + 16 + _ALIGN)
 available = hasattr(_libc, "recvmmsg") and hasattr(_libc, "sendmmsg")
 
 
-def _vector(slots: int, slot_size: int, ctrl: int):
-    """(mmsghdr array, iovec array, frame buffer, control buffer), wired together."""
+def _vector(slots: int, slot_size: int, ctrl: int, name_size: int = 0):
+    """(mmsghdr array, iovec array, frame buffer, control buffer, name buffer), wired together."""
     frames = ctypes.create_string_buffer(slots * slot_size)
     control = ctypes.create_string_buffer(max(1, slots * ctrl))
+    names = ctypes.create_string_buffer(max(1, slots * name_size))
     iov = (_iovec * slots)()
     msgs = (_mmsghdr * slots)()
-    base, cbase = ctypes.addressof(frames), ctypes.addressof(control)
+    base, cbase, nbase = ctypes.addressof(frames), ctypes.addressof(control), ctypes.addressof(names)
     for i in range(slots):
         iov[i].iov_base = base + i * slot_size
         iov[i].iov_len = slot_size
@@ -73,34 +77,61 @@ def _vector(slots: int, slot_size: int, ctrl: int):
         if ctrl:
             hdr.msg_control = cbase + i * ctrl
             hdr.msg_controllen = ctrl
-    return msgs, iov, frames, control
+        if name_size:
+            hdr.msg_name = nbase + i * name_size
+            hdr.msg_namelen = name_size
+    return msgs, iov, frames, control, names
 
 
 class Receiver:
     """recvmmsg on one socket. `recv(fd)` -> (list of (datagram bytes, ts_ns), ovfl or None);
     an empty list when nothing is waiting. Raises OSError for errors other than EAGAIN/EINTR."""
 
-    def __init__(self, slots: int = 64, slot_size: int = 72) -> None:
+    def __init__(self, slots: int = 64, slot_size: int = 72, name_size: int = 0) -> None:
         self.slots = slots
         self.slot_size = slot_size
-        self._msgs, self._iov, self._frames, self._control = _vector(slots, slot_size, _CTRL)
+        self.name_size = name_size
+        self._msgs, self._iov, self._frames, self._control, self._names = _vector(slots, slot_size, _CTRL, name_size)
         self._pristine = bytes(memoryview(self._msgs).cast("B"))  # kernel rewrites controllen
         self._hdr_view = memoryview(self._msgs).cast("B")
         self._frame_view = memoryview(self._frames).cast("B")
         self._ctrl_view = memoryview(self._control).cast("B")
+        self._name_view = memoryview(self._names).cast("B")
         self._used = slots
 
-    def recv(self, fd: int) -> tuple[list, int | None]:
+    def _call(self, fd: int, flags: int) -> int:
+        """One recvmmsg; the number of datagrams (0 when none is waiting)."""
         if self._used:
             ctypes.memmove(self._msgs, self._pristine, _MMSG * self._used)
-        n = _libc.recvmmsg(fd, self._msgs, self.slots, MSG_DONTWAIT, None)
+        n = _libc.recvmmsg(fd, self._msgs, self.slots, flags, None)
         if n < 0:
             self._used = 0
             err = ctypes.get_errno()
             if err in (errno.EAGAIN, errno.EINTR):
-                return [], None
+                return 0
             raise OSError(err, os.strerror(err))
         self._used = n
+        return n
+
+    def recv_detail(self, fd: int) -> list[tuple[bytes, int, int | None, int, int, bytes]]:
+        """Like recv, for capture: a list of (captured bytes, ts_ns, SO_RXQ_OVFL count or None,
+        msg_flags, original length, msg_name bytes). Packet sockets report the original length of a
+        packet longer than slot_size (MSG_TRUNC); other sockets report the captured length."""
+        n = self._call(fd, MSG_DONTWAIT | MSG_TRUNC)
+        hv, fv, cv, nv = self._hdr_view, self._frame_view, self._ctrl_view, self._name_view
+        size, ns = self.slot_size, self.name_size
+        out = []
+        for i in range(n):
+            orig = _U32.unpack_from(hv, i * _MMSG + _OFF_LEN)[0]
+            start = i * size
+            ts, drops = _parse_control(cv, i * _CTRL, _SIZE_T.unpack_from(hv, i * _MMSG + _OFF_CTRLLEN)[0])
+            flags = _I32.unpack_from(hv, i * _MMSG + _OFF_FLAGS)[0]
+            data = bytes(fv[start : start + min(orig, size)])
+            out.append((data, ts, drops, flags, orig, bytes(nv[i * ns : (i + 1) * ns])))
+        return out
+
+    def recv(self, fd: int) -> tuple[list, int | None]:
+        n = self._call(fd, MSG_DONTWAIT)
         hv, fv, cv = self._hdr_view, self._frame_view, self._ctrl_view
         size, ctrl_size = self.slot_size, _CTRL
         out = []
@@ -141,7 +172,7 @@ class Sender:
     def __init__(self, slots: int = 64, slot_size: int = 16) -> None:
         self.slots = slots
         self.slot_size = slot_size
-        self._msgs, self._iov, self._frames, _ = _vector(slots, slot_size, 0)
+        self._msgs, self._iov, self._frames, _, _ = _vector(slots, slot_size, 0)
 
     def send(self, fd: int, frames: list) -> int:
         n = min(len(frames), self.slots)
