@@ -12,6 +12,7 @@ from bridge.endpoints.socketcan import SocketCanEndpoint
 from bridge.endpoints.socketcand_server import Beacon, SocketcandPeer
 from bridge.endpoints.tcp import HEARTBEAT_S, TcpClient, TcpServer, stream_peers
 from bridge.endpoints import wire
+from bridge.endpoints.multicast import MulticastPeer
 from bridge.endpoints.udp import UdpPeer
 from bridge.reactor import Reactor
 from bridge.router import Router
@@ -70,6 +71,9 @@ class Bridge:
         try:
             if peer.scheme == "socketcand":
                 return self._socketcand_server(addr, peer.beacon)
+            if peer.scheme == "udp-multicast":  # the group is one bus: channel 0, named as python-can would
+                return MulticastPeer(self.reactor, self.router, peer.host, peer.port, iface=peer.iface,
+                                     hop_limit=peer.hop_limit, channel_name=hello.channels[0], filters=filters)
             if transport == "udp":
                 dgram = (wire.CannelloniDatagram if cannelloni else wire.NativeDatagram)(hello, peer.mtu)
                 return UdpPeer(self.reactor, self.router, addr, peer.bind, dgram, filters=filters, scheme=peer.scheme)

@@ -8,11 +8,15 @@ URLs (docs/cli.md):
     cannelloni+udp://, cannelloni+tcp://, cannelloni+tcp-listen://   the same, cannelloni's format
     socketcand://[addr]:port[?beacon=BROADCAST]   socketcand server (python-can, SavvyCAN, Kayak
                                           connect); beacon: announce it every 3 s on UDP 42000
+    udp-multicast://[GROUP]:PORT[?iface=NAME&hop_limit=N]   member of a python-can udp_multicast group;
+                                          udp-multicast:// = python-can's defaults ([ff15:7079:7468:6f6e:
+                                          6465:6d6f:6d63:6173]:43113, hop limit 1)
 Query options on peer URLs: mtu=BYTES (udp), filter=SPEC (bus -> peer), inbound_filter=SPEC.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
@@ -22,10 +26,14 @@ from bridge.errors import ConfigError
 
 DEFAULT_PORT = 29600
 DEFAULT_MTU = 1472
-PEER_SCHEMES = ("tcp", "tcp-listen", "udp", "cannelloni+udp", "cannelloni+tcp", "cannelloni+tcp-listen", "socketcand")
+PEER_SCHEMES = ("tcp", "tcp-listen", "udp", "cannelloni+udp", "cannelloni+tcp", "cannelloni+tcp-listen", "socketcand",
+                "udp-multicast")
 SERVER_SCHEMES = ("tcp-listen", "cannelloni+tcp-listen", "socketcand")
 SOCKETCAND_PORT = 29536
 CANNELLONI_PORT = 20000  # cannelloni's own default (-l/-r)
+MULTICAST_GROUP = "ff15:7079:7468:6f6e:6465:6d6f:6d63:6173"  # python-can udp_multicast defaults
+MULTICAST_PORT = 43113
+MULTICAST_OPTIONS = ("iface", "hop_limit", "filter", "inbound_filter")
 IFNAMSIZ = 16
 
 
@@ -49,6 +57,8 @@ class PeerConfig:
     filter: FilterSet | None = None  # bus -> peer
     inbound_filter: FilterSet | None = None  # peer -> bus
     beacon: str | None = None  # socketcand: broadcast address for the discovery beacon
+    iface: str | None = None  # udp-multicast: interface to join and send on (None: the group's route)
+    hop_limit: int = 1  # udp-multicast: IPv6 hop limit / IPv4 TTL
 
 
 @dataclass
@@ -92,6 +102,8 @@ def parse_peer_url(url: str, where: str = "peer") -> PeerConfig:
     except ValueError as exc:
         raise ConfigError(f"{where}: bad port in {url!r}: {exc}") from None
     host = parts.hostname or ""
+    if scheme == "udp-multicast":
+        return _multicast_peer(url, host or MULTICAST_GROUP, port or MULTICAST_PORT, parts.query, where)
     if not host:
         if scheme not in SERVER_SCHEMES:
             raise ConfigError(f"{where}: {url!r} needs a host, e.g. {scheme}://127.0.0.1:{DEFAULT_PORT}")
@@ -105,8 +117,37 @@ def parse_peer_url(url: str, where: str = "peer") -> PeerConfig:
     return peer
 
 
+def _multicast_peer(url: str, group: str, port: int, query: str, where: str) -> PeerConfig:
+    try:
+        multicast = ipaddress.ip_address(group).is_multicast
+    except ValueError:
+        multicast = False
+    if not multicast:
+        raise ConfigError(f"{where}: {group!r} in {url!r} is not a multicast group address "
+                          f"(e.g. [{MULTICAST_GROUP}] or 239.74.163.2)")
+    peer = PeerConfig(url=url, scheme="udp-multicast", host=group, port=port)
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        _apply_option(peer, key, value, f"{where} {url!r}")
+    return peer
+
+
 def _apply_option(peer: PeerConfig, key: str, value, where: str) -> None:
-    if key == "bind":
+    if peer.scheme == "udp-multicast" and key not in MULTICAST_OPTIONS:
+        raise ConfigError(f"{where}: unknown option {key!r}; expected {', '.join(MULTICAST_OPTIONS)}")
+    if key in ("iface", "hop_limit") and peer.scheme != "udp-multicast":
+        raise ConfigError(f"{where}: {key} is a udp-multicast:// option")
+    if key == "iface":
+        if not isinstance(value, str) or not value or len(value) >= IFNAMSIZ or "/" in value or " " in value:
+            raise ConfigError(f"{where}: iface: {value!r} is not a network interface name (e.g. eth0)")
+        peer.iface = value
+    elif key == "hop_limit":
+        try:
+            peer.hop_limit = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: hop_limit must be an integer 0..255, got {value!r}") from None
+        if isinstance(value, bool) or not 0 <= peer.hop_limit <= 255:
+            raise ConfigError(f"{where}: hop_limit must be an integer 0..255, got {value!r}")
+    elif key == "bind":
         peer.bind = _parse_hostport(str(value), f"{where}: bind")
     elif key == "mtu":
         try:
@@ -122,7 +163,8 @@ def _apply_option(peer: PeerConfig, key: str, value, where: str) -> None:
     elif key in ("filter", "inbound_filter"):
         setattr(peer, key, _filters(str(value), f"{where}: {key}"))
     else:
-        raise ConfigError(f"{where}: unknown option {key!r}; expected bind, mtu, filter, inbound_filter or beacon")
+        raise ConfigError(f"{where}: unknown option {key!r}; expected bind, mtu, filter, inbound_filter, beacon, "
+                          "iface or hop_limit")
 
 
 def _parse_hostport(text: str, where: str) -> tuple[str, int]:
@@ -147,7 +189,7 @@ def from_args(interfaces: list[str], peers: list[str]) -> Config:
 
 
 _INTERFACE_KEYS = {"name", "fd", "error_frames", "filter", "rx_buffer"}
-_PEER_KEYS = {"url", "bind", "mtu", "filter", "inbound_filter", "beacon"}
+_PEER_KEYS = {"url", "bind", "mtu", "filter", "inbound_filter", "beacon", "iface", "hop_limit"}
 
 
 def load_toml(path: str) -> Config:
@@ -181,7 +223,7 @@ def load_toml(path: str) -> Config:
         where = f"{path}: peer[{n}]"
         _check_keys(table, _PEER_KEYS, where)
         peer = parse_peer_url(_str(table, "url", where), where)
-        for key in ("bind", "mtu", "filter", "inbound_filter", "beacon"):
+        for key in ("bind", "mtu", "filter", "inbound_filter", "beacon", "iface", "hop_limit"):
             if key in table:
                 _apply_option(peer, key, table[key], where)
         config.peers.append(peer)
