@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 
+from bridge import sdnotify
 from bridge.codec import native
 from bridge.config import Config, PeerConfig
 from bridge.endpoints.socketcan import SocketCanEndpoint
@@ -116,16 +117,31 @@ class Bridge:
         return out
 
     def run(self) -> int:
-        """Run until SIGINT/SIGTERM; returns 0 after a requested stop. SIGUSR1 logs counters."""
+        """Run until SIGINT/SIGTERM; returns 0 after a requested stop. SIGUSR1 logs counters.
+        Under systemd (bridge/sdnotify.py): READY=1 from the loop's first pass, WATCHDOG=1 from a loop timer
+        (so a stuck loop misses it), STOPPING=1 when the loop ends."""
         self.reactor.stop_on_signals(signal.SIGINT, signal.SIGTERM)
         self.reactor.add_signal_handler(signal.SIGUSR1, self.log_stats)
+        self.reactor.call_soon(self._notify_ready)
         try:
             self.reactor.run()
         finally:
+            sdnotify.stopping()
             self.log_stats()
             self.close()
             self.reactor.close()
         return 0
+
+    def _notify_ready(self) -> None:
+        names = [ep.name for ep in [*self.buses, *self.peers]]
+        sdnotify.ready("bridging " + ", ".join(names))
+        interval = sdnotify.watchdog_interval()
+        if interval:
+            self._watchdog(interval / 2)
+
+    def _watchdog(self, every: float) -> None:
+        sdnotify.watchdog()
+        self.reactor.call_later(every, lambda: self._watchdog(every))
 
     def log_stats(self) -> None:
         log.info("counters: %s", json.dumps(self.stats(), sort_keys=True))

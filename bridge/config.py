@@ -44,6 +44,7 @@ class InterfaceConfig:
     error_frames: bool = False
     filter: FilterSet | None = None  # kernel RX filter
     rx_buffer: int | None = None  # SO_RCVBUF bytes; None = bridge.endpoints.socketcan.RX_BUFFER
+    link: dict[str, int | float] = field(default_factory=dict)  # LINK_KEYS given; the bridge ignores them
 
 
 @dataclass
@@ -191,6 +192,26 @@ def from_args(interfaces: list[str], peers: list[str]) -> Config:
 _INTERFACE_KEYS = {"name", "fd", "error_frames", "filter", "rx_buffer"}
 _PEER_KEYS = {"url", "bind", "mtu", "filter", "inbound_filter", "beacon", "iface", "hop_limit"}
 
+# Link settings of an [[interface]], applied by `canbridge link setup --from-config` (hw/links.py), never by
+# the bridge itself (which needs no CAP_NET_ADMIN). key -> (type, min, max, what).
+LINK_KEYS = {
+    "bitrate": (int, 1, 1_000_000, "bit/s (classic CAN and the FD arbitration phase: at most 1 Mbit/s)"),
+    "sample_point": (float, 0.001, 0.999, "fraction of the bit time, e.g. 0.875"),
+    "dbitrate": (int, 1, 20_000_000, "bit/s (CAN FD data phase)"),
+    "dsample_point": (float, 0.001, 0.999, "fraction of the bit time, e.g. 0.75"),
+    "restart_ms": (int, 0, 2**32 - 1, "ms before an automatic restart after BUS-OFF; 0 = never"),
+    "txqueuelen": (int, 1, 2**31 - 1, "frames in the interface TX queue"),
+}
+
+
+def link_value(key: str, value, where: str) -> int | float:
+    """A LINK_KEYS value checked for type and range; ConfigError naming `where` otherwise."""
+    kind, low, high, what = LINK_KEYS[key]
+    ok_type = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    if not ok_type or not low <= value <= high:
+        raise ConfigError(f"{where}: expected {what}, {low}..{high}, got {value!r}")
+    return kind(value)
+
 
 def load_toml(path: str) -> Config:
     """Read a bridge config file (format: docs/cli.md). Raises ConfigError naming the key."""
@@ -207,7 +228,7 @@ def load_toml(path: str) -> Config:
     config = Config()
     for n, table in enumerate(_tables(doc, "interface", path)):
         where = f"{path}: interface[{n}]"
-        _check_keys(table, _INTERFACE_KEYS, where)
+        _check_keys(table, _INTERFACE_KEYS | LINK_KEYS.keys(), where)
         iface = parse_interface(_str(table, "name", where), where)
         iface.fd = _opt_bool(table, "fd", where)
         iface.error_frames = bool(_opt_bool(table, "error_frames", where))
@@ -218,6 +239,7 @@ def load_toml(path: str) -> Config:
             if not isinstance(value, int) or isinstance(value, bool) or not 4096 <= value <= 1 << 30:
                 raise ConfigError(f"{where}.rx_buffer: expected bytes, 4096..1073741824, got {value!r}")
             iface.rx_buffer = value
+        iface.link = {k: link_value(k, table[k], f"{where}.{k}") for k in LINK_KEYS if k in table}
         config.interfaces.append(iface)
     for n, table in enumerate(_tables(doc, "peer", path)):
         where = f"{path}: peer[{n}]"
