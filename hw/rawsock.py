@@ -117,10 +117,15 @@ def split_name(name: str) -> tuple[str, str | None]:
 
 
 def _arphrd(iface: str) -> int:
-    try:
-        return int(Path(f"/sys/class/net/{iface}/type").read_text())
-    except OSError as exc:
-        raise ConfigError(f"-i {iface}: no such interface") from exc
+    """ARPHRD_* type of `iface` in the current network namespace (netlink: /sys shows the mount's)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        try:
+            return ipr.link("get", ifname=iface)[0]["ifi_type"]
+        except NetlinkError as exc:
+            raise ConfigError(f"-i {iface}: no such interface") from exc
 
 
 def open_source(name: str, bpf_filter: str, buffer: int = CAPTURE_BUFFER) -> Source:
