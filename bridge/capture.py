@@ -32,6 +32,7 @@ log = logging.getLogger("canbridge.capture")
 # python-can udp_multicast 43113
 DEFAULT_FILTER = "port 29600 or port 20000 or port 29536 or port 42000 or port 43113"
 WRITE_BUFFER = 1 << 20  # bytes of pcapng buffered before a write(2): few system calls under load
+STOP_DRAIN_S = 5.0  # on stop, keep reading what the kernel already queued for at most this long
 STATS_INTERVAL_S = 1.0  # PACKET_STATISTICS is folded in this often (the counters are per read)
 
 EXAMPLES = """\
@@ -91,13 +92,19 @@ class PcapngOutput:
         self._buffered += len(block)
         self._written += len(block)
 
-    def packet(self, interface_id: int, record) -> None:
-        self._put(pcapng.enhanced_packet(interface_id, record.ts_ns, record.data, record.orig_len, record.direction))
+    def packets(self, interface_id: int, records: list) -> None:
+        """Append EPBs for (data, ts_ns, orig_len, direction) records of one interface."""
+        epb = pcapng.enhanced_packet
+        for data, ts, orig, direction in records:
+            block = epb(interface_id, ts, data, orig, direction)
+            self._buf.append(block)
+            self._buffered += len(block)
+            self._written += len(block)
+            if self.max_bytes and self._written >= self.max_bytes:
+                self._close_file()
+                self._open_next()
         if self._buffered >= WRITE_BUFFER:
             self.flush()
-        if self.max_bytes and self._written >= self.max_bytes:
-            self._close_file()
-            self._open_next()
 
     def flush(self) -> None:
         if self._buf:
@@ -143,13 +150,15 @@ class Capture:
         if duration:
             self.reactor.call_later(duration, self.reactor.stop)
 
-    def _read(self, index: int, src) -> None:
-        for record in src.read():
-            self.output.packet(index, record)
-            self.captured += 1
-            if self.captured == self.count:
-                self.reactor.stop()
-                return
+    def _read(self, index: int, src) -> int:
+        records = src.read()
+        if self.count:
+            records = records[: self.count - self.captured]
+        self.output.packets(index, records)
+        self.captured += len(records)
+        if self.captured == self.count:
+            self.reactor.stop()
+        return len(records)
 
     def _stats(self) -> None:
         for src in self.sources:
@@ -160,9 +169,11 @@ class Capture:
         try:
             self.reactor.run()
         finally:
-            for src in self.sources:  # what is already queued in the kernel is not lost
-                if not self.count or self.captured < self.count:
-                    self._read(self.sources.index(src), src)
+            deadline = time.monotonic() + STOP_DRAIN_S  # what the kernel already queued is not lost,
+            for index, src in enumerate(self.sources):  # but a busy bus must not keep us from stopping
+                while (not self.count or self.captured < self.count) and time.monotonic() < deadline \
+                        and self._read(index, src):
+                    pass
                 src.update_stats()
             self.output.close(self.start_ns)
             self.reactor.close()

@@ -46,20 +46,15 @@ _SOCKADDR_LL = 20
 _STATS = struct.Struct("=II")  # struct tpacket_stats: tp_packets, tp_drops (reset by each read)
 
 
-@dataclass
-class Record:
-    """One captured frame/packet: link-layer bytes as written to pcapng, kernel RX time in ns since
-    the epoch, original length, pcapng direction (0 unknown, 1 inbound, 2 outbound)."""
-
-    data: bytes
-    ts_ns: int
-    orig_len: int
-    direction: int
+# A captured frame/packet is a plain tuple (cheap: one per CAN frame): (link-layer bytes as written
+# to pcapng, kernel RX time in ns since the epoch, original length, pcapng direction: 1 in, 2 out).
+_IN, _OUT = pcapng.DIRECTION_INBOUND, pcapng.DIRECTION_OUTBOUND
 
 
 @dataclass
 class Source:
-    """A capture socket on one interface. `read()` -> list of Records (empty when none is waiting);
+    """A capture socket on one interface. `read()` -> list of record tuples (data, ts_ns, orig_len,
+    direction), empty when none is waiting;
     `received`/`dropped`: packets seen / lost by the kernel since opening (for pcapng ISBs)."""
 
     name: str  # as given: IFACE or IFACE@NETNS
@@ -75,28 +70,29 @@ class Source:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def read(self) -> list[Record]:
+    def read(self) -> list[tuple]:
         return self._read_can() if self.linktype == pcapng.LINKTYPE_CAN_SOCKETCAN else self._read_packets()
 
-    def _read_can(self) -> list[Record]:
-        out = []
-        for data, ts, ovfl, flags, orig, _ in self.receiver.recv_detail(self.sock.fileno()):
+    def _read_can(self) -> list[tuple]:
+        batch = self.receiver.recv_detail(self.sock.fileno())
+        for _, _, ovfl, _, _, _ in batch:
             if ovfl is not None:
                 self._ovfl = ovfl  # cumulative count, delivered with the next frame
-            # frames written by a program on this host carry MSG_DONTROUTE (outbound on the bus)
-            direction = pcapng.DIRECTION_OUTBOUND if flags & MSG_DONTROUTE else pcapng.DIRECTION_INBOUND
-            out.append(Record(pcapng.can_record(data), ts, orig, direction))
+        record = pcapng.can_record
+        # frames written by a program on this host carry MSG_DONTROUTE (outbound on the bus)
+        out = [(record(data), ts, 8 + data[4], _OUT if flags & MSG_DONTROUTE else _IN)
+               for data, ts, _, flags, _, _ in batch]
         self.received += len(out)
         self.dropped = self._ovfl
         return out
 
-    def _read_packets(self) -> list[Record]:
+    def _read_packets(self) -> list[tuple]:
         out = []
         for data, ts, _, _, orig, name in self.receiver.recv_detail(self.sock.fileno()):
             outgoing = name[10] == PACKET_OUTGOING
             if outgoing and self.loopback:
                 continue
-            out.append(Record(data, ts, orig, pcapng.DIRECTION_OUTBOUND if outgoing else pcapng.DIRECTION_INBOUND))
+            out.append((data, ts, orig, _OUT if outgoing else _IN))
         self.received += len(out)
         return out
 

@@ -95,14 +95,22 @@ def interface_description(linktype: int, name: str, snaplen: int = 0, descriptio
     return _block(IDB_TYPE, struct.pack("=HHI", linktype, 0, snaplen) + _options(opts))
 
 
+_EPB_HEAD = struct.Struct("=IIIIIII")  # block type, total length, interface id, ts high, ts low, caplen, origlen
+_EPB_OPTS = {d: _options([(EPB_FLAGS, _U32.pack(d))]) if d else b"" for d in (0, 1, 2)}
+_PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
+
+
 def enhanced_packet(interface_id: int, ts_ns: int, data: bytes, orig_len: int | None = None,
                     direction: int = 0) -> bytes:
     """Enhanced Packet Block: interface index (IDB order), timestamp in ns since the epoch, captured
-    bytes, original length (default len(data)); direction 1 inbound / 2 outbound goes in epb_flags."""
-    head = struct.pack("=I", interface_id) + _ts(ts_ns) + struct.pack("=II", len(data),
-                                                                       len(data) if orig_len is None else orig_len)
-    opts = _options([(EPB_FLAGS, _U32.pack(direction))]) if direction else b""
-    return _block(EPB_TYPE, head + _pad(data) + opts)
+    bytes, original length (default len(data)); direction 1 inbound / 2 outbound goes in epb_flags.
+    (One struct call per block: the capture writes one of these per CAN frame.)"""
+    n = len(data)
+    opts = _EPB_OPTS[direction]
+    total = 32 + n + (-n % 4) + len(opts)
+    return b"".join((_EPB_HEAD.pack(EPB_TYPE, total, interface_id, ts_ns >> 32, ts_ns & 0xFFFFFFFF, n,
+                                     n if orig_len is None else orig_len),
+                     data, _PADDING[n % 4], opts, _U32.pack(total)))
 
 
 def interface_statistics(interface_id: int, ts_ns: int, received: int, dropped: int,
