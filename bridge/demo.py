@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--transport", default="tcp,udp",
                    help="comma list of tcp, udp, cannelloni+tcp, cannelloni+udp (default tcp,udp)")
     p.add_argument("--limit", type=int, default=0, help="replay only the first N frames")
+    p.add_argument("--capture", metavar="DIR",
+                   help="also capture both buses and the veth link into DIR/TRANSPORT.pcapng and run "
+                        "`canbridge inspect` on it (report DIR/TRANSPORT.txt, .json, plot .png)")
     return p
 
 
@@ -70,13 +73,54 @@ def _run(args, transports: list[str]) -> int:
     for transport in transports:
         with Rig() as rig:
             rig.start_pair(transport)
-            report = rig.run_traffic(frames, args.speed)
+            capture = _Capture(rig, transport, args.capture) if args.capture else None
+            report = rig.run_traffic(frames, args.speed, on_path_up=capture.start if capture else None)
+            if capture:
+                capture.stop()
             codes = rig.stop_bridges()
+            if capture:
+                ok &= capture.inspect() == 0
         ok &= report.complete and codes == [0, 0]
         rows.append((transport, report, codes))
         print(f"{transport}: {report.summary()}; bridge exit codes {codes}", flush=True)
     print(_table(rows))
     return 0 if ok else 1
+
+
+class _Capture:
+    """`canbridge capture` of one rig run, then `canbridge inspect` of the file."""
+
+    def __init__(self, rig, transport: str, directory: str) -> None:
+        self.rig, self.transport = rig, transport
+        self.base = Path(directory) / transport.replace("+", "-")
+        self.base.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = None
+
+    def start(self) -> None:
+        import subprocess
+
+        argv = [sys.executable, "-m", "bridge", "capture", *self.rig.capture_args(self.transport),
+                "-w", f"{self.base}.pcapng"]
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()  # "capturing on ..." once every socket is open
+        if "capturing on" not in line:
+            raise RuntimeError(f"canbridge capture failed: {line}{self.proc.stderr.read()}")
+
+    def stop(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGINT)
+        print(self.proc.communicate(timeout=120)[1].strip(), flush=True)
+
+    def inspect(self) -> int:
+        import subprocess
+
+        argv = [sys.executable, "-m", "bridge", "inspect", f"{self.base}.pcapng", *self.rig.inspect_args(self.transport),
+                "--json", f"{self.base}.json", "--plot", f"{self.base}.png"]
+        res = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, COLUMNS="110"))
+        Path(f"{self.base}.txt").write_text(res.stdout)
+        print(res.stdout + res.stderr, flush=True)
+        return res.returncode
 
 
 def _table(rows) -> str:

@@ -50,9 +50,10 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinux, CookedLinuxV2
 from scapy.packet import NoPayload, Packet, Padding, bind_layers
-from scapy.utils import PcapReader
+from scapy.config import conf
+from scapy.utils import EDecimal, PcapReader, RawPcapNgReader, RawPcapReader
 
-from bridge.codec import cannelloni, native
+from bridge.codec import cannelloni, native, pcapng
 from bridge.codec import socketcand as scd
 from bridge.codec.base import events
 from bridge.codec.socketcan import CAN_ERR_FLAG, CAN_RTR_FLAG, pack_can, pack_canfd
@@ -422,6 +423,37 @@ def read_packets(path) -> Iterator[Packet]:
     Raises scapy's Scapy_Exception for a file that is neither."""
     with PcapReader(str(path)) as reader:
         yield from reader
+
+
+def split_capture(path) -> tuple[list[BusFrame], list[Packet]]:
+    """(SocketCAN frames, every other packet) of a capture file. Fast path for pcapng: LINKTYPE 227
+    records are converted straight from their bytes (bridge.codec.pcapng.decode_can_record), which
+    is ~10x cheaper than scapy's dissection of a CAN packet; the other packets are dissected by
+    scapy as read_packets() does. A classic pcap file goes through read_packets()/bus_frames()."""
+    reader = RawPcapReader(str(path))
+    if not isinstance(reader, RawPcapNgReader):
+        reader.close()
+        others = list(read_packets(path))
+        return list(bus_frames(others)), others
+    bus: list[BusFrame] = []
+    others: list[Packet] = []
+    with reader:
+        for data, meta in reader:
+            ticks = (meta.tshigh << 32) + meta.tslow
+            iface = meta.ifname.decode("utf-8", "backslashreplace") if meta.ifname is not None else None
+            if meta.linktype == pcapng.LINKTYPE_CAN_SOCKETCAN:
+                try:
+                    bus.append(BusFrame(ticks * 1_000_000_000 // meta.tsresol, iface,
+                                        pcapng.decode_can_record(data)))
+                except ValueError:  # malformed record: not a frame (as bus_frames)
+                    pass
+                continue
+            pkt = conf.l2types.num2layer.get(meta.linktype, conf.raw_layer)(data)
+            pkt.time = EDecimal(ticks) / meta.tsresol
+            if iface is not None:
+                pkt.sniffed_on = iface
+            others.append(pkt)
+    return bus, others
 
 
 def _time_ns(pkt: Packet) -> int:

@@ -128,8 +128,8 @@ def load(paths: list[str], ports: dict) -> tuple[dict, dict, dict]:
     wire: dict = defaultdict(list)
     stats: dict = {}
     for path in paths:
-        packets = list(dissect.read_packets(path))
-        for f in dissect.bus_frames(packets):
+        can_frames, packets = dissect.split_capture(path)
+        for f in [*can_frames, *dissect.bus_frames(packets)]:  # the latter: Linux cooked (SLL) CAN
             bus[f.iface or path].append((f.time_ns, f.raw))
         for f in dissect.wire_frames(packets, stats):
             wire[f.iface or path].append((f.time_ns, f.raw))

@@ -152,7 +152,9 @@ def _open(name: str, iface: str, bpf_filter: str, buffer: int) -> Source:
     linktype = pcapng.LINKTYPE_RAW if hw_type == ARPHRD_NONE else pcapng.LINKTYPE_ETHERNET
     if hw_type not in (ARPHRD_ETHER, ARPHRD_LOOPBACK, ARPHRD_NONE):
         raise ConfigError(f"-i {name}: unsupported link type (ARPHRD {hw_type}); Ethernet, loopback, tun and CAN are")
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    # protocol 0: the socket receives nothing until bind() names the interface and ETH_P_ALL, so no
+    # packet of another interface, nor one the filter would reject, is queued in between
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
         if bpf_filter:
             attach_filter(sock, bpf_filter, linktype)
@@ -160,8 +162,7 @@ def _open(name: str, iface: str, bpf_filter: str, buffer: int) -> Source:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.bind((iface, ETH_P_ALL))
         sock.setblocking(False)
-        # packets queued before the filter was attached are discarded by reading the stats once
-        sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
+        sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)  # zero the kernel's counters
     except BaseException:
         sock.close()
         raise

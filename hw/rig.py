@@ -152,10 +152,13 @@ class Rig:
                     raise RuntimeError(f"a bridge exited with {proc.returncode}:\n{self.all_logs()}")
         raise TimeoutError(f"no frame crossed the bridges in {timeout:.0f} s:\n{self.all_logs()}")
 
-    def run_traffic(self, frames: list, speed: float, settle_s: float = 2.0) -> probe.Report:
-        """Replay (ts_ns, raw) frames into the gateway's vcan0; record the remote's vcan0."""
+    def run_traffic(self, frames: list, speed: float, settle_s: float = 2.0, on_path_up=None) -> probe.Report:
+        """Replay (ts_ns, raw) frames into the gateway's vcan0; record the remote's vcan0.
+        on_path_up(): called once a frame has crossed, before the replay (e.g. to start a capture)."""
         with self.sockets() as (tx, rx):
             self.wait_path_up(tx, rx)
+            if on_path_up:
+                on_path_up()
             sent: list = []
             received: list = []
 
@@ -175,6 +178,19 @@ class Rig:
                 time.sleep(0.01)
             pump()
         return probe.compare(sent, received)
+
+    def capture_args(self, transport: str) -> list[str]:
+        """`canbridge capture` interface and filter arguments covering both buses and the link."""
+        port = TCP_PORT if transport.endswith("tcp") else UDP_PORT
+        return ["-i", f"vcan0@{self.gw}", "-i", f"veth0@{self.gw}", "-i", f"vcan0@{self.remote}",
+                "-f", f"{transport.rpartition('+')[2]} port {port}"]
+
+    def inspect_args(self, transport: str) -> list[str]:
+        """`canbridge inspect` arguments matching capture_args (protocol on the rig's port, direction)."""
+        protocol, _, kind = transport.rpartition("+")
+        port = TCP_PORT if kind == "tcp" else UDP_PORT
+        return ["--port", f"{protocol or 'native'}:{kind}:{port}", "--source", f"vcan0@{self.gw}",
+                "--dest", f"vcan0@{self.remote}", "--wire", f"veth0@{self.gw}"]
 
     def all_logs(self) -> str:
         return "\n".join(f"--- {s} ---\n{self.log_text(s)[-3000:]}" for s in ("gateway", "remote"))

@@ -137,3 +137,23 @@ def can_record(raw: bytes) -> bytes:
         raise ValueError(f"not a can_frame/canfd_frame: {len(raw)} bytes")
     length = min(length, len(raw) - 8)
     return _CAN_HDR_BE.pack(can_id, length, flags, res0, res1) + raw[8 : 8 + length]
+
+
+def decode_can_record(record: bytes) -> bytes:
+    """The inverse of can_record: a LINKTYPE_CAN_SOCKETCAN record (big-endian can_id) -> kernel
+    struct can_frame (16 B) / canfd_frame (72 B) in host byte order. FD when FDF is set or len > 8
+    (Wireshark's rule); classic RTR frames keep their len and carry no data; len8_dlc (byte 7) is
+    kept for classic 8-byte frames. Raises ValueError for a record shorter than 8 bytes or an
+    invalid length."""
+    if len(record) < 8:
+        raise ValueError(f"CAN record of {len(record)} bytes")
+    can_id, length, flags, _, res1 = _CAN_HDR_BE.unpack_from(record)
+    data = record[8 : 8 + length]
+    if flags & _FDF or length > 8:
+        if length > 64:
+            raise ValueError(f"CAN FD len {length} > 64")
+        return _CAN_HDR.pack(can_id, length, (flags & 0x03) | _FDF, 0, 0) + data.ljust(64, b"\0")
+    len8_dlc = res1 if length == 8 and 9 <= res1 <= 15 else 0
+    if can_id & 0x40000000:  # RTR: no data
+        data = b""
+    return _CAN_HDR.pack(can_id, length, 0, 0, len8_dlc) + data.ljust(8, b"\0")

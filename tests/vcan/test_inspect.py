@@ -15,7 +15,7 @@ import pytest
 
 from bridge import probe
 from bridge.codec import candump, socketcan as sc
-from hw.rig import UDP_PORT, Rig
+from hw.rig import Rig
 
 pytestmark = pytest.mark.vcan
 DURANGO = Path(__file__).parent.parent / "data" / "durango_mapswitch.log"
@@ -91,8 +91,7 @@ def test_durango_through_two_udp_bridges_captured_and_inspected(tmp_path):
         rig.start_pair("udp")
         with rig.sockets() as (tx, rx):
             rig.wait_path_up(tx, rx)
-            cap = start_capture("-i", f"vcan0@{rig.gw}", "-i", f"veth0@{rig.gw}", "-i", f"vcan0@{rig.remote}",
-                                "-f", f"udp port {UDP_PORT}", "-w", str(pcap))
+            cap = start_capture(*rig.capture_args("udp"), "-w", str(pcap))
             sent, received = [], []
             probe.replay(tx, frames, 1.0, on_wait=lambda: (probe.drain(tx, sent), probe.drain(rx, received)))
             deadline = time.monotonic() + 30
@@ -105,8 +104,7 @@ def test_durango_through_two_udp_bridges_captured_and_inspected(tmp_path):
     for line in err.splitlines():
         if "dropped by the kernel" in line:
             assert line.rstrip().endswith(" 0 dropped by the kernel"), line
-    res = subprocess.run([sys.executable, "-m", "bridge", "inspect", str(pcap), "--port", f"native:udp:{UDP_PORT}",
-                          "--source", f"vcan0@{rig.gw}", "--dest", f"vcan0@{rig.remote}",
+    res = subprocess.run([sys.executable, "-m", "bridge", "inspect", str(pcap), *rig.inspect_args("udp"),
                           "--plot", str(png), "--json", str(js)],
                          capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stderr
