@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import signal
 
-from bridge import sdnotify
+from bridge import privileges, sdnotify, tls
 from bridge.codec import native
 from bridge.config import Config, PeerConfig
+from bridge.ops import Operations
+from bridge.endpoints.busfaults import BusFaults
 from bridge.endpoints.socketcan import SocketCanEndpoint
 from bridge.endpoints.socketcand_server import Beacon, SocketcandPeer
 from bridge.endpoints.tcp import HEARTBEAT_S, TcpClient, TcpServer, stream_peers
@@ -21,6 +25,17 @@ from bridge.router import Router
 log = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def _logged(what: str):
+    """Run one step of a larger change; a failure is logged and the change goes on."""
+    try:
+        yield
+    except OSError as exc:
+        log.error("%s: %s", what, exc)
+    except Exception:
+        log.exception("%s: step failed", what)
+
+
 class Bridge:
     """Owns the reactor, the router and every endpoint. Raises OSError (with the interface or
     address named) when an endpoint the user asked for cannot be opened."""
@@ -31,17 +46,20 @@ class Bridge:
         self.router = Router(self.reactor)
         self.buses: list[SocketCanEndpoint] = []
         self.peers: list = []
+        self.ops: Operations | None = None  # set by run()
+        self.peer_groups: list[list] = []  # endpoints of config.peers[i] (a beacon rides with its server)
+        self.faults = BusFaults(self.reactor)  # link and bus-state tracking of every bus
         try:
             for channel, iface in enumerate(config.interfaces):
                 self.buses.append(self._open_bus(channel, iface))
-            hello = native.Hello(
+            self.hello = native.Hello(
                 version=native.VERSION,
                 capabilities=native.CAP_FD | native.CAP_ERR_FRAMES,
                 heartbeat_ms=int(HEARTBEAT_S * 1000),
                 channels=tuple(i.name for i in config.interfaces),
             )
             for peer in config.peers:
-                self.peers.append(self._open_peer(peer, hello))
+                self.peer_groups.append(self._add_peer(peer))
         except BaseException:
             self.close()
             raise
@@ -57,45 +75,97 @@ class Bridge:
                 error_frames=iface.error_frames,
                 fd=iface.fd,
                 **({"rcvbuf": iface.rx_buffer} if iface.rx_buffer else {}),
+                max_age=iface.max_age,
             )
         except OSError as exc:
             raise OSError(exc.errno, f"cannot open CAN interface {iface.name}: {exc.strerror}") from None
         self.router.add_bus(bus)
+        try:
+            self.faults.add(bus)
+        except OSError as exc:
+            bus.close()
+            raise OSError(exc.errno, f"cannot watch CAN interface {iface.name}: {exc.strerror}") from None
         log.info("bus %s: channel %d, CAN FD %s", iface.name, channel, "on" if bus.fd_enabled else "off")
         return bus
 
+    def _add_peer(self, peer: PeerConfig) -> list:
+        """Open one configured peer; returns its endpoints (they are also in self.peers)."""
+        start = len(self.peers)
+        self.peers.append(self._open_peer(peer, self.hello))
+        return self.peers[start:]
+
+    def apply_reload(self, new: Config, todo) -> None:
+        """Apply a bridge.reload.Plan (SIGHUP): close what changed or went away first (frees ports), then
+        open; an endpoint that fails to open is logged and left out (retried on the next reload)."""
+        for i in todo.close_peers:
+            self._close_endpoints(self.peer_groups[i])
+        for ch in todo.close_buses:
+            if (bus := self.router.buses.pop(ch, None)) is not None:
+                self._close_endpoints([bus])
+        self.config, self.hello = new, dataclasses.replace(self.hello, channels=tuple(i.name for i in new.interfaces))
+        for ch, iface in enumerate(new.interfaces):
+            if ch not in self.router.buses:  # changed, added, or failed to open last time
+                with _logged("reload"):
+                    self.buses.append(self._open_bus(ch, iface))
+        groups: list[list] = [[] for _ in new.peers]
+        for i, j in todo.keep_peers:
+            groups[j] = self.peer_groups[i]
+        for j, peer in enumerate(new.peers):
+            if not groups[j]:  # changed, added, or failed to open last time
+                with _logged("reload"):
+                    groups[j] = self._add_peer(peer)
+        self.peer_groups = groups
+
+    def _close_endpoints(self, endpoints: list) -> None:
+        for ep in endpoints:
+            if ep in self.buses and hasattr(self.faults, "remove"):  # stop watching a bus we close
+                with _logged("reload"):
+                    self.faults.remove(ep)
+            with _logged("reload"):
+                ep.close()
+            for owned in (self.peers, self.buses):
+                if ep in owned:
+                    owned.remove(ep)
+
     def _open_peer(self, peer: PeerConfig, hello):
-        filters = (peer.filter, peer.inbound_filter)
+        gate = peer.access.gate(self.reactor.time())  # one per configured peer: its connections share it
+        filters = (peer.filter, peer.inbound_filter, gate)  # Router.add_peer(peer, out, in, gate)
         addr = (peer.host, peer.port)
         protocol, _, transport = peer.scheme.rpartition("+")
         cannelloni = protocol == "cannelloni"
+        secure = tls.for_peer(peer.security, peer.scheme, peer.host, f"peer {peer.url!r}")  # ConfigError if unusable
         try:
             if peer.scheme == "socketcand":
-                return self._socketcand_server(addr, peer.beacon)
+                return self._socketcand_server(addr, peer.beacon, gate, peer.max_clients, secure)
             if peer.scheme == "udp-multicast":  # the group is one bus: channel 0, named as python-can would
                 return MulticastPeer(self.reactor, self.router, peer.host, peer.port, iface=peer.iface,
                                      hop_limit=peer.hop_limit, channel_name=hello.channels[0], filters=filters)
             if transport == "udp":
-                dgram = (wire.CannelloniDatagram if cannelloni else wire.NativeDatagram)(hello, peer.mtu)
-                return UdpPeer(self.reactor, self.router, addr, peer.bind, dgram, filters=filters, scheme=peer.scheme)
+                dgram = (wire.CannelloniDatagram(hello, peer.mtu) if cannelloni
+                         else wire.NativeDatagram(hello, peer.mtu, psk=peer.security.psk))
+                return UdpPeer(self.reactor, self.router, addr, peer.bind, dgram, filters=filters, scheme=peer.scheme,
+                               policy=peer.limits)
             stream = wire.CannelloniStream if cannelloni else wire.NativeStream
             new_wire = lambda: stream(hello)  # noqa: E731
             if transport == "tcp-listen":
-                make_peer = stream_peers(self.reactor, self.router, new_wire, filters)
-                server = TcpServer(self.reactor, self.router, addr, make_peer, scheme=peer.scheme)
+                make_peer = stream_peers(self.reactor, self.router, new_wire, filters, policy=peer.limits)
+                server = TcpServer(self.reactor, self.router, addr, make_peer, max_clients=peer.max_clients,
+                                   scheme=peer.scheme, tls=secure)
                 log.info("listening on %s", server.name)
                 return server
-            return TcpClient(self.reactor, self.router, addr, new_wire, filters=filters, scheme=peer.scheme)
+            return TcpClient(self.reactor, self.router, addr, new_wire, filters=filters, scheme=peer.scheme,
+                             policy=peer.limits, tls=secure)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot open {peer.url}: {exc.strerror}") from None
 
-    def _socketcand_server(self, addr, beacon: str | None) -> TcpServer:
+    def _socketcand_server(self, addr, beacon: str | None, gate, max_clients: int, secure=None) -> TcpServer:
         buses = {bus.name: (bus.channel, bus.fd_enabled) for bus in self.buses}
 
         def make_peer(sock, name, on_closed):
-            return SocketcandPeer(self.reactor, sock, self.router, name, buses, on_closed)
+            return SocketcandPeer(self.reactor, sock, self.router, name, buses, on_closed, gate=gate)
 
-        server = TcpServer(self.reactor, self.router, addr, make_peer, scheme="socketcand")
+        server = TcpServer(self.reactor, self.router, addr, make_peer, max_clients=max_clients, scheme="socketcand",
+                           tls=secure)
         log.info("socketcand server on %s, buses %s", server.name, ",".join(buses))
         if beacon:
             self.peers.append(Beacon(self.reactor, beacon, server.address, list(buses)))
@@ -124,10 +194,15 @@ class Bridge:
         self.reactor.add_signal_handler(signal.SIGUSR1, self.log_stats)
         self.reactor.call_soon(self._notify_ready)
         try:
+            self.ops = Operations(self)  # control socket, Prometheus endpoint, SIGHUP reload (bridge/ops.py)
+            if self.config.user:  # after every socket is open, before the first frame is handled
+                privileges.drop_privileges(self.config.user)
             self.reactor.run()
         finally:
             sdnotify.stopping()
             self.log_stats()
+            if self.ops is not None:
+                self.ops.close()
             self.close()
             self.reactor.close()
         return 0
@@ -147,6 +222,7 @@ class Bridge:
         log.info("counters: %s", json.dumps(self.stats(), sort_keys=True))
 
     def close(self) -> None:
+        self.faults.close()
         for ep in [*self.peers, *self.buses]:
             try:
                 ep.close()

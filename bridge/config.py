@@ -11,7 +11,11 @@ URLs (docs/cli.md):
     udp-multicast://[GROUP]:PORT[?iface=NAME&hop_limit=N]   member of a python-can udp_multicast group;
                                           udp-multicast:// = python-can's defaults ([ff15:7079:7468:6f6e:
                                           6465:6d6f:6d63:6173]:43113, hop limit 1)
-Query options on peer URLs: mtu=BYTES (udp), filter=SPEC (bus -> peer), inbound_filter=SPEC.
+Query options on peer URLs: mtu=BYTES (udp), filter=SPEC (bus -> peer), inbound_filter=SPEC;
+access control (bridge/policy.py): read_only=1, write_allow=SPEC, rate=FRAMES_PER_S, burst=N, and on
+servers max_clients=N; TLS and encrypted UDP (bridge/security.py): tls_cert, tls_key, tls_ca,
+tls_server_name=PATH/NAME, psk=HEX, psk_file=PATH; dead peers, queues and stale frames
+(bridge/endpoints/liveness.py): timeout=SECONDS, overflow=drop-oldest|disconnect, max_age=SECONDS, sndbuf=BYTES.
 """
 
 from __future__ import annotations
@@ -21,8 +25,11 @@ import tomllib
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
+from bridge import policy, security
 from bridge.codec.filters import FilterSet, parse_filters
+from bridge.endpoints import liveness
 from bridge.errors import ConfigError
+from bridge.ops_config import OpsConfig, ops_from_table
 
 DEFAULT_PORT = 29600
 DEFAULT_MTU = 1472
@@ -33,7 +40,8 @@ SOCKETCAND_PORT = 29536
 CANNELLONI_PORT = 20000  # cannelloni's own default (-l/-r)
 MULTICAST_GROUP = "ff15:7079:7468:6f6e:6465:6d6f:6d63:6173"  # python-can udp_multicast defaults
 MULTICAST_PORT = 43113
-MULTICAST_OPTIONS = ("iface", "hop_limit", "filter", "inbound_filter")
+MULTICAST_OPTIONS = ("iface", "hop_limit", "filter", "inbound_filter", *policy.ACCESS_OPTIONS)
+MAX_CLIENTS = 64  # default max_clients of a server peer (bridge.endpoints.tcp.TcpServer)
 IFNAMSIZ = 16
 
 
@@ -44,6 +52,7 @@ class InterfaceConfig:
     error_frames: bool = False
     filter: FilterSet | None = None  # kernel RX filter
     rx_buffer: int | None = None  # SO_RCVBUF bytes; None = bridge.endpoints.socketcan.RX_BUFFER
+    max_age: float = liveness.DEFAULT_MAX_AGE_S  # seconds a frame may wait in the TX queue; 0 = no limit
     link: dict[str, int | float] = field(default_factory=dict)  # LINK_KEYS given; the bridge ignores them
 
 
@@ -60,12 +69,19 @@ class PeerConfig:
     beacon: str | None = None  # socketcand: broadcast address for the discovery beacon
     iface: str | None = None  # udp-multicast: interface to join and send on (None: the group's route)
     hop_limit: int = 1  # udp-multicast: IPv6 hop limit / IPv4 TTL
+    access: policy.Access = field(default_factory=policy.Access)  # read_only, write_allow, rate, burst
+    max_clients: int = MAX_CLIENTS  # servers: connections at once; more are accepted and closed at once
+    security: security.Security = field(default_factory=security.Security)  # TLS files, UDP psk
+    limits: liveness.PeerPolicy = liveness.DEFAULT_POLICY  # timeout, overflow, max_age, sndbuf (liveness.py)
 
 
 @dataclass
 class Config:
     interfaces: list[InterfaceConfig] = field(default_factory=list)
     peers: list[PeerConfig] = field(default_factory=list)
+    user: str | None = None  # drop privileges to this user once every socket is open (bridge/privileges.py)
+    ops: OpsConfig = field(default_factory=lambda: OpsConfig())  # [bridge] control/metrics (bridge/ops.py)
+    source: str | None = None  # the TOML file it came from (SIGHUP re-reads it)
 
     def validate(self) -> Config:
         if not self.interfaces:
@@ -77,6 +93,8 @@ class Config:
             raise ConfigError(f"interface listed twice: {names}")
         if len(names) > 255:
             raise ConfigError("at most 255 interfaces (channel index is one byte)")
+        for peer in self.peers:
+            policy.check(peer.access, f"peer {peer.url!r}")
         return self
 
 
@@ -163,9 +181,23 @@ def _apply_option(peer: PeerConfig, key: str, value, where: str) -> None:
         peer.beacon = str(value)
     elif key in ("filter", "inbound_filter"):
         setattr(peer, key, _filters(str(value), f"{where}: {key}"))
+    elif key in policy.ACCESS_OPTIONS:
+        peer.access = policy.with_option(peer.access, key, value, where)
+    elif key in security.SECURITY_OPTIONS:
+        peer.security = security.with_option(peer.security, peer.scheme, key, value, where)
+    elif key in liveness.POLICY_OPTIONS:
+        peer.limits = liveness.with_option(peer.limits, peer.scheme, key, value, where)
+    elif key == "max_clients":
+        if peer.scheme not in SERVER_SCHEMES:
+            raise ConfigError(f"{where}: max_clients is an option of {', '.join(SERVER_SCHEMES)}")
+        if isinstance(value, bool) or not str(value).isdigit() or not 1 <= int(value) <= 65535:
+            raise ConfigError(f"{where}: max_clients: expected a number of connections, 1..65535, got {value!r}")
+        peer.max_clients = int(value)
     else:
         raise ConfigError(f"{where}: unknown option {key!r}; expected bind, mtu, filter, inbound_filter, beacon, "
-                          "iface or hop_limit")
+                          "iface, hop_limit, read_only, write_allow, rate, burst, max_clients, "
+                          "tls_cert, tls_key, tls_ca, tls_server_name, psk, psk_file, timeout, overflow, "
+                          "max_age or sndbuf")
 
 
 def _parse_hostport(text: str, where: str) -> tuple[str, int]:
@@ -189,8 +221,10 @@ def from_args(interfaces: list[str], peers: list[str]) -> Config:
     ).validate()
 
 
-_INTERFACE_KEYS = {"name", "fd", "error_frames", "filter", "rx_buffer"}
-_PEER_KEYS = {"url", "bind", "mtu", "filter", "inbound_filter", "beacon", "iface", "hop_limit"}
+_INTERFACE_KEYS = {"name", "fd", "error_frames", "filter", "rx_buffer", "max_age"}
+_PEER_KEYS = {"url", "bind", "mtu", "filter", "inbound_filter", "beacon", "iface", "hop_limit", "max_clients",
+              *liveness.POLICY_OPTIONS,
+              *policy.ACCESS_OPTIONS, *security.SECURITY_OPTIONS}
 
 # Link settings of an [[interface]], applied by `canbridge link setup --from-config` (hw/links.py), never by
 # the bridge itself (which needs no CAP_NET_ADMIN). key -> (type, min, max, what).
@@ -222,10 +256,17 @@ def load_toml(path: str) -> Config:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    unknown = set(doc) - {"interface", "peer"}
+    unknown = set(doc) - {"interface", "peer", "bridge"}
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected [[interface]], [[peer]]")
-    config = Config()
+        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected [[interface]], [[peer]], "
+                          "[bridge]")
+    config = Config(source=path)
+    if "bridge" in doc:
+        table = doc["bridge"]
+        if isinstance(table, dict) and "user" in table:  # privilege drop (bridge/privileges.py); the rest is ops
+            config.user = _str(table, "user", f"{path}: bridge")
+            table = {k: v for k, v in table.items() if k != "user"}
+        config.ops = ops_from_table(table, f"{path}: bridge")
     for n, table in enumerate(_tables(doc, "interface", path)):
         where = f"{path}: interface[{n}]"
         _check_keys(table, _INTERFACE_KEYS | LINK_KEYS.keys(), where)
@@ -239,13 +280,17 @@ def load_toml(path: str) -> Config:
             if not isinstance(value, int) or isinstance(value, bool) or not 4096 <= value <= 1 << 30:
                 raise ConfigError(f"{where}.rx_buffer: expected bytes, 4096..1073741824, got {value!r}")
             iface.rx_buffer = value
+        if "max_age" in table:
+            iface.max_age = liveness.parse_max_age(table["max_age"], f"{where}.max_age")
         iface.link = {k: link_value(k, table[k], f"{where}.{k}") for k in LINK_KEYS if k in table}
         config.interfaces.append(iface)
     for n, table in enumerate(_tables(doc, "peer", path)):
         where = f"{path}: peer[{n}]"
         _check_keys(table, _PEER_KEYS, where)
         peer = parse_peer_url(_str(table, "url", where), where)
-        for key in ("bind", "mtu", "filter", "inbound_filter", "beacon", "iface", "hop_limit"):
+        for key in ("bind", "mtu", "filter", "inbound_filter", "beacon", "iface", "hop_limit", "max_clients",
+                    *liveness.POLICY_OPTIONS,
+                    *policy.ACCESS_OPTIONS, *security.SECURITY_OPTIONS):
             if key in table:
                 _apply_option(peer, key, table[key], where)
         config.peers.append(peer)

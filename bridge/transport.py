@@ -12,17 +12,26 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 from collections import deque
 
 from bridge.reactor import Reactor
 
 log = logging.getLogger(__name__)
 
+# A TLS socket (bridge/tls.py) raises these where a plain one returns EAGAIN: a record is incomplete, or
+# OpenSSL must read or write first. The caller retries on the next readiness, with the same data for send.
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
 # Watermarks on bytes queued in userspace: above HIGH the producer is paused (the peer endpoint
 # keeps frames un-encoded and drops the oldest), below LOW it resumes. 1 MiB is ~12k FD frames,
 # far more than one second of a 1 Mbit/s bus, so a healthy peer never reaches it.
 WRITE_HIGH_WATER = 1 << 20
 WRITE_LOW_WATER = 256 << 10
+# Hard cap: above HIGH a well-behaved producer only adds one flush of its bounded pending queue
+# (bridge/endpoints/pending.py, 1 MiB of raw frames, at most ~2.5x that as socketcand text) and
+# heartbeats; past this the producer ignored pause_writing and the connection is closed (ENOBUFS).
+WRITE_BUFFER_MAX = 8 << 20
 READ_CHUNK = 64 << 10  # bytes per recv() (~2,300 native frames): bounds the work of one loop pass, so one
 # busy peer cannot starve the loop nor delay our heartbeats long enough to look dead to the other side
 
@@ -50,7 +59,7 @@ class StreamTransport:
         if not self._buffer:
             try:
                 sent = self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
+            except _WOULD_BLOCK:
                 sent = 0
             except OSError as exc:
                 self._fatal(exc)
@@ -60,6 +69,9 @@ class StreamTransport:
                 return
             data = memoryview(data)[sent:]
             self.reactor.add_writer(self.fd, self._on_writable)
+        if self._buffered + len(data) > WRITE_BUFFER_MAX:
+            self._fatal(OSError(errno.ENOBUFS, f"write buffer over {WRITE_BUFFER_MAX} bytes"))
+            return
         self._buffer.append(memoryview(data))
         self._buffered += len(data)
         if not self._paused and self._buffered > WRITE_HIGH_WATER:
@@ -79,7 +91,7 @@ class StreamTransport:
             chunk = self._buffer[0]
             try:
                 sent = self.sock.send(chunk)
-            except (BlockingIOError, InterruptedError):
+            except _WOULD_BLOCK:
                 return
             except OSError as exc:
                 self._fatal(exc)
@@ -99,7 +111,7 @@ class StreamTransport:
     def _on_readable(self) -> None:
         try:
             data = self.sock.recv(READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
+        except _WOULD_BLOCK:
             return
         except OSError as exc:
             self._fatal(exc)
@@ -110,6 +122,12 @@ class StreamTransport:
             return
         self.bytes_in += len(data)
         self.protocol.data_received(data)
+        if not self.closed and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            self.reactor.call_soon(self._read_pending)  # decrypted bytes inside OpenSSL: epoll cannot see them
+
+    def _read_pending(self) -> None:
+        if not self.closed:
+            self._on_readable()
 
     # --- closing ------------------------------------------------------------------------------
     def _fatal(self, exc: OSError) -> None:

@@ -72,7 +72,7 @@ def test_toml(tmp_path):
         ('[[interface]]\nname = "vcan0"\nfd = "yes"\n[[peer]]\nurl="tcp://h:1"\n', "fd: expected true or false"),
         ('[[interface]]\nname = "vcan0"\n[[peer]]\nurl="tcp://h:1"\nmtu = "x"\n', "mtu must be an integer"),
         ('interface = 3\n', "interface must be an array of tables"),
-        ('[bridge]\n', "unknown top-level key"),
+        ('[bridges]\n', "unknown top-level key"),
         ('[[interface]\n', "invalid TOML"),
     ],
 )

@@ -43,9 +43,33 @@ SUBCOMMANDS = {
 }
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 0 else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(verbose: int, log_format: str = "text") -> None:
+    from bridge.logfmt import setup_logging
+
+    setup_logging(verbose, log_format)
+
+
+def _add_ops_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of bridge/ops.py (docs/cli.md "Operations"); they override the [bridge] table."""
+    p.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one object per line")
+    p.add_argument("--control", metavar="PATH", help='control socket for `canbridge stats` ("none": off)')
+    p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics (pip install canbridge[metrics])")
+
+
+def _apply_user(config, args):
+    if args.user is not None:
+        config.user = args.user  # bridge/privileges.py, after every socket is open
+    return config
+
+
+def _apply_ops_flags(config, args):
+    from bridge.ops_config import parse_control, parse_metrics
+
+    if args.control is not None:
+        config.ops.control = parse_control(args.control, "--control")
+    if args.metrics is not None:
+        config.ops.metrics = parse_metrics(args.metrics, "--metrics")
+    return config
 
 
 def _bridge_parser() -> argparse.ArgumentParser:
@@ -58,6 +82,8 @@ def _bridge_parser() -> argparse.ArgumentParser:
     p.add_argument("endpoints", nargs="+", metavar="IFACE|PEER_URL", help="CAN interfaces and peer URLs")
     p.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     p.add_argument("--version", action="version", version=f"canbridge {__version__}")
+    _add_ops_flags(p)
+    p.add_argument("--user", metavar="NAME", help="drop privileges to this user once every socket is open")
     return p
 
 
@@ -65,6 +91,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="canbridge run", description="Run a bridge from a TOML config file.")
     p.add_argument("-c", "--config", required=True, help="path to bridge.toml (format: docs/cli.md)")
     p.add_argument("-v", "--verbose", action="count", default=0)
+    _add_ops_flags(p)
+    p.add_argument("--user", metavar="NAME", help="drop privileges to this user (overrides [bridge] user)")
     return p
 
 
@@ -76,7 +104,11 @@ def _serve(config) -> int:
     except OSError as exc:
         logging.getLogger("canbridge").error("%s", exc)
         return 1
-    return bridge.run()
+    try:
+        return bridge.run()
+    except OSError as exc:  # the control socket or the metrics port could not be opened
+        logging.getLogger("canbridge").error("%s", exc)
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,13 +122,13 @@ def main(argv: list[str] | None = None) -> int:
 
         if command == "run":
             args = _run_parser().parse_args(argv[1:])
-            _setup_logging(args.verbose)
-            return _serve(cfg.load_toml(args.config))
+            _setup_logging(args.verbose, args.log_format)
+            return _serve(_apply_user(_apply_ops_flags(cfg.load_toml(args.config), args), args))
         args = _bridge_parser().parse_args(argv)
-        _setup_logging(args.verbose)
+        _setup_logging(args.verbose, args.log_format)
         peers = [e for e in args.endpoints if cfg.is_peer_url(e)]
         ifaces = [e for e in args.endpoints if not cfg.is_peer_url(e)]
-        return _serve(cfg.from_args(ifaces, peers))
+        return _serve(_apply_user(_apply_ops_flags(cfg.from_args(ifaces, peers), args), args))
     except ConfigError as exc:
         print(f"canbridge: error: {exc}", file=sys.stderr)
         return 2

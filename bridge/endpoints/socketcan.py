@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bridge.codec import socketcan as sc
 from bridge.endpoints import mmsg
+from bridge.endpoints.pending import DEFAULT_MAX_AGE_S, AgeStamps
 from bridge.reactor import Reactor, TimerHandle
 from bridge.stats import Counters
 
@@ -77,6 +78,7 @@ class SocketCanEndpoint:
         error_frames: bool = False,
         fd: bool | None = None,
         rcvbuf: int = RX_BUFFER,
+        max_age: float = DEFAULT_MAX_AGE_S,
     ) -> None:
         self.reactor = reactor
         self.name = ifname
@@ -90,11 +92,15 @@ class SocketCanEndpoint:
         self.sock = self._open(ifname, rx_filter, error_frames, rcvbuf)
         self.kernel_drops = 0  # SO_RXQ_OVFL: frames the kernel dropped because our queue was full
         self._txq: deque[bytes] = deque()
+        self.max_age = max_age  # seconds a frame may wait in _txq (0 = no limit); older ones: "stale"
+        self._stamps = AgeStamps()  # enqueue times of _txq, one per appended run
         self._receiver = mmsg.Receiver(RX_SLOTS, sc.CANFD_MTU)
         self._senders = {n: mmsg.Sender(TX_SLOTS, n) for n in (sc.CAN_MTU, sc.CANFD_MTU)}
         self._retry: TimerHandle | bool | None = None  # timer (ENOBUFS), True (EVENT_WRITE), None
         self._blocked_on = "eagain"
         self._closed = False
+        self._open_args = (rx_filter, error_frames, rcvbuf)  # for reopen()
+        self.tx_blocked: str | None = None  # drop reason while the bus cannot send (bridge/endpoints/busfaults.py)
         reactor.add_reader(self.sock.fileno(), self._on_readable)
 
     def _open(self, ifname, rx_filter, error_frames, rcvbuf) -> socket.socket:
@@ -140,7 +146,11 @@ class SocketCanEndpoint:
     # --- TX --------------------------------------------------------------------------------
     def send_frames(self, channel: int, frames) -> int:
         """Write raw frames to the bus in order; returns how many were accepted (sent or
-        queued). FD frames on a classic-only link are dropped ("fd_on_classic_bus")."""
+        queued). FD frames on a classic-only link are dropped ("fd_on_classic_bus"); while
+        tx_blocked is set (link down, BUS-OFF) every frame is dropped under that reason."""
+        if self.tx_blocked:
+            self.counters.drop(self.tx_blocked, len(frames))
+            return 0
         if self.fd_enabled:
             raws = [raw for raw, _ts in frames]
         else:
@@ -155,10 +165,14 @@ class SocketCanEndpoint:
 
     def _enqueue(self, raws: list) -> None:
         txq = self._txq
+        if not txq:
+            self._stamps.clear()
         txq.extend(raws)
+        self._stamps.push(len(raws))
         overflow = len(txq) - TX_QUEUE_MAX
         if overflow > 0:  # drop the oldest: a stale frame is worth less than a fresh one
             self.counters.drop("tx_queue_full", overflow)
+            self._stamps.pop(overflow)
             for _ in range(overflow):
                 txq.popleft()
         if self._retry is None:
@@ -179,6 +193,7 @@ class SocketCanEndpoint:
             except OSError as exc:
                 if exc.errno in (errno.EAGAIN, errno.ENOBUFS):
                     self._blocked_on = "enobufs" if exc.errno == errno.ENOBUFS else "eagain"
+                    self.counters.errors["tx_" + self._blocked_on] += 1  # pushed back: queued, retried
                     return i
                 self.counters.drop("tx_" + errno.errorcode.get(exc.errno, "error").lower())
                 k = 1  # ENETDOWN, EINVAL...: that frame is lost, counted; go on with the next
@@ -200,12 +215,54 @@ class SocketCanEndpoint:
         self._retry = None
         if self._closed or not self._txq:
             return
+        self._drop_stale()
         raws = list(self._txq)
         self._txq.clear()
         sent = self._write(raws)
+        self._stamps.pop(sent)
         if sent < len(raws):
             self._txq.extend(raws[sent:])
             self._wait_writable()
+
+    def _drop_stale(self) -> None:
+        """Frames that waited in the TX queue longer than max_age are dropped, counted "stale"."""
+        stale = min(self._stamps.expired(self.max_age), len(self._txq))
+        if stale:
+            self.counters.drop("stale", stale)
+            self._stamps.pop(stale)
+            for _ in range(stale):
+                self._txq.popleft()
+
+    def block_tx(self, reason: str | None) -> None:
+        """Drop frames for the bus from now on, counted under `reason` ("link_down", "bus_off"), together
+        with what the TX queue holds; None writes again. Called on link and bus-state changes."""
+        self.tx_blocked = reason
+        if reason:
+            self.counters.drop(reason, len(self._txq))
+            self._txq.clear()
+            self._cancel_wait()
+
+    def _cancel_wait(self) -> None:
+        if self._retry is not None and not self._closed:
+            if self._retry is True:
+                self.reactor.remove_writer(self.sock.fileno())
+            else:
+                self._retry.cancel()
+        self._retry = None
+
+    def reopen(self) -> None:
+        """A new socket for the interface with this name (it was deleted and created again, e.g. a USB
+        adapter replugged: the old socket is bound to a gone ifindex). Same options; the TX queue is kept.
+        Raises OSError, keeping the old socket, if the interface cannot be opened."""
+        sock = self._open(self.name, *self._open_args)
+        self._cancel_wait()  # a wait on the old fd
+        self.reactor.forget(self.sock.fileno())
+        self.sock.close()
+        self.sock = sock
+        self.kernel_drops = 0
+        self.reactor.add_reader(sock.fileno(), self._on_readable)
+        if self._txq:
+            self._drain()
 
     def flush(self) -> None:
         """Nothing to batch: frames go to the kernel as they arrive."""

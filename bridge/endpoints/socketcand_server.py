@@ -29,9 +29,11 @@ HOLD_AFTER_OK_S = 0.005
 
 
 class SocketcandPeer:
-    """One socketcand client connection. buses: {name: (channel, fd_capable)}."""
+    """One socketcand client connection. buses: {name: (channel, fd_capable)}. gate: the server's
+    bridge.policy.WriteGate; a read-only client's `< send >` and BCM frames are dropped silently (counted
+    `read_only`): socketcand clients such as python-can treat an unexpected `< error >` as a bus error."""
 
-    def __init__(self, reactor: Reactor, sock, router, name: str, buses: dict, on_closed=None):
+    def __init__(self, reactor: Reactor, sock, router, name: str, buses: dict, on_closed=None, gate=None):
         self.reactor = reactor
         self.router = router
         self.name = name
@@ -48,7 +50,7 @@ class SocketcandPeer:
         self._bcm_timer = None
         self.transport = StreamTransport(reactor, sock, self)
         self.transport.write(self.session.greeting())
-        router.add_peer(self)
+        router.add_peer(self, None, None, gate)
 
     # --- bus -> client ------------------------------------------------------------------
     def send_frames(self, channel: int, frames: list) -> int:

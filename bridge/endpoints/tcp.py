@@ -4,8 +4,11 @@ from bridge.endpoints.wire.
 
 Frames queued for a connection wait un-encoded in `pending` until the end of the loop pass, then
 leave in one write. While the socket's userspace write buffer is above its high watermark
-(a slow consumer) frames stay in `pending`, which is bounded: the oldest are dropped and counted
-("peer_slow"). A silent peer (no bytes for `peer_timeout` seconds, heartbeats included) is closed.
+(a slow consumer) frames stay in `pending`, which is bounded in frames and bytes: the oldest are
+dropped ("queue_full") or, with overflow=disconnect, the connection is closed
+("slow_consumer_disconnected"); frames that waited longer than max_age are dropped ("stale").
+A silent peer is closed within `timeout` (bridge/endpoints/liveness.py: keepalive, TCP_USER_TIMEOUT,
+heartbeats); a client holds frames routed while disconnected (bounded, max_age) for its next connection.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import random
 import socket
 import time
 
+from bridge.endpoints import liveness
+from bridge.endpoints.liveness import DEFAULT_POLICY, PeerPolicy
 from bridge.endpoints.pending import PendingFrames
 from bridge.errors import ProtocolError
 from bridge.endpoints.socketcan import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
@@ -25,9 +30,8 @@ from bridge.transport import StreamTransport
 
 log = logging.getLogger(__name__)
 
-MAX_CLIENTS = 64  # connections a tcp-listen endpoint accepts at once; more are refused
-HEARTBEAT_S = 1.0  # send a HEARTBEAT when nothing else was sent for this long
-PEER_TIMEOUT_S = 5.0  # close a connection that sent nothing (not even a heartbeat) this long
+MAX_CLIENTS = 64  # default max_clients (config.MAX_CLIENTS): connections a server holds at once; fds, memory
+HEARTBEAT_S = liveness.HEARTBEAT_S  # longest gap between two things we send (HELLO heartbeat_ms)
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 SOCKET_BUFFER = 4 << 20  # SO_SNDBUF/SO_RCVBUF for peer sockets
@@ -46,6 +50,7 @@ class StreamPeer:
         on_closed=None,
         owner=None,
         filters=(None, None),
+        policy: PeerPolicy = DEFAULT_POLICY,
     ):
         self.reactor = reactor
         self.router = router
@@ -53,12 +58,14 @@ class StreamPeer:
         self.counters = Counters()
         self.on_closed = on_closed
         self.wire = wire
-        self._pending = PendingFrames(self.counters)
+        self.policy = policy
+        self._pending = PendingFrames(self.counters, max_age=policy.max_age, overflow=policy.overflow)
+        self._slow = False  # overflow=disconnect tripped; closing at the next loop step
         self._last_rx = self._last_tx = time.monotonic()
-        _tune(sock)
+        _tune(sock, policy)
         self.transport = StreamTransport(reactor, sock, self)
         self.transport.write(wire.greeting())
-        self._timer = reactor.call_later(HEARTBEAT_S, self._tick)
+        self._timer = reactor.call_later(liveness.check_interval(policy.timeout), self._tick)
         # A TcpClient is the router's peer across reconnects (so frames sent while it is down
         # are counted); its connections route as the client. Server connections route as self.
         self.owner = owner or self
@@ -74,16 +81,34 @@ class StreamPeer:
         if self.transport.closed:
             self.counters.drop("not_connected", len(frames))
             return 0
-        self._pending.append(channel, frames)
+        if self._slow:
+            self.counters.drop("slow_consumer_disconnected", len(frames))
+            return 0
+        if not self._pending.append(channel, frames):  # overflow=disconnect: a slow consumer
+            self._slow = True  # closed from the loop, not here: the router is iterating its peers
+            self.reactor.call_soon(self._disconnect_slow_consumer)
+            return 0
         return len(frames)
+
+    def _disconnect_slow_consumer(self) -> None:
+        if self.transport.closed:
+            return
+        self.counters.errors["slow_consumer_disconnected"] += 1
+        log.warning("%s: slow consumer, %d frames / %d bytes queued: disconnecting (overflow=disconnect)",
+                    self.name, self._pending.frames, self._pending.bytes)
+        self._pending.discard("slow_consumer_disconnected")
+        self.close()
 
     def flush(self) -> None:
         if not self._pending or self.transport.paused or self.transport.closed:
             return
         encode = self.wire.encode
-        count = self._pending.frames
+        batches = self._pending.take()  # drops (and counts) the stale ones
+        count = sum(len(frames) for _ch, frames in batches)
+        if not count:
+            return
         try:
-            data = b"".join([encode(ch, frames) for ch, frames in self._pending.take()])
+            data = b"".join([encode(ch, frames) for ch, frames in batches])
         except ValueError as exc:  # a frame no kernel would hand us: count the batch, keep the peer
             log.error("%s: cannot encode %d frames: %s", self.name, count, exc)
             self.counters.drop("unencodable", count)
@@ -129,6 +154,8 @@ class StreamPeer:
         if self.owner is self:
             self.router.remove_peer(self)
         self._pending.discard("connection_closed")
+        if isinstance(exc, OSError) and exc.errno:  # ETIMEDOUT: TCP_USER_TIMEOUT or keepalive gave up on the peer
+            self.counters.errors[errno.errorcode.get(exc.errno, "oserror")] += 1
         log.info("%s: connection closed%s", self.name, f" ({exc})" if exc else "")
         if self.on_closed:
             self.on_closed(self)
@@ -136,15 +163,19 @@ class StreamPeer:
     # --- liveness ---------------------------------------------------------------------------
     def _tick(self) -> None:
         now = time.monotonic()
-        if self.wire.has_heartbeat and now - self._last_rx > PEER_TIMEOUT_S:
+        timeout = self.policy.timeout
+        if self.wire.has_heartbeat and now - self._last_rx > liveness.silence_limit(timeout):
             self.counters.errors["peer_timeout"] += 1
-            log.warning("%s: no data for %.1f s, closing", self.name, now - self._last_rx)
+            log.warning("%s: no data for %.1f s (timeout %g s), closing", self.name, now - self._last_rx, timeout)
             self.close()
             return
-        if now - self._last_tx >= HEARTBEAT_S:
+        if liveness.heartbeat_due(now, self._last_tx, timeout):
             self._last_tx = now
             self.transport.write(self.wire.heartbeat(time.time_ns()))
-        self._timer = self.reactor.call_later(HEARTBEAT_S, self._tick)
+        if self._pending:
+            self._pending.drop_stale()  # count them while the consumer is stalled, not only when it resumes
+        self.counters.gauges.update(self._pending.gauges(), write_buffer=self.transport.write_buffer_size)
+        self._timer = self.reactor.call_later(liveness.check_interval(timeout), self._tick)
 
     def close(self) -> None:
         self.transport.close()
@@ -156,10 +187,12 @@ class TcpServer:
     one connection; `stream_peers(...)` makes one for a stream wire."""
 
     def __init__(self, reactor: Reactor, router, addr: tuple[str, int], make_peer, max_clients=MAX_CLIENTS,
-                 scheme="tcp-listen"):
+                 scheme="tcp-listen", tls=None):
         self.reactor = reactor
         self.router = router
         self.make_peer = make_peer
+        self.tls = tls  # bridge.tls.Tls: each connection is a TLS server side; make_peer gets the TLS socket
+        self.handshakes: list = []  # TLS handshakes in progress; they count against max_clients
         self.max_clients = max_clients
         self.name = f"{scheme}://{_fmt_addr(addr)}"
         self.counters = Counters()
@@ -187,15 +220,36 @@ class TcpServer:
                 self.counters.errors[errno.errorcode.get(exc.errno, "accept")] += 1
                 log.warning("%s: accept failed: %s", self.name, exc)
                 return
-            if len(self.clients) >= self.max_clients:
-                self.counters.errors["too_many_clients"] += 1
-                log.warning("%s: refusing %s, %d clients already", self.name, addr, len(self.clients))
+            # accepted and closed at once: the client sees EOF. TLS handshakes in progress hold a slot too.
+            if len(self.clients) + len(self.handshakes) >= self.max_clients:
+                self.counters.errors["refused_max_clients"] += 1
+                refused = self.counters.errors["refused_max_clients"]
+                if refused & (refused - 1) == 0:  # 1st, 2nd, 4th, 8th...: a connection flood cannot flood the log
+                    log.warning("%s: refusing %s: max_clients %d reached (%d refused so far)", self.name,
+                                _fmt_addr(addr), self.max_clients, refused)
                 sock.close()
                 continue
             name = f"{self.name}<-{_fmt_addr(addr)}"
             log.info("%s: client connected", name)
             self.counters.gauges["accepted"] = self.counters.gauges.get("accepted", 0) + 1
+            if self.tls is not None:
+                self._start_tls(sock, name)
+                continue
             self.clients.append(self.make_peer(sock, name, self._on_client_closed))
+
+    def _start_tls(self, sock: socket.socket, name: str) -> None:
+        """The peer starts once the handshake succeeds; a failure closes this connection only."""
+
+        def done(tls_sock):
+            self.handshakes.remove(handshake)
+            self.clients.append(self.make_peer(tls_sock, name, self._on_client_closed))
+
+        def failed(reason):  # logged by bridge.tls with the address and reason
+            self.handshakes.remove(handshake)
+            self.counters.errors["tls_handshake_failed"] += 1
+
+        handshake = self.tls.handshake(self.reactor, sock, name, done, failed)
+        self.handshakes.append(handshake)
 
     def _on_client_closed(self, peer) -> None:
         if peer in self.clients:
@@ -203,17 +257,19 @@ class TcpServer:
         _merge(self.counters, peer.counters)
 
     def close(self) -> None:
+        for handshake in self.handshakes:
+            handshake.cancel()
         for peer in list(self.clients):
             peer.close()
         self.reactor.forget(self.sock.fileno())
         self.sock.close()
 
 
-def stream_peers(reactor: Reactor, router, new_wire, filters=(None, None)):
+def stream_peers(reactor: Reactor, router, new_wire, filters=(None, None), policy: PeerPolicy = DEFAULT_POLICY):
     """make_peer for TcpServer: a StreamPeer with a fresh wire from new_wire() per connection."""
 
     def make_peer(sock, name, on_closed):
-        return StreamPeer(reactor, sock, router, name, new_wire(), on_closed, filters=filters)
+        return StreamPeer(reactor, sock, router, name, new_wire(), on_closed, filters=filters, policy=policy)
 
     return make_peer
 
@@ -222,13 +278,20 @@ class TcpClient:
     """`tcp://host:port`: connects, and reconnects after any loss with jittered exponential
     backoff (BACKOFF_MIN_S doubling up to BACKOFF_MAX_S, times a random 0.5..1 factor)."""
 
-    def __init__(self, reactor: Reactor, router, addr: tuple[str, int], new_wire, filters=(None, None), scheme="tcp"):
+    def __init__(self, reactor: Reactor, router, addr: tuple[str, int], new_wire, filters=(None, None), scheme="tcp",
+                 policy: PeerPolicy = DEFAULT_POLICY, tls=None):
         self.reactor = reactor
+        self.tls = tls  # bridge.tls.Tls: each connection is a TLS client side
+        self._handshake = None
+        self.policy = policy
         self.router = router
         self.addr = addr
         self.new_wire = new_wire
         self.name = f"{scheme}://{_fmt_addr(addr)}"
         self.counters = Counters()  # totals over all connections
+        # Frames routed while disconnected wait here (bounded; overflow counted "not_connected") and
+        # leave on the next connection unless older than max_age by then ("stale"): no replay of old frames.
+        self._backlog = PendingFrames(self.counters, max_age=policy.max_age, full_reason="not_connected")
         self.peer: StreamPeer | None = None
         self.reconnects = 0
         self._attempt = 0
@@ -240,8 +303,10 @@ class TcpClient:
 
     def send_frames(self, channel: int, frames: list) -> int:
         if self.peer is None or self.peer.closed:
-            self.counters.drop("not_connected", len(frames))
-            return 0
+            self._backlog.drop_stale()
+            self._backlog.append(channel, frames)
+            self.counters.gauges.update(self._backlog.gauges())
+            return len(frames)
         return self.peer.send_frames(channel, frames)
 
     def flush(self) -> None:
@@ -265,8 +330,18 @@ class TcpClient:
             return
         self._sock = sock
         self.reactor.add_writer(sock.fileno(), self._on_connected)
+        # a SYN into a pulled cable is retried by the kernel for minutes: give up within the bound
+        self._timer = self.reactor.call_later(self.policy.timeout, self._connect_timed_out)
+
+    def _connect_timed_out(self) -> None:
+        sock, self._sock = self._sock, None
+        self.reactor.forget(sock.fileno())
+        sock.close()
+        self._retry(TimeoutError(f"no answer in {self.policy.timeout:g} s"))
 
     def _on_connected(self) -> None:
+        self._timer.cancel()
+        self._timer = None
         sock, self._sock = self._sock, None
         self.reactor.forget(sock.fileno())
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -274,9 +349,27 @@ class TcpClient:
             sock.close()
             self._retry(OSError(err, errno.errorcode.get(err, "")))
             return
+        if self.tls is not None:  # the wire starts once the handshake succeeds
+            self._handshake = self.tls.handshake(self.reactor, sock, self.name, self._on_secured, self._on_tls_failed)
+            return
+        self._on_secured(sock)
+
+    def _on_tls_failed(self, reason: str) -> None:  # logged by bridge.tls
+        self._handshake = None
+        self.counters.errors["tls_handshake_failed"] += 1
+        self._retry(None)
+
+    def _on_secured(self, sock) -> None:
+        self._handshake = None
         self._attempt = 0
         log.info("%s: connected", self.name)
-        self.peer = StreamPeer(self.reactor, sock, self.router, self.name, self.new_wire(), self._on_lost, owner=self)
+        self.peer = StreamPeer(self.reactor, sock, self.router, self.name, self.new_wire(), self._on_lost, owner=self,
+                               policy=self.policy)
+        if self._backlog:
+            self._backlog.drop_stale()  # counted here, on the client, not on the new connection
+            self._backlog.move_to(self.peer._pending)
+            self.counters.gauges.update(self._backlog.gauges())
+            self.peer.flush()
 
     def _on_lost(self, peer) -> None:
         _merge(self.counters, peer.counters)
@@ -301,14 +394,17 @@ class TcpClient:
         if self._sock is not None:
             self.reactor.forget(self._sock.fileno())
             self._sock.close()
+        if self._handshake is not None:
+            self._handshake.cancel()
         if self.peer is not None:
             self.peer.close()
 
 
-def _tune(sock: socket.socket) -> None:
+def _tune(sock: socket.socket, policy: PeerPolicy = DEFAULT_POLICY) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    set_buffer(sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, SOCKET_BUFFER)
+    set_buffer(sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, policy.sndbuf or SOCKET_BUFFER)
     set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, SOCKET_BUFFER)
+    liveness.set_dead_peer_timeout(sock, policy.timeout)
 
 
 def _merge(total: Counters, part: Counters) -> None:

@@ -6,7 +6,11 @@ default: an Ethernet frame without fragmentation). Each datagram has a sequence 
 receiver counts lost, duplicated and reordered datagrams per sender session. Only datagrams from
 the configured peer's IP address are accepted, from any port so NAT does not break it (others:
 "unknown_sender"; authentication is the job of the optional AEAD layer, not of the address). A HELLO datagram every
-HEARTBEAT_S doubles as the heartbeat; the peer is "up" while its datagrams keep arriving.
+HEARTBEAT_S doubles as the heartbeat; the peer is "up" while its datagrams keep arriving and "down"
+after `timeout` seconds of silence (bridge/endpoints/liveness.PeerState: gauges, log line, transitions).
+While a heartbeating (native) peer is down, frames for it are dropped and counted "peer_down" rather
+than sent into the void: UDP never queues, so this only makes the loss visible and saves the
+work. A cannelloni peer has no heartbeat (silent while its bus is idle), so it is never gated.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import socket
 import time
 
+from bridge.endpoints.liveness import DEFAULT_POLICY, PeerPolicy, PeerState, check_interval
 from bridge.errors import ProtocolError
 from bridge.endpoints.socketcan import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
 from bridge.reactor import Reactor
@@ -25,8 +30,6 @@ log = logging.getLogger(__name__)
 
 RX_BATCH_MAX = 256  # datagrams per readable event (each may hold ~46 classic frames)
 SOCKET_BUFFER = 8 << 20  # SO_RCVBUF/SO_SNDBUF; bursts from a busy peer land here, not on the floor
-HEARTBEAT_S = 1.0
-PEER_TIMEOUT_S = 5.0
 MAX_DATAGRAM = 65535
 
 
@@ -35,7 +38,8 @@ class UdpPeer:
     wire: a datagram wire (bridge.endpoints.wire), which owns the MTU. Raises OSError when the
     bind fails (port in use, bad address)."""
 
-    def __init__(self, reactor: Reactor, router, remote, bind, wire, filters=(None, None), scheme="udp"):
+    def __init__(self, reactor: Reactor, router, remote, bind, wire, filters=(None, None), scheme="udp",
+                 policy: PeerPolicy = DEFAULT_POLICY):
         self.reactor = reactor
         self.router = router
         self.name = f"{scheme}://{remote[0]}:{remote[1]}"
@@ -47,15 +51,16 @@ class UdpPeer:
             bind = ("::" if family == socket.AF_INET6 else "0.0.0.0", remote[1])
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            set_buffer(self.sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, SOCKET_BUFFER)
+            set_buffer(self.sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, policy.sndbuf or SOCKET_BUFFER)
             set_buffer(self.sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, SOCKET_BUFFER)
             self.sock.bind(bind)
         except OSError:
             self.sock.close()
             raise
         self.sock.setblocking(False)
-        self.peer_up = False
-        self._last_rx = 0.0
+        self.timeout = policy.timeout
+        self.state = PeerState(self.name, self.counters, policy.timeout)
+        self._gated = False  # True once we know the wire has heartbeats (first _tick)
         self._pending: list[tuple[int, list]] = []
         reactor.add_reader(self.sock.fileno(), self._on_readable)
         router.add_peer(self, *filters)
@@ -63,6 +68,9 @@ class UdpPeer:
 
     # --- bus -> network -----------------------------------------------------------------
     def send_frames(self, channel: int, frames: list) -> int:
+        if self._gated and not self.state.up:
+            self.counters.drop("peer_down", len(frames))
+            return 0
         self._pending.append((channel, frames))
         return len(frames)
 
@@ -110,10 +118,7 @@ class UdpPeer:
         if verdict != "ok":  # duplicate, or stale: far outside the window or an old session
             self.counters.errors[f"{verdict}_datagram"] += 1
             return
-        self._last_rx = time.monotonic()
-        if not self.peer_up:
-            self.peer_up = True
-            log.info("%s: peer up", self.name)
+        self.state.heard(time.monotonic())
         for channel, frames in batches:
             self.counters.rx_frames += len(frames)
             self.router.from_peer(self, channel, frames)
@@ -121,13 +126,12 @@ class UdpPeer:
     # --- heartbeat --------------------------------------------------------------------------
     def _tick(self) -> None:
         control = self.wire.control()
+        self._gated = control is not None
         if control:
             self._send(control)
-        if self.peer_up and time.monotonic() - self._last_rx > PEER_TIMEOUT_S:
-            self.peer_up = False
-            log.warning("%s: peer down (nothing for %.0f s)", self.name, PEER_TIMEOUT_S)
-        self.counters.gauges.update(peer_up=self.peer_up, **self.wire.stats())
-        self._timer = self.reactor.call_later(HEARTBEAT_S, self._tick)
+        self.state.check(time.monotonic())
+        self.counters.gauges.update(self.wire.stats())
+        self._timer = self.reactor.call_later(check_interval(self.timeout), self._tick)
 
     def close(self) -> None:
         self._timer.cancel()

@@ -10,15 +10,17 @@ Stream wire (one per TCP connection):
 Datagram wire (one per UDP peer):
     encode(channel, frames) -> list[bytes]; control() -> bytes | None (heartbeat datagram)
     decode(data) -> (verdict, [(channel, frames)]); raises ProtocolError; verdict "ok" or a slug
-    of a datagram to drop ("duplicate", "stale"); stats() -> dict of sequence counters
+    of a datagram to drop ("duplicate", "stale", "replayed"); stats() -> dict of sequence counters
 """
 
 from __future__ import annotations
 
 import os
+import time
 
-from bridge.codec import cannelloni, native
+from bridge.codec import cannelloni, native, sealed
 from bridge.codec.base import events
+from bridge.errors import ConfigError
 
 
 class NativeStream:
@@ -84,18 +86,35 @@ class CannelloniStream:
 
 
 class NativeDatagram:
-    def __init__(self, hello: native.Hello, mtu: int) -> None:
-        self.encoder = native.DatagramEncoder(int.from_bytes(os.urandom(4), "big"), mtu)
+    """psk: 32-byte key: datagrams are sealed (bridge.codec.sealed, ChaCha20-Poly1305), the MTU includes
+    the sealing overhead, and the receiver accepts only authenticated, not replayed datagrams."""
+
+    def __init__(self, hello: native.Hello, mtu: int, psk: bytes | None = None) -> None:
+        if psk and mtu - sealed.OVERHEAD < native.UDP_HEADER_LEN + native.MAX_FRAME_RECORD:
+            raise ConfigError(f"mtu {mtu} is too small with psk: at least "
+                              f"{native.UDP_HEADER_LEN + native.MAX_FRAME_RECORD + sealed.OVERHEAD}")
+        session = int.from_bytes(os.urandom(4), "big")
+        self.sealer = sealed.Sealer(psk, session, int(time.time())) if psk else None
+        self.opener = sealed.Opener(psk, own=self.sealer) if psk else None
+        self.encoder = native.DatagramEncoder(session, mtu - sealed.OVERHEAD if psk else mtu)
         self.tracker = native.SequenceTracker()
         self.hello_record = native.encode_hello(hello)
 
     def encode(self, channel: int, frames: list) -> list:
-        return self.encoder.encode(channel, frames)
+        dgrams = self.encoder.encode(channel, frames)
+        return [self.sealer.seal(d) for d in dgrams] if self.sealer else dgrams
 
     def control(self) -> bytes | None:
-        return self.encoder.encode_control(self.hello_record)
+        dgram = self.encoder.encode_control(self.hello_record)
+        return self.sealer.seal(dgram) if self.sealer else dgram
 
     def decode(self, data: bytes) -> tuple[str, list]:
+        if self.opener:  # authenticate and check for replay before parsing anything
+            data = self.opener.open(data)
+            if data is None:
+                return "replayed", []
+        elif sealed.is_sealed(data):
+            raise sealed.SealedError("sealed_no_key", "encrypted datagram, but this peer has no psk")
         session, seq, events = native.decode_datagram(data)
         verdict = self.tracker.observe(session, seq)
         if verdict in ("duplicate", "stale"):

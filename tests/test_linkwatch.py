@@ -1,0 +1,50 @@
+"""bridge.endpoints.linkwatch on real rtnetlink: a veth pair in a network namespace of its own goes up,
+down, away and comes back; the watcher sees each change from the reactor, without polling."""
+
+import subprocess
+import time
+
+from bridge.endpoints.linkwatch import ABSENT, DOWN, UP, LinkWatch, current
+from bridge.reactor import Reactor
+from hw import netns as hwnetns
+
+
+def test_link_events_in_order(netns):
+    ns = netns("lw")
+    seen = []
+
+    def ip(*args):
+        subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True)
+
+    with hwnetns.inside(ns):
+        r = Reactor()
+        watch = LinkWatch(r)
+        first = watch.watch("lwa", seen.append)
+        assert first.state == ABSENT and first.index == 0
+
+        def pump_until(state):
+            deadline = time.monotonic() + 10
+            while not (seen and seen[-1].state == state) and time.monotonic() < deadline:
+                r.run_once(timeout=0.05)
+            assert seen and seen[-1].state == state, seen
+
+        ip("link", "add", "lwa", "type", "veth", "peer", "lwb")
+        pump_until(DOWN)
+        index = seen[-1].index
+        assert index > 0 and current("lwa").index == index
+        ip("link", "set", "lwa", "up")
+        pump_until(UP)
+        ip("link", "set", "lwa", "down")
+        pump_until(DOWN)
+        ip("link", "del", "lwa")
+        pump_until(ABSENT)
+        ip("link", "add", "lwa", "type", "veth", "peer", "lwb")
+        pump_until(DOWN)
+        assert seen[-1].index != index  # a new interface under the same name
+        watch.close()
+        r.close()
+    states = [e.state for e in seen]
+    collapsed = [s for i, s in enumerate(states) if i == 0 or s != states[i - 1]]
+    assert collapsed == [DOWN, UP, DOWN, ABSENT, DOWN]
+    assert {e.name for e in seen} == {"lwa"}  # lwb's events are not ours
+    assert all(e.can_state is None for e in seen)  # not a CAN controller
