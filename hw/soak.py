@@ -1,0 +1,274 @@
+"""Soak and fault run: a CAN trace looped through two bridges (hw/rig.py) while faults are injected on
+a schedule; at the end every frame sent is either delivered or accounted for, and the bridges'
+memory is compared before and after. Used by benchmarks/soak.py (10 minutes per transport) and, in
+a short form, by tests/vcan/test_soak.py.
+
+Faults (each one a function of the rig; the schedule cycles through them):
+  kill         SIGKILL the remote bridge, restart it 2 s later
+  link         `ip link set veth0 down` on the gateway side for 5 s, then up
+  blackhole    netem 100% loss on the gateway's veth for 10 s (a pulled cable that still shows link)
+  slow         a TCP client on the gateway's port that completes nothing and never reads, for 10 s
+  scan         connect to 20 ports around the bridge's and send garbage; garbage UDP datagrams too
+
+Accounting: frames are counted, not stored (millions of them), on the gateway's vcan0 (sent: the
+sender's own loopback copies) and the remote's vcan0 (delivered). Lost = sent - delivered. The
+bridges' drop counters (every `dropped{reason}` of both bridges, read with SIGUSR1 at the end, plus
+those the killed remote logged... which a SIGKILLed process cannot) explain part of it; the rest
+must fall inside fault windows, where frames die with a killed process, in a downed link's queue or
+in a black hole: frames lost outside fault windows are the defect this run looks for.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from bridge import probe
+from hw import netns
+from hw.rig import GW_ADDR, TCP_PORT, UDP_PORT, Rig
+
+FAULTS = ("kill", "link", "blackhole", "slow", "scan")
+RSS_SAMPLE_S = 5.0
+FAULT_GAP_S = 15.0  # quiet time between faults: the bridges recover, the window closes
+
+
+@dataclass
+class SoakResult:
+    transport: str
+    seconds: float
+    sent: int = 0
+    delivered: int = 0
+    faults: list = field(default_factory=list)  # (name, start s, end s, sent during, delivered during)
+    counted_drops: dict = field(default_factory=dict)  # reason -> frames, both bridges at the end
+    rss_mb: dict = field(default_factory=dict)  # side -> [(t s, MB)]
+    exit_codes: dict = field(default_factory=dict)
+    crashed: list = field(default_factory=list)
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.delivered
+
+    def lost_in_windows(self) -> int:
+        return sum(s - d for _, _, _, s, d in self.faults)
+
+    def rss_growth_mb(self, side: str, warmup_frac: float = 0.2) -> float:
+        samples = self.rss_mb.get(side, [])
+        if len(samples) < 2:
+            return 0.0
+        t_end = samples[-1][0]
+        after = [mb for t, mb in samples if t >= samples[0][0] + warmup_frac * (t_end - samples[0][0])]
+        return max(after) - after[0] if after else 0.0
+
+    def summary(self) -> str:
+        lines = [f"{self.transport}: {self.seconds:.0f} s, sent {self.sent}, delivered {self.delivered}, "
+                 f"lost {self.lost} (inside fault windows {self.lost_in_windows()}), "
+                 f"counted drops {sum(self.counted_drops.values())} {json.dumps(self.counted_drops)}"]
+        for name, t0, t1, s, d in self.faults:
+            lines.append(f"  fault {name:<9} at {t0:6.1f}-{t1:6.1f} s: sent {s}, delivered {d}, lost {s - d}")
+        for side in self.rss_mb:
+            samples = self.rss_mb[side]
+            lines.append(f"  RSS {side}: {samples[0][1]:.1f} -> {samples[-1][1]:.1f} MB "
+                         f"(growth after warm-up {self.rss_growth_mb(side):.1f} MB)")
+        lines.append(f"  exit codes {self.exit_codes}; crashed: {self.crashed or 'none'}")
+        return "\n".join(lines)
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        text = open(f"/proc/{pid}/status").read()
+    except OSError:
+        return None
+    m = re.search(r"VmRSS:\s+(\d+) kB", text)
+    return int(m.group(1)) / 1024 if m else None
+
+
+def _bridge_pid(proc: subprocess.Popen) -> int:
+    """`ip netns exec` execs the bridge: same pid."""
+    return proc.pid
+
+
+class Soak:
+    """One transport's soak on a fresh rig. run(frames, seconds, speed) -> SoakResult."""
+
+    def __init__(self, transport: str) -> None:
+        self.transport = transport
+        self.rig = Rig()
+        self.result = SoakResult(transport, 0)
+        self.sent = 0
+        self.delivered = 0
+        self._t0 = 0.0
+
+    # --- faults ---------------------------------------------------------------------------
+    def _remote_index(self) -> int:
+        return 1
+
+    def fault_kill(self) -> None:
+        proc = self.rig.procs[self._remote_index()]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        self._wait(2.0)
+        new = self._start_side("remote")  # start_bridge appends it; it replaces the killed one
+        self.rig.procs.remove(new)
+        self.rig.procs[self._remote_index()] = new
+
+    def fault_link(self) -> None:
+        netns.ip("link", "set", "veth0", "down", netns=self.rig.gw)
+        self._wait(5.0)
+        netns.ip("link", "set", "veth0", "up", netns=self.rig.gw)
+
+    def fault_blackhole(self) -> None:
+        tc = ["ip", "netns", "exec", self.rig.gw, "tc", "qdisc"]
+        subprocess.run([*tc, "add", "dev", "veth0", "root", "netem", "loss", "100%"], check=True, capture_output=True)
+        try:
+            self._wait(10.0)
+        finally:
+            subprocess.run([*tc, "del", "dev", "veth0", "root"], check=True, capture_output=True)
+
+    def fault_slow(self) -> None:
+        with netns.inside(self.rig.remote):
+            s = socket.create_connection((GW_ADDR, TCP_PORT), timeout=5)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read
+        try:
+            self._wait(10.0)
+        finally:
+            s.close()
+
+    def fault_scan(self) -> None:
+        rnd = random.Random(7)
+        with netns.inside(self.rig.remote):
+            for port in range(TCP_PORT - 10, TCP_PORT + 10):
+                try:
+                    s = socket.create_connection((GW_ADDR, port), timeout=1)
+                except OSError:
+                    continue
+                try:
+                    s.sendall(bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 3000))))
+                except OSError:
+                    pass
+                s.close()
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for _ in range(50):
+                u.sendto(bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 1400))), (GW_ADDR, UDP_PORT))
+            u.close()
+        self._wait(1.0)
+
+    # --- traffic ----------------------------------------------------------------------------
+    def _start_side(self, side: str) -> subprocess.Popen:
+        from hw.rig import bridge_args
+
+        return self.rig.start_bridge(side, bridge_args(self.transport, side))
+
+    def _pump(self) -> None:
+        buf: list = []
+        probe.drain(self.tx, buf, own_only=True)
+        self.sent += len(buf)
+        buf.clear()
+        probe.drain(self.rx, buf)
+        self.delivered += len(buf)
+
+    def _wait(self, seconds: float) -> None:
+        """Keep replaying while a fault lasts."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self._replay_some(min(0.5, end - time.monotonic()))
+
+    def _replay_some(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            if self._next >= len(self.frames):
+                self._next = 0
+                self._base = time.monotonic()
+            ts, raw = self.frames[self._next]
+            due = self._base + (ts - self.frames[0][0]) / 1e9 / self.speed
+            now = time.monotonic()
+            if due > now:
+                self._pump()
+                time.sleep(min(due - now, 0.002))
+                continue
+            probe.send(self.tx, raw)
+            self._next += 1
+            if self._next & 255 == 0:
+                self._pump()
+            if now - self._last_rss >= RSS_SAMPLE_S:
+                self._sample_rss()
+        self._pump()
+
+    def _sample_rss(self) -> None:
+        self._last_rss = time.monotonic()
+        t = self._last_rss - self._t0
+        for side, proc in zip(("gateway", "remote"), self.rig.procs):
+            if proc.poll() is None and (mb := _rss_mb(_bridge_pid(proc))) is not None:
+                key = side if side == "gateway" else f"remote#{self._remote_gen}"
+                self.result.rss_mb.setdefault(key, []).append((t, mb))
+
+    def _counters(self, proc: subprocess.Popen, side: str) -> dict:
+        before = len(re.findall(r"counters: ", self.rig.log_text(side)))
+        proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            found = re.findall(r"counters: (\{.*\})", self.rig.log_text(side))
+            if len(found) > before:
+                return json.loads(found[-1])
+            self._replay_some(0.1)
+        return {}
+
+    def run(self, frames: list, seconds: float, speed: float = 4.0, faults=FAULTS,
+            gap_s: float = FAULT_GAP_S) -> SoakResult:
+        """Replay `frames` ((ts_ns, raw), looped) at `speed` for `seconds`, injecting `faults` in
+        turn with `gap_s` of quiet before each."""
+        self.frames, self.speed = frames, speed
+        self._next, self._last_rss, self._remote_gen = 0, 0.0, 0
+        with self.rig:
+            self.rig.start_pair(self.transport)
+            with self.rig.sockets() as (self.tx, self.rx):
+                self.rig.wait_path_up(self.tx, self.rx)
+                self._t0 = self._base = time.monotonic()
+                schedule = [f for f in faults if not (f == "slow" and not self.transport.endswith("tcp"))]
+                i = 0
+                while time.monotonic() - self._t0 < seconds:
+                    self._replay_some(gap_s)
+                    if time.monotonic() - self._t0 + 15 >= seconds or not schedule:
+                        continue
+                    name = schedule[i % len(schedule)]
+                    i += 1
+                    self._fault(name)
+                settle = time.monotonic() + 3
+                while time.monotonic() < settle:
+                    self._pump()
+                    time.sleep(0.05)
+                self.result.counted_drops = self._drops()
+            for side, proc in zip(("gateway", "remote"), self.rig.procs):
+                if proc.poll() is not None and proc.returncode != 0:
+                    self.result.crashed.append(f"{side} exited {proc.returncode}")
+            codes = self.rig.stop_bridges()
+            self.result.exit_codes = dict(zip(("gateway", "remote"), codes))
+        self.result.seconds = time.monotonic() - self._t0
+        self.result.sent, self.result.delivered = self.sent, self.delivered
+        return self.result
+
+    def _fault(self, name: str) -> None:
+        s0, d0, t0 = self.sent, self.delivered, time.monotonic() - self._t0
+        getattr(self, f"fault_{name}")()
+        if name == "kill":
+            self._remote_gen += 1
+        # the window closes once the path is up again and what was in flight has landed
+        self._replay_some(3.0)
+        self.result.faults.append((name, t0, time.monotonic() - self._t0, self.sent - s0, self.delivered - d0))
+
+    def _drops(self) -> dict:
+        total: dict = {}
+        for side, proc in zip(("gateway", "remote"), self.rig.procs):
+            if proc.poll() is not None:
+                continue
+            for endpoint, snap in self._counters(proc, side).items():
+                if not isinstance(snap, dict):
+                    continue
+                for reason, n in (snap.get("dropped") or {}).items():
+                    total[f"{side}:{reason}"] = total.get(f"{side}:{reason}", 0) + n
+        return total
