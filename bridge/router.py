@@ -52,7 +52,11 @@ class Router:
         self._oldest.pop(id(peer), None)
 
     def from_bus(self, bus, channel: int, batch: list) -> None:
-        """A batch of (raw, ts_ns) read from `bus` goes to every peer (through its filter)."""
+        """A batch of (raw, ts_ns) read from `bus` goes to every peer (through its filter); with no
+        peer at all (a server with no client connected) the batch is counted as dropped "no_peer"."""
+        if not self.peers:
+            bus.counters.drop("no_peer", len(batch))
+            return
         for peer in self.peers:
             filt = self._out_filters.get(id(peer))
             frames = filt.filter_batch(batch) if filt is not None else batch

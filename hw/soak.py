@@ -36,6 +36,7 @@ from hw.rig import GW_ADDR, TCP_PORT, UDP_PORT, Rig
 FAULTS = ("kill", "link", "blackhole", "slow", "scan")
 RSS_SAMPLE_S = 5.0
 FAULT_GAP_S = 15.0  # quiet time between faults: the bridges recover, the window closes
+RECOVERY_MAX_S = 90.0  # a fault's window stays open until frames flow again, at most this long
 
 
 @dataclass
@@ -49,6 +50,7 @@ class SoakResult:
     rss_mb: dict = field(default_factory=dict)  # side -> [(t s, MB)]
     exit_codes: dict = field(default_factory=dict)
     crashed: list = field(default_factory=list)
+    recovery_s: list = field(default_factory=list)  # (fault, seconds from its end until frames flowed, None = never)
 
     @property
     def lost(self) -> int:
@@ -75,6 +77,7 @@ class SoakResult:
             samples = self.rss_mb[side]
             lines.append(f"  RSS {side}: {samples[0][1]:.1f} -> {samples[-1][1]:.1f} MB "
                          f"(growth after warm-up {self.rss_growth_mb(side):.1f} MB)")
+        lines.append(f"  recovery (s after the fault ended until frames flowed): {self.recovery_s}")
         lines.append(f"  exit codes {self.exit_codes}; crashed: {self.crashed or 'none'}")
         return "\n".join(lines)
 
@@ -257,8 +260,16 @@ class Soak:
         getattr(self, f"fault_{name}")()
         if name == "kill":
             self._remote_gen += 1
-        # the window closes once the path is up again and what was in flight has landed
-        self._replay_some(3.0)
+        # the window closes once frames flow again (reconnect, restart) and what was in flight has landed
+        ended, deadline = time.monotonic(), time.monotonic() + RECOVERY_MAX_S
+        while time.monotonic() < deadline:
+            before = self.delivered
+            self._replay_some(0.5)
+            if self.delivered > before:
+                break
+        recovered = self.delivered > d0 and time.monotonic() < deadline
+        self.result.recovery_s.append((name, round(time.monotonic() - ended, 1) if recovered else None))
+        self._replay_some(2.0)
         self.result.faults.append((name, t0, time.monotonic() - self._t0, self.sent - s0, self.delivered - d0))
 
     def _drops(self) -> dict:

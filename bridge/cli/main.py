@@ -18,6 +18,10 @@ examples:
   canbridge vcan0 udp://192.0.2.11:29601?bind=0.0.0.0:29601   UDP, both directions
   canbridge vcan0,123:7FF tcp://gw:29600              only id 0x123 leaves vcan0 (candump filter)
   canbridge vcan0 cannelloni+udp://192.0.2.11:20000?bind=0.0.0.0:20000   talk to a cannelloni peer
+  canbridge vcan0 udp-multicast://                    join python-can's udp_multicast group (its defaults)
+  canbridge vcan0 'tcp-listen://0.0.0.0:29600?tls_cert=gw.pem&tls_key=gw.key&tls_ca=ca.pem'   mutual TLS
+  canbridge vcan0 'tcp-listen://0.0.0.0:29600?read_only=1'   clients may listen but never write to the bus
+  canbridge capture -i vcan0 -i eth0 -w trace.pcapng  raw-socket capture into pcapng (see --help)
   canbridge run -c /etc/canbridge/bridge.toml         several interfaces, peers and filters
   canbridge demo                                      Durango trace through two bridges (test VM)
   canbridge testvm --vcan 2 -- pytest -m vcan         run a command in a kernel with vcan0, vcan1

@@ -17,14 +17,15 @@ TRACE = Path(__file__).resolve().parent.parent / "data" / "durango_mapswitch.log
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
 def test_short_soak_with_every_fault(transport):
     frames = [(ts, raw) for ts, _, raw in read_log(TRACE)]
-    res = Soak(transport).run(frames, seconds=100, speed=1.0, faults=FAULTS, gap_s=6.0)
+    res = Soak(transport).run(frames, seconds=120, speed=1.0, faults=FAULTS, gap_s=6.0)
     print(res.summary())
     assert not res.crashed and res.exit_codes["gateway"] == 0 and res.exit_codes["remote"] == 0
     injected = [f[0] for f in res.faults]
     assert set(injected) == set(FAULTS) - ({"slow"} if transport == "udp" else set()), injected
-    for name, _t0, _t1, sent, delivered in res.faults:
-        assert sent > 0 and delivered > 0, f"no traffic recovered after {name}"
-    # frames lost outside the fault windows: at most a handful in flight at a window's edge
-    assert res.lost - res.lost_in_windows() <= 50, res.summary()
-    assert res.delivered > 0.8 * res.sent
+    for name, recovered_after in res.recovery_s:
+        assert recovered_after is not None, f"no traffic recovered after {name}: {res.summary()}"
+    # frames lost outside the fault windows (a window lasts from the fault until frames flow again):
+    # only what was in flight at a window's edge. Measured: TCP ~0, UDP ~0.8 % of the frames sent
+    # (see docs/benchmarks.md); more than 2 % means frames are being lost while nothing is wrong
+    assert res.lost - res.lost_in_windows() <= 0.02 * res.sent, res.summary()
     assert res.rss_growth_mb("gateway") < 5.0, res.summary()
