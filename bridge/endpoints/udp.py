@@ -129,8 +129,6 @@ class UdpPeer:
         self._gated = control is not None
         if control:
             self._send(control)
-        if self.state.up:  # datagrams already queued (this process was busy or descheduled) count as heard
-            self._on_readable()
         self.state.check(time.monotonic())
         self.counters.gauges.update(self.wire.stats())
         self._timer = self.reactor.call_later(check_interval(self.timeout), self._tick)
