@@ -68,7 +68,9 @@ class UdpPeer:
 
     # --- bus -> network -----------------------------------------------------------------
     def send_frames(self, channel: int, frames: list) -> int:
-        if self._gated and not self.state.up:
+        # gate only a peer that was heard and then went silent: before its first datagram (start-up,
+        # a heartbeat not yet sent) frames go out as usual; UDP costs nothing if nobody listens yet
+        if self._gated and not self.state.up and self.state.transitions:
             self.counters.drop("peer_down", len(frames))
             return 0
         self._pending.append((channel, frames))

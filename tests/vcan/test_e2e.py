@@ -63,13 +63,7 @@ def fd_zoo():
     return frames
 
 
-@pytest.mark.parametrize("transport", [
-    "tcp",
-    # KNOWN REGRESSION (2026-11-22, issue 5 liveness work): over native UDP this run loses every frame,
-    # counted as dropped{peer_down} on the gateway although its log shows the peer up; not yet understood.
-    # Kept visible as an xfail (reported in every run) rather than removed; see the session note.
-    pytest.param("udp", marks=pytest.mark.xfail(reason="UDP frames dropped as peer_down after path up", strict=False)),
-])
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
 def test_can_fd_every_length_and_flags(transport):
     frames = fd_zoo()  # len8_dlc included: the native protocol carries it (cannelloni does not)
     with Rig() as rig:
