@@ -34,37 +34,20 @@ from bridge.codec import pcapng  # noqa: E402
 
 def pcapng_counts(path: Path) -> dict:
     """{interface name: {"packets": EPBs, "isb_recv": .., "isb_drop": ..}} from a pcapng file."""
-    data = path.read_bytes()
     names: list[str] = []
     out: dict = {}
-    pos = 0
-    while pos < len(data):
-        btype, total = struct.unpack_from("=II", data, pos)
-        body = data[pos + 8 : pos + total - 4]
+    for btype, body in pcapng.blocks(path.read_bytes()):
         if btype == pcapng.IDB_TYPE:
-            opts = _options(body, 8)
-            names.append(opts[pcapng.IF_NAME].decode())
+            names.append(pcapng.options(body, 8)[pcapng.IF_NAME].decode())
             out[names[-1]] = {"packets": 0}
         elif btype == pcapng.EPB_TYPE:
             out[names[struct.unpack_from("=I", body)[0]]]["packets"] += 1
         elif btype == pcapng.ISB_TYPE:
-            opts = _options(body, 12)
+            opts = pcapng.options(body, 12)
             entry = out[names[struct.unpack_from("=I", body)[0]]]
             entry["isb_recv"] = struct.unpack("=Q", opts[pcapng.ISB_IFRECV])[0]
             entry["isb_drop"] = struct.unpack("=Q", opts[pcapng.ISB_IFDROP])[0]
-        pos += total
     return out
-
-
-def _options(body: bytes, pos: int) -> dict:
-    opts = {}
-    while pos + 4 <= len(body):
-        code, length = struct.unpack_from("=HH", body, pos)
-        if code == 0:
-            break
-        opts[code] = body[pos + 4 : pos + 4 + length]
-        pos += 4 + length + (-length % 4)
-    return opts
 
 
 def main() -> int:

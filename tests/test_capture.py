@@ -26,30 +26,17 @@ for i in range(n):
 
 
 def blocks(path: Path) -> list[tuple[int, bytes]]:
-    """(block type, body) of every pcapng block, host byte order (what the writer uses)."""
-    data = path.read_bytes()
-    out, pos = [], 0
-    while pos < len(data):
-        btype, total = struct.unpack_from("=II", data, pos)
-        out.append((btype, data[pos + 8 : pos + total - 4]))
-        pos += total
-    return out
+    return pcapng.blocks(path.read_bytes())
 
 
 def isb_counts(path: Path) -> list[tuple[int, int]]:
     """(isb_ifrecv, isb_ifdrop) of every Interface Statistics Block."""
     counts = []
     for btype, body in blocks(path):
-        if btype != pcapng.ISB_TYPE:
-            continue
-        opts, pos = {}, 12
-        while pos + 4 <= len(body):
-            code, length = struct.unpack_from("=HH", body, pos)
-            if code == 0:
-                break
-            opts[code] = body[pos + 4 : pos + 4 + length]
-            pos += 4 + length + (-length % 4)
-        counts.append((struct.unpack("=Q", opts[pcapng.ISB_IFRECV])[0], struct.unpack("=Q", opts[pcapng.ISB_IFDROP])[0]))
+        if btype == pcapng.ISB_TYPE:
+            opts = pcapng.options(body, 12)
+            counts.append((struct.unpack("=Q", opts[pcapng.ISB_IFRECV])[0],
+                           struct.unpack("=Q", opts[pcapng.ISB_IFDROP])[0]))
     return counts
 
 

@@ -157,3 +157,26 @@ def decode_can_record(record: bytes) -> bytes:
     if can_id & 0x40000000:  # RTR: no data
         data = b""
     return _CAN_HDR.pack(can_id, length, 0, 0, len8_dlc) + data.ljust(8, b"\0")
+
+
+def blocks(data: bytes) -> list[tuple[int, bytes]]:
+    """(block type, body) of every block of a pcapng file written in host byte order (as ours are).
+    For checks and benchmarks; readers of foreign files should use scapy's PcapNgReader."""
+    out, pos = [], 0
+    while pos + 12 <= len(data):
+        btype, total = struct.unpack_from("=II", data, pos)
+        out.append((btype, data[pos + 8 : pos + total - 4]))
+        pos += total
+    return out
+
+
+def options(body: bytes, offset: int) -> dict[int, bytes]:
+    """{option code: value} of the options starting at `offset` in a block body."""
+    opts, pos = {}, offset
+    while pos + 4 <= len(body):
+        code, length = _OPT.unpack_from(body, pos)
+        if code == OPT_ENDOFOPT:
+            break
+        opts[code] = body[pos + 4 : pos + 4 + length]
+        pos += 4 + length + (-length % 4)
+    return opts
