@@ -192,6 +192,25 @@ class RemoteSource:
         self.sock.close()
 
 
+def open_sources(specs: list[str], prog: str) -> tuple[list, int]:
+    """Open every source of `canbridge dump`/`top`: (sources, 0), or ([], exit status) after printing
+    why (2: a bad spec, 1: the interface or bridge cannot be opened); nothing is left open on failure."""
+    sources: list = []
+    try:
+        for spec in specs:
+            sources.append(open_source(spec))
+        return sources, 0
+    except ConfigError as exc:
+        print(f"canbridge {prog}: error: {exc}", file=sys.stderr)
+        status = 2
+    except OSError as exc:
+        print(f"canbridge {prog}: {spec}: {exc.strerror or exc}", file=sys.stderr)
+        status = 1
+    for s in sources:
+        s.close()
+    return [], status
+
+
 def open_source(spec: str):
     """IFACE[,FILTERS] -> LocalSource; tcp://... -> RemoteSource."""
     return RemoteSource(spec) if "://" in spec else LocalSource(spec)
@@ -302,20 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.count < 0 or args.timeout_ms < 0:
         print("canbridge dump: -n and -T must be >= 0", file=sys.stderr)
         return 2
-    sources = []
-    try:
-        for spec in args.sources:
-            sources.append(open_source(spec))
-    except ConfigError as exc:
-        print(f"canbridge dump: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"canbridge dump: {spec}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    finally:
-        if len(sources) < len(args.sources):
-            for s in sources:
-                s.close()
+    sources, status = open_sources(args.sources, "dump")
+    if status:
+        return status
     fmt = Formatter([s.name for s in sources], log=args.log, timestamps=args.timestamps,
                     ascii=args.ascii, extra=args.extra, errors=args.errors)
     old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}

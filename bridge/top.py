@@ -26,8 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from bridge.codec import socketcan as sc
-from bridge.dump import Rx, SourceClosed, open_source
-from bridge.errors import ConfigError
+from bridge.dump import Rx, SourceClosed, open_sources
 
 REFRESH_HZ = 4
 PERIOD_SAMPLES = 64  # inter-arrival times kept per ID for mean and jitter: ~0.6 s of a 100 Hz ID
@@ -191,20 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         print("canbridge top: --window must be > 0 and --duration >= 0", file=sys.stderr)
         return 2
     duration = args.duration if args.duration is not None else (1.0 if args.once else None)
-    sources = []
-    try:
-        for spec in args.sources:
-            sources.append(open_source(spec))
-    except ConfigError as exc:
-        print(f"canbridge top: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"canbridge top: {spec}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    finally:
-        if len(sources) < len(args.sources):
-            for s in sources:
-                s.close()
+    sources, status = open_sources(args.sources, "top")
+    if status:
+        return status
     old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return _run(sources, TopStats(args.window), duration, args.once, " ".join(args.sources))
