@@ -115,8 +115,8 @@ class _Capture:
     def inspect(self) -> int:
         import subprocess
 
-        argv = [sys.executable, "-m", "bridge", "inspect", f"{self.base}.pcapng", *self.rig.inspect_args(self.transport),
-                "--json", f"{self.base}.json", "--plot", f"{self.base}.png"]
+        argv = [sys.executable, "-m", "bridge", "inspect", f"{self.base}.pcapng",
+                *self.rig.inspect_args(self.transport), "--json", f"{self.base}.json", "--plot", f"{self.base}.png"]
         res = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, COLUMNS="110"))
         Path(f"{self.base}.txt").write_text(res.stdout)
         print(res.stdout + res.stderr, flush=True)

@@ -10,9 +10,12 @@ The protocol object it drives has these methods:
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import socket
 import ssl
+import struct
+import termios
 from collections import deque
 
 from bridge.reactor import Reactor
@@ -32,6 +35,9 @@ WRITE_LOW_WATER = 256 << 10
 # (bridge/endpoints/pending.py, 1 MiB of raw frames, at most ~2.5x that as socketcand text) and
 # heartbeats; past this the producer ignored pause_writing and the connection is closed (ENOBUFS).
 WRITE_BUFFER_MAX = 8 << 20
+_TCP_CLOSE = 7  # tcpi_state of a dead connection (reset, TCP_USER_TIMEOUT, keepalive): include/net/tcp_states.h
+_LINGER_ABORT = struct.pack("ii", 1, 0)  # struct linger {l_onoff 1, l_linger 0}: close() resets
+_INT = struct.Struct("i")  # the int an ioctl(TIOCOUTQ/FIONREAD) fills in
 READ_CHUNK = 64 << 10  # bytes per recv() (~2,300 native frames): bounds the work of one loop pass, so one
 # busy peer cannot starve the loop nor delay our heartbeats long enough to look dead to the other side
 
@@ -49,6 +55,9 @@ class StreamTransport:
         self.closed = False
         self.bytes_in = 0
         self.bytes_out = 0
+        self._unsent = 0  # bytes of the write() that failed: neither sent nor buffered
+        self._aborting = False  # abort(): the close sends a RST, the kernel send queue is discarded
+        self.undelivered_bytes = 0  # set by close(): see _kernel_undelivered
         reactor.add_reader(self.fd, self._on_readable)
 
     # --- writing ------------------------------------------------------------------------------
@@ -62,6 +71,7 @@ class StreamTransport:
             except _WOULD_BLOCK:
                 sent = 0
             except OSError as exc:
+                self._unsent = len(data)
                 self._fatal(exc)
                 return
             self.bytes_out += sent
@@ -70,6 +80,7 @@ class StreamTransport:
             data = memoryview(data)[sent:]
             self.reactor.add_writer(self.fd, self._on_writable)
         if self._buffered + len(data) > WRITE_BUFFER_MAX:
+            self._unsent = len(data)
             self._fatal(OSError(errno.ENOBUFS, f"write buffer over {WRITE_BUFFER_MAX} bytes"))
             return
         self._buffer.append(memoryview(data))
@@ -136,12 +147,52 @@ class StreamTransport:
         self.close(exc)
 
     def close(self, exc: Exception | None = None) -> None:
-        """Drop buffered data, unregister, close; calls protocol.connection_lost(exc) once."""
+        """Drop buffered data, unregister, close; calls protocol.connection_lost(exc) once. Before that,
+        `undelivered_bytes` is set to the bytes given to write() that will never reach the peer: the
+        userspace buffer, a write() that failed, and the kernel's part (_kernel_undelivered)."""
         if self.closed:
             return
         self.closed = True
+        self.undelivered_bytes = self._buffered + self._unsent + self._kernel_undelivered(self._aborting)
         self.reactor.forget(self.fd)
         self._buffer.clear()
         self._buffered = 0
         self.sock.close()
         self.protocol.connection_lost(exc)
+
+    def abort(self, exc: Exception | None = None) -> None:
+        """close() with a RST (SO_LINGER 0) instead of a FIN: for a peer we gave up on (silent, slow,
+        malformed). The kernel discards its send queue at once, so those bytes count as undelivered,
+        rather than being retried for minutes towards a peer that is gone."""
+        if self.closed:
+            return
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+            self._aborting = True
+        except OSError as exc2:  # not a TCP socket (socketpair in tests): a plain close
+            log.debug("fd %d: cannot set SO_LINGER 0: %s", self.fd, exc2)
+        self.close(exc)
+
+    def _kernel_undelivered(self, aborting: bool = False) -> int:
+        """Bytes of the kernel send queue that will never reach the peer. TIOCOUTQ (== SIOCOUTQ) is, for
+        TCP, write_seq - snd_una: sent-but-unacknowledged plus not-yet-sent, from sequence numbers, so
+        still valid after a reset. It counts only if the connection is dead already (state CLOSE: reset,
+        TCP_USER_TIMEOUT, keepalive) or our close() will reset it (abort(), or unread input: FIONREAD > 0); otherwise
+        the kernel keeps sending the queue after close(), ending with a FIN, and its fate is unknown to
+        us (the peer may still read it, or reset it). 0 for a TLS socket (the queue holds TLS record
+        bytes, not the plaintext the caller counts) and for non-TCP sockets (AF_UNIX: TIOCOUTQ is
+        memory, not bytes)."""
+        sock = self.sock
+        if isinstance(sock, ssl.SSLSocket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return 0
+        try:
+            if not aborting and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _TCP_CLOSE \
+                    and self._ioctl_int(termios.FIONREAD) == 0:
+                return 0
+            return self._ioctl_int(termios.TIOCOUTQ)
+        except OSError as exc:
+            log.debug("fd %d: cannot read the kernel send queue at close: %s", self.fd, exc)
+            return 0
+
+    def _ioctl_int(self, request: int) -> int:
+        return _INT.unpack(fcntl.ioctl(self.fd, request, bytes(4)))[0]

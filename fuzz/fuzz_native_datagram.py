@@ -2,8 +2,9 @@
 
 Input: one UDP datagram; n_channels is its flags byte (byte 5, ignored by the decoder) or 256 if 0,
 so the bad_channel check is reached. Crash: any exception but NativeProtocolError, or a broken
-invariant: raw structs of 16/72 bytes with a valid len, channels < n_channels, session/seq u32, and
-the frames re-encoded by DatagramEncoder decode back to the same (raw, ts_ns) tuples.
+invariant: raw structs of 16/72 bytes with a valid len, channels < n_channels, session/seq u32, the
+frames re-encoded by DatagramEncoder decode back to the same (raw, ts_ns) tuples, and HELLO and
+TX_COUNT (frames_sent u64) re-encoded in a control datagram decode back to the same events.
 """
 
 import atheris
@@ -26,6 +27,11 @@ def test_one_input(data: bytes) -> None:
         if type(ev) is native.Hello:
             big = native.DatagramEncoder(session, mtu=65507)
             check(native.decode_datagram(big.encode_control(native.encode_hello(ev)))[2] == [ev], "HELLO round trip")
+            continue
+        if type(ev) is native.TxCount:
+            check(0 <= ev.frames_sent < 1 << 64, f"frames_sent {ev.frames_sent}")
+            rec = native.encode_tx_count(ev.frames_sent)
+            check(native.decode_datagram(enc.encode_control(rec))[2] == [ev], "TX_COUNT round trip")
             continue
         if type(ev) is not native.Frames:
             continue

@@ -277,7 +277,7 @@ class Soak:
         for side, proc in zip(("gateway", "remote"), self.rig.procs):
             if proc.poll() is not None:
                 continue
-            for endpoint, snap in self._counters(proc, side).items():
+            for _endpoint, snap in self._counters(proc, side).items():
                 if not isinstance(snap, dict):
                     continue
                 for reason, n in (snap.get("dropped") or {}).items():

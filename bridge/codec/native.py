@@ -6,6 +6,7 @@ The byte layout is specified in docs/protocol.md. Summary (all multi-byte fields
     UDP datagram = "CNBR" version(u8=1) flags(u8=0) session(u32) seq(u32), then records
     record       = type(u8) rflags(u8=0) length(u16) body[length]        (length <= MAX_RECORD_BODY)
     FRAME body   = can_id(u32) len(u8) fd_flags(u8) len8_dlc(u8) channel(u8) timestamp_ns(u64) data
+    TX_COUNT body = frames_sent(u64)   (UDP control datagrams: FRAME records sent before this datagram)
 
 Frames on the forwarding path are raw Linux `struct can_frame` (16 B) / `struct canfd_frame` (72 B)
 in host byte order (see bridge.codec.socketcan); a batch is a list of `(raw, ts_ns)` tuples. The
@@ -38,6 +39,7 @@ CAP_ERR_FRAMES = 2  # HELLO capability: sender forwards error frames (CAN_ERR_FL
 REC_HELLO = 0x01
 REC_FRAME = 0x02
 REC_HEARTBEAT = 0x03
+REC_TX_COUNT = 0x04
 
 MAX_CHANNELS = 255
 MAX_CHANNEL_NAME = 15  # IFNAMSIZ - 1
@@ -60,6 +62,7 @@ _FRAME_HDR = struct.Struct(">BBHIBBBBQ")
 _FRAME_REC = tuple(struct.Struct(f">BBHIBBBBQ{dl}s") for dl in range(65))
 _HELLO_FIXED = struct.Struct(">BBHIB")  # proto_version, reserved, capabilities, heartbeat_ms, n_channels
 _HEARTBEAT = struct.Struct(">BBHQ")  # record header + sent_ns
+_TX_COUNT = struct.Struct(">BBHQ")  # record header + frames_sent
 _U64 = struct.Struct(">Q")
 # raw SocketCAN structs, host byte order; "Ns" zero-pads short data on pack
 _CAN = struct.Struct("=IBBBB8s")  # can_id, len, __pad, __res0, len8_dlc, data[8]
@@ -99,6 +102,15 @@ class Heartbeat:
     """HEARTBEAT record. sent_ns: sender's wall clock in ns since the epoch (informational)."""
 
     sent_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class TxCount:
+    """TX_COUNT record. frames_sent: FRAME records the sender put in its datagrams before the one
+    carrying this record (u64, cumulative since the sender's DatagramEncoder started; receivers use
+    differences within one session, see bridge.codec.frameloss)."""
+
+    frames_sent: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +159,14 @@ def encode_heartbeat(sent_ns: int) -> bytes:
         return _HEARTBEAT.pack(REC_HEARTBEAT, 0, 8, sent_ns)
     except struct.error as e:
         raise ValueError(f"bad heartbeat timestamp {sent_ns!r}") from e
+
+
+def encode_tx_count(frames_sent: int) -> bytes:
+    """frames_sent (int, 0..2**64-1) -> one TX_COUNT record (12 bytes). ValueError if out of range."""
+    try:
+        return _TX_COUNT.pack(REC_TX_COUNT, 0, 8, frames_sent)
+    except struct.error as e:
+        raise ValueError(f"bad frames_sent {frames_sent!r}") from e
 
 
 def _append_frame_records(channel: int, frames, out: list) -> None:
@@ -199,7 +219,8 @@ class DatagramEncoder:
 
     session: u32 chosen at random by the caller when the sender starts; mtu: max datagram size in
     bytes including the 14-byte header (>= 98 so the largest FRAME record fits). `seq` is the number
-    the next datagram gets (0 first, +1 per datagram, wraps at 2**32); `datagrams` counts them.
+    the next datagram gets (0 first, +1 per datagram, wraps at 2**32); `datagrams` counts them;
+    `frames` counts the FRAME records put in them (what a TX_COUNT record reports, encode_tx_count).
     """
 
     def __init__(self, session: int, mtu: int = DEFAULT_MTU):
@@ -211,6 +232,7 @@ class DatagramEncoder:
         self.mtu = mtu
         self.seq = 0
         self.datagrams = 0
+        self.frames = 0
 
     def _header(self) -> bytes:
         hdr = _UDP_HDR.pack(MAGIC, VERSION, 0, self.session, self.seq)
@@ -225,6 +247,7 @@ class DatagramEncoder:
         _append_frame_records(channel, frames, records)
         if len(records) == 1:
             return []
+        self.frames += len(records) - 1
         room = self.mtu - UDP_HEADER_LEN
         if (len(records) - 1) * MAX_FRAME_RECORD <= room:  # fast path: everything fits in one
             records[0] = self._header()
@@ -233,7 +256,8 @@ class DatagramEncoder:
 
 
     def encode_control(self, record: bytes) -> bytes:
-        """One record (from encode_hello / encode_heartbeat) -> one datagram. ValueError if > mtu."""
+        """Records (from encode_hello / encode_heartbeat / encode_tx_count, concatenated) -> one
+        datagram. ValueError if > mtu. A control datagram of a UdpPeer is HELLO + TX_COUNT(frames)."""
         if UDP_HEADER_LEN + len(record) > self.mtu:
             raise ValueError(f"record of {len(record)} bytes does not fit mtu {self.mtu}")
         return self._header() + record
@@ -294,6 +318,11 @@ def _other_record(buf, pos: int, rtype: int, blen: int, events: list, hello_ok: 
         if blen < 8:
             raise _err("bad_record_length", f"HEARTBEAT body {blen} bytes < 8")
         events.append(Heartbeat(_U64.unpack_from(buf, pos + 4)[0]))
+        return True
+    if rtype == REC_TX_COUNT:
+        if blen != 8:
+            raise _err("bad_record_length", f"TX_COUNT body {blen} bytes != 8")
+        events.append(TxCount(_U64.unpack_from(buf, pos + 4)[0]))
         return True
     if rtype == REC_HELLO:
         if not hello_ok:
@@ -356,7 +385,7 @@ def _parse_records(buf, pos: int, end: int, events: list, n_channels: int, hello
                 events.append(Frames(ch, cur))
             add((raw, ts))
         elif _other_record(buf, pos, rtype, blen, events, hello_ok):
-            cur_ch = -1  # a HELLO or HEARTBEAT event ends the run of frames
+            cur_ch = -1  # a HELLO, HEARTBEAT or TX_COUNT event ends the run of frames
         else:
             skipped += 1
         pos = rend
@@ -364,11 +393,12 @@ def _parse_records(buf, pos: int, end: int, events: list, n_channels: int, hello
 
 
 def decode_datagram(data, n_channels: int = 256) -> tuple[int, int, list]:
-    """One UDP datagram (bytes-like) -> (session u32, seq u32, events [Hello | Heartbeat | Frames]).
+    """One UDP datagram (bytes-like) -> (session u32, seq u32, events [Hello | Heartbeat | TxCount |
+    Frames]).
 
     n_channels: if given (the peer's HELLO channel count), frames of a higher channel are rejected.
     Raises NativeProtocolError on any malformation (bad_magic, bad_version, truncated, and every FRAME,
-    HELLO and HEARTBEAT check); the whole datagram is rejected then, no partial result.
+    HELLO, HEARTBEAT and TX_COUNT check); the whole datagram is rejected then, no partial result.
     """
     if not isinstance(data, (bytes, bytearray)):
         data = bytes(data)
@@ -392,8 +422,9 @@ def decode_datagram(data, n_channels: int = 256) -> tuple[int, int, list]:
 class StreamDecoder(StreamInput):
     """Decoder of one TCP connection, h11 style: receive_data(bytes) then next_event() until NEED_DATA.
 
-    Checks the preamble (magic, version), requires HELLO as the first record, then yields Heartbeat
-    and Frames events (one Frames per run of same-channel FRAME records in the buffered bytes).
+    Checks the preamble (magic, version), requires HELLO as the first record, then yields Heartbeat,
+    TxCount (checked, meaningless on TCP: callers ignore it) and Frames events (one Frames per run of
+    same-channel FRAME records in the buffered bytes).
     Attributes: hello (the peer's Hello or None), bytes_received, frames_decoded, records_skipped.
     """
 
@@ -410,7 +441,7 @@ class StreamDecoder(StreamInput):
 
 
     def next_event(self):
-        """-> Hello | Heartbeat | Frames | NEED_DATA | CLOSED (EOF on a record boundary).
+        """-> Hello | Heartbeat | TxCount | Frames | NEED_DATA | CLOSED (EOF on a record boundary).
         Raises NativeProtocolError for malformed input (events decoded before the bad record are
         returned first) and "truncated" at EOF inside the preamble or a record. Once raised, raises
         the same error on every later call."""

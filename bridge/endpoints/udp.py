@@ -3,7 +3,9 @@ cannelloni) is a datagram wire from bridge.endpoints.wire.
 
 Frames queued in a loop pass leave packed into as few datagrams as fit the MTU (1472 bytes
 default: an Ethernet frame without fragmentation). Each datagram has a sequence number; the
-receiver counts lost, duplicated and reordered datagrams per sender session. Only datagrams from
+receiver counts lost, duplicated and reordered datagrams per sender session; with the native
+protocol it also counts the frames those carried, from the TX_COUNT in every control datagram
+(bridge.codec.frameloss), as dropped "lost_in_transit", updated once per tick. Only datagrams from
 the configured peer's IP address are accepted, from any port so NAT does not break it (others:
 "unknown_sender"; authentication is the job of the optional AEAD layer, not of the address). A HELLO datagram every
 HEARTBEAT_S doubles as the heartbeat; the peer is "up" while its datagrams keep arriving and "down"
@@ -132,7 +134,11 @@ class UdpPeer:
         if control:
             self._send(control)
         self.state.check(time.monotonic())
-        self.counters.gauges.update(self.wire.stats())
+        stats = self.wire.stats()
+        lost = stats.pop("lost_frames", 0)  # native only (TX_COUNT); revised down after late arrivals
+        if lost or "lost_in_transit" in self.counters.dropped:  # so set, not added
+            self.counters.dropped["lost_in_transit"] = lost
+        self.counters.gauges.update(stats)
         self._timer = self.reactor.call_later(check_interval(self.timeout), self._tick)
 
     def close(self) -> None:

@@ -10,7 +10,8 @@ Stream wire (one per TCP connection):
 Datagram wire (one per UDP peer):
     encode(channel, frames) -> list[bytes]; control() -> bytes | None (heartbeat datagram)
     decode(data) -> (verdict, [(channel, frames)]); raises ProtocolError; verdict "ok" or a slug
-    of a datagram to drop ("duplicate", "stale", "replayed"); stats() -> dict of sequence counters
+    of a datagram to drop ("duplicate", "stale", "replayed"); stats() -> dict of sequence counters,
+    with "lost_frames" (frames lost in transit, counted from TX_COUNT) when the protocol can tell
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 
 from bridge.codec import cannelloni, native, sealed
 from bridge.codec.base import events
+from bridge.codec.frameloss import FrameLossTracker
 from bridge.errors import ConfigError
 
 
@@ -98,14 +100,19 @@ class NativeDatagram:
         self.opener = sealed.Opener(psk, own=self.sealer) if psk else None
         self.encoder = native.DatagramEncoder(session, mtu - sealed.OVERHEAD if psk else mtu)
         self.tracker = native.SequenceTracker()
+        self.loss = FrameLossTracker()  # frames lost in transit, from the peer's TX_COUNT records
         self.hello_record = native.encode_hello(hello)
+        control = native.UDP_HEADER_LEN + len(self.hello_record) + len(native.encode_tx_count(0))
+        if control > self.encoder.mtu:  # else every heartbeat would fail
+            raise ConfigError(f"mtu {mtu} is too small for the control datagram (HELLO of {len(hello.channels)} "
+                              f"channels + TX_COUNT): at least {control + (mtu - self.encoder.mtu)}")
 
     def encode(self, channel: int, frames: list) -> list:
         dgrams = self.encoder.encode(channel, frames)
         return [self.sealer.seal(d) for d in dgrams] if self.sealer else dgrams
 
     def control(self) -> bytes | None:
-        dgram = self.encoder.encode_control(self.hello_record)
+        dgram = self.encoder.encode_control(self.hello_record + native.encode_tx_count(self.encoder.frames))
         return self.sealer.seal(dgram) if self.sealer else dgram
 
     def decode(self, data: bytes) -> tuple[str, list]:
@@ -119,16 +126,26 @@ class NativeDatagram:
         verdict = self.tracker.observe(session, seq)
         if verdict in ("duplicate", "stale"):
             return verdict, []
-        return "ok", [(e.channel, e.frames) for e in events if isinstance(e, native.Frames)]
+        batches, frames, sent = [], 0, None
+        for e in events:
+            if type(e) is native.Frames:
+                batches.append((e.channel, e.frames))
+                frames += len(e.frames)
+            elif type(e) is native.TxCount:
+                sent = e.frames_sent
+        self.loss.observe(session, frames, sent)
+        return "ok", batches
 
     def stats(self) -> dict:
         t = self.tracker
-        return {"lost": t.lost, "duplicated": t.duplicated, "reordered": t.reordered}
+        return {"lost": t.lost, "duplicated": t.duplicated, "reordered": t.reordered,
+                "lost_frames": self.loss.lost}
 
 
 class CannelloniDatagram:
     """cannelloni UDP (version 2 header, u8 sequence). Channel 0 only; no heartbeat (cannelloni
-    sends nothing while the bus is idle), so the peer is "up" only while frames arrive."""
+    sends nothing while the bus is idle), so the peer is "up" only while frames arrive. Its datagrams
+    carry no frame count, so lost datagrams are counted ("lost" gauge), lost frames are not."""
 
     def __init__(self, hello, mtu: int) -> None:
         self.encoder = cannelloni.DatagramEncoder(mtu)

@@ -147,6 +147,11 @@ GOLDEN_UDP = bytes.fromhex(
     " 00 11 22 33 44 55 66 77 88 99 aa bb"
 )
 GOLDEN_FRAMES = [(CLASSIC, TS), (FD_BRS, TS + 250_000)]
+GOLDEN_CONTROL = bytes.fromhex(  # the control datagram sent after GOLDEN_UDP: HELLO + TX_COUNT
+    "43 4e 42 52 01 00 5e ed 12 34 00 00 00 01"  # header, session 0x5EED1234, seq 1
+    " 01 00 00 14 01 00 00 01 00 00 03 e8 02 05 76 63 61 6e 30 04 63 61 6e 31"  # HELLO as GOLDEN_TCP's
+    " 04 00 00 08 00 00 00 00 00 00 00 02"  # TX_COUNT: 2 frames sent before this datagram
+)
 
 
 def test_golden_tcp_preamble_and_hello():
@@ -168,8 +173,15 @@ def test_protocol_doc_hex_dumps_match_golden_bytes():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
     dumps = [block.split("```")[0] for block in doc.split("```hex\n")[1:]]
     parsed = [bytes.fromhex(" ".join(line[6:] for line in d.strip().splitlines())) for d in dumps]
-    assert parsed == [GOLDEN_TCP, GOLDEN_UDP]
+    assert parsed == [GOLDEN_TCP, GOLDEN_UDP, GOLDEN_CONTROL]
     assert "03 00 00 08 01 02 03 04 05 06 07 08" in doc
+
+
+def test_golden_control_datagram_with_tx_count():
+    enc = DatagramEncoder(0x5EED1234)
+    assert enc.encode(0, GOLDEN_FRAMES) == [GOLDEN_UDP] and enc.frames == 2
+    assert enc.encode_control(HELLO_REC + nv.encode_tx_count(enc.frames)) == GOLDEN_CONTROL
+    assert decode_datagram(GOLDEN_CONTROL) == (0x5EED1234, 1, [HELLO, nv.TxCount(2)])
 
 
 def test_golden_heartbeat():
@@ -385,6 +397,11 @@ def test_bad_record_length():
     assert stream_reason(stream(rec(2, bytes(3))), eof=False) == "bad_record_length"
     assert dgram_reason(datagram(rec(3, bytes(7)))) == "bad_record_length"
     assert dgram_reason(datagram(rec(1, bytes(8)))) == "bad_record_length"
+    for n in (0, 7, 9, 16):  # TX_COUNT: exactly 8 bytes (UDP and TCP)
+        assert dgram_reason(datagram(HELLO_REC, rec(4, bytes(n)))) == "bad_record_length", n
+        assert stream_reason(stream(rec(4, bytes(n)))) == "bad_record_length", n
+    assert dgram_reason(datagram(rec(4, bytes(1025)))) == "record_too_large"
+    assert dgram_reason(datagram(rec(4, bytes(8))[:-1])) == "truncated"
     long_name = struct.pack(">BBHIB", 1, 0, 0, 0, 2) + b"\x04can0\x05vca"
     assert stream_reason(stream(hello=rec(1, long_name))) == "bad_record_length"
     missing = struct.pack(">BBHIB", 1, 0, 0, 0, 2) + b"\x04can0"
@@ -496,6 +513,38 @@ def test_datagram_split_counts():
     assert [len(d) for d in enc.encode(0, [fd64] * 18)] == [14 + 17 * 84, 14 + 84]
     assert [len(d) for d in enc.encode(0, [cl8] * 53)] == [14 + 52 * 28, 14 + 28]
     assert [decode_datagram(d)[1] for d in enc.encode(0, [cl8] * 105)] == [4, 5, 6]
+    assert enc.frames == 18 + 53 + 105 and enc.datagrams == 7
+
+
+def test_tx_count_record_and_cumulative_count():
+    assert nv.encode_tx_count(0x0102030405060708) == bytes.fromhex("04 00 00 08 01 02 03 04 05 06 07 08")
+    for bad in (-1, 1 << 64):
+        with pytest.raises(ValueError):
+            nv.encode_tx_count(bad)
+    enc = DatagramEncoder(5, mtu=98)  # one 84-byte record per datagram at most
+    fd64 = (sc.pack_canfd(0x1, bytes(64)), 0)
+    counts = []
+    for n in (3, 0, 1, 2):
+        enc.encode(1, [fd64] * n)
+        counts.append(decode_datagram(enc.encode_control(nv.encode_tx_count(enc.frames)))[2])
+    assert counts == [[nv.TxCount(3)], [nv.TxCount(3)], [nv.TxCount(4)], [nv.TxCount(6)]]
+    assert enc.datagrams == 6 + 4 and enc.seq == 10  # control datagrams have seqs, carry no frames
+    # a new session (a sender restart) is a new encoder: it counts from 0
+    assert DatagramEncoder(6).frames == 0
+    # on TCP the record is checked and decoded (callers ignore it); it ends a run of frames
+    assert decode_stream(stream(nv.encode_frames(0, [(CLASSIC, 1)]), nv.encode_tx_count(1),
+                                nv.encode_frames(0, [(CLASSIC, 2)]))) == [
+        HELLO, Frames(0, [(CLASSIC, 1)]), nv.TxCount(1), Frames(0, [(CLASSIC, 2)])]
+
+
+def test_tx_count_next_to_unknown_records():
+    """Unknown types around TX_COUNT are still skipped; a type an old reader does not know is what
+    TX_COUNT is to a reader before it (types 05..FF stay unknown)."""
+    dgram = datagram(rec(0x05, b"x"), HELLO_REC, nv.encode_tx_count(9), rec(0xFE, bytes(3)), frame_rec(n=1))
+    assert decode_datagram(dgram)[2] == [HELLO, nv.TxCount(9), Frames(0, [(sc.pack_can(0x123, b"\xa0"), TS)])]
+    dec = StreamDecoder()
+    dec.receive_data(stream(rec(0x05, b""), nv.encode_tx_count(9)))
+    assert drain(dec) == [HELLO, nv.TxCount(9), NEED_DATA] and dec.records_skipped == 1
 
 
 # --------------------------------------------------------------------------------- hypothesis
@@ -566,6 +615,19 @@ def test_datagram_round_trip_and_sizes(batches, mtu, session, seq0):
                 assert len(d) + len(records[used]) > mtu
     assert out == [(ch, raw, ts) for ch, fr in batches for raw, ts in fr]
     assert enc.seq == expect_seq
+    assert enc.frames == sum(len(fr) for _, fr in batches)
+
+
+@given(frames_sent=u64, batches=batches_st, body=st.binary(max_size=40))
+def test_tx_count_round_trip_and_any_body_length(frames_sent, batches, body):
+    recs = [nv.encode_frames(ch, fr) for ch, fr in batches]
+    _, _, events = decode_datagram(datagram(*recs, nv.encode_tx_count(frames_sent), HELLO_REC))
+    assert events[-2:] == [nv.TxCount(frames_sent), HELLO]
+    assert flat(events[:-2]) == [(ch, raw, ts) for ch, fr in batches for raw, ts in fr]
+    if len(body) == 8:
+        assert decode_datagram(datagram(rec(4, body)))[2] == [nv.TxCount(int.from_bytes(body, "big"))]
+    else:
+        assert dgram_reason(datagram(rec(4, body), *recs)) == "bad_record_length"
 
 
 @given(frame=st.one_of(classic_frames(), fd_frames()), ts=u64)
