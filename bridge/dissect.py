@@ -94,7 +94,8 @@ class _Record(Packet):
         return cls
 
 
-_REC_TYPES = {native.REC_HELLO: "HELLO", native.REC_FRAME: "FRAME", native.REC_HEARTBEAT: "HEARTBEAT"}
+_REC_TYPES = {native.REC_HELLO: "HELLO", native.REC_FRAME: "FRAME", native.REC_HEARTBEAT: "HEARTBEAT",
+              native.REC_TX_COUNT: "TX_COUNT"}
 
 
 def _rec_header(rtype: int) -> list:
@@ -152,6 +153,18 @@ class NativeHeartbeat(_Record):
     ]
 
 
+class NativeTxCount(_Record):
+    """TX_COUNT record (UDP control datagrams, docs/protocol.md 4.5): frames_sent = FRAME records the
+    sender put in its datagrams before this one. The body is exactly 8 bytes; `extra` shows the rest of
+    a malformed longer one (which our decoder rejects as bad_record_length)."""
+
+    name = "canbridge TX_COUNT"
+    fields_desc = _rec_header(native.REC_TX_COUNT) + [
+        LongField("frames_sent", 0),
+        StrLenField("extra", b"", length_from=lambda p: max(0, (p.length or 8) - 8)),
+    ]
+
+
 class NativeUnknownRecord(_Record):
     """A record of a type version 1 does not know: skipped by length."""
 
@@ -161,7 +174,7 @@ class NativeUnknownRecord(_Record):
 
 
 _RECORD_CLASSES = {native.REC_HELLO: NativeHello, native.REC_FRAME: NativeFrame,
-                   native.REC_HEARTBEAT: NativeHeartbeat}
+                   native.REC_HEARTBEAT: NativeHeartbeat, native.REC_TX_COUNT: NativeTxCount}
 
 
 def _native_record_end(buf: bytes, pos: int) -> int | None:

@@ -30,6 +30,7 @@ from bridge.codec import cannelloni, native
 from bridge.codec import socketcand as scd
 from bridge.codec.base import events
 from bridge.codec.socketcan import CAN_EFF_FLAG, CAN_ERR_FLAG, CAN_RTR_FLAG, pack_can, pack_canfd, unpack
+from bridge.endpoints.wire import NativeDatagram
 
 LUA = Path(bridge.__file__).parent / "wireshark" / "canbridge.lua"
 T0 = 1_742_339_088_146_472_000  # ns; multiples of 1 us survive pcapng's default microsecond resolution
@@ -356,11 +357,36 @@ def test_scapy_layers_show():
     p.show(dump=True)
 
 
+def test_tx_count_in_control_datagrams(tmp_path):
+    """A control datagram (HELLO + TX_COUNT) of a real UDP peer, after it sent BATCH, and one with the
+    largest u64: scapy and tshark show frames_sent, not an unknown record."""
+    peer = NativeDatagram(native.Hello(capabilities=native.CAP_FD, heartbeat_ms=1000, channels=("vcan0",)), 1472)
+    grams = peer.encode(0, BATCH) + [peer.control()]
+    top = 2**64 - 1  # the u64 top bit must not come out signed
+    grams.append(native.DatagramEncoder(9).encode_control(
+        native.encode_hello(native.Hello(channels=("can0",))) + native.encode_tx_count(top)))
+    pkts = [Ether() / IP(src=CLIENT, dst=SERVER) / UDP(sport=50000, dport=dissect.NATIVE_PORT) / g for g in grams]
+
+    controls = [Ether(bytes(p))[dissect.NativeUDP] for p in pkts[-2:]]
+    for udp, n in zip(controls, (len(BATCH), top)):
+        hello, tx = udp.records
+        assert isinstance(hello, dissect.NativeHello) and isinstance(tx, dissect.NativeTxCount)
+        assert (tx.type, tx.length, tx.frames_sent, tx.extra) == (native.REC_TX_COUNT, 8, n, b"")
+        assert "TX_COUNT" in tx.show(dump=True)
+
+    path = _write(tmp_path / "tx.pcapng", [(p, T0 + i * 1000, None) for i, p in enumerate(pkts)])
+    out = _tshark(path, ["-Y", "canbridge.record.type == 4", "-e", "canbridge.tx_count.frames_sent",
+                         "-e", "canbridge.record.type", "-e", "_ws.col.Info"])
+    assert [line.split("\t")[:2] for line in out] == [[str(len(BATCH)), "0x01,0x04"], [str(top), "0x01,0x04"]]
+    assert all(line.endswith("HELLO, TX_COUNT ") for line in out), out
+
+
 MALFORMED = [
     b"", b"C", b"CNBR", b"CNBR\x02\x00", b"CNBR\x01\x00" + b"\x02\x00\xff\xff", b"\x02\x00\x00\x05",
     b"CNBR\x01\x00\x00\x00\x00\x01\x00\x00\x00\x01" + b"\x02\x00\x00\x10" + b"\x00" * 16,
     b"CNBR\x01\x00\x00\x00\x00\x01\x00\x00\x00\x01" + b"\x02\x00\x00\x30" + b"\xff" * 48,
     b"CNBR\x01\x00\x00\x00\x00\x01\x00\x00\x00\x01" + b"\x01\x00\x00\x0c\x01\x00\x00\x00\x00\x00\x00\x00\x05ab",
+    b"CNBR\x01\x00\x00\x00\x00\x01\x00\x00\x00\x01" + b"\x04\x00\x00\x04\x00\x00\x00\x07",  # short TX_COUNT
     b"\x02\x00\x01\x00\x05" + b"\x00\x00\x01\x23\x08" + b"\x11" * 3,
     b"\x02\x00\x01\x00\x01" + b"\x00\x00\x01\x23\xff\x00",
     b"\x02\x00\x01\xff\xff", b"CANNELLONIv1" + b"\x00\x00\x01\x23\x50", b"< frame zz 1.0 11 >< fdframe 1 >< rtr >",

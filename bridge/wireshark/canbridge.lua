@@ -21,7 +21,7 @@ local MAX_RECORD_BODY = 1024
 local can_dissector = Dissector.get("can-hostendian")
 local canfd_dissector = Dissector.get("canfd")
 
-local rec_types = { [1] = "HELLO", [2] = "FRAME", [3] = "HEARTBEAT" }
+local rec_types = { [1] = "HELLO", [2] = "FRAME", [3] = "HEARTBEAT", [4] = "TX_COUNT" }
 
 -- ------------------------------------------------------------------------------- shared helpers
 
@@ -118,6 +118,7 @@ local nf = {
     hello_nch = ProtoField.uint8("canbridge.hello.n_channels", "Channels"),
     hello_channel = ProtoField.string("canbridge.hello.channel", "Channel"),
     hb_sent = ProtoField.uint64("canbridge.heartbeat.sent_ns", "Sent (ns since epoch)"),
+    tx_frames_sent = ProtoField.uint64("canbridge.tx_count.frames_sent", "Frames sent before this datagram"),
     can_id = ProtoField.uint32("canbridge.can_id", "can_id", base.HEX),
     eff = ProtoField.bool("canbridge.eff", "EFF", 32, nil, 0x80000000),
     rtr = ProtoField.bool("canbridge.rtr", "RTR", 32, nil, 0x40000000),
@@ -223,6 +224,14 @@ local function native_record(tvb, offset, pinfo, tree)
             return 0
         end
         t:add(nf.hb_sent, tvb(b, 8))
+    elseif rtype == 4 then
+        if blen ~= 8 then  -- fixed body (docs/protocol.md 4.5)
+            t:add_proto_expert_info(ne_malformed, "TX_COUNT body != 8 bytes")
+            if blen > 0 then t:add(nf.rec_body, tvb(b, blen)) end
+            return 0
+        end
+        t:add(nf.tx_frames_sent, tvb(b, 8))
+        t:append_text(": frames_sent " .. tostring(tvb(b, 8):uint64()))
     elseif blen > 0 then
         t:add(nf.rec_body, tvb(b, blen))
     end
