@@ -71,7 +71,8 @@ SRC, DST = "vcan0", "vcan1"
 CANVM = ROOT / "hw" / "testvm" / "canvm.sh"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MARKER = pack_can(CAN_EFF_FLAG | 0x1FFFFFFF, b"canbrdg!")  # path-up probe; never counted
-RECORDER_BUFFER = 32 << 20
+RECORDER_BUFFER = 256 << 20  # candump's SO_RCVBUF: the counter must never be what loses frames (at 32 MiB
+# it dropped a third of a 200k burst that bridge B wrote to vcan1 complete); its own drops are reported
 IDLE_MS = 4000  # candump gives up after this long without a frame
 GAP_MS = 1.0  # cangen sleep between bursts on the rate ladder
 

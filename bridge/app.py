@@ -180,6 +180,9 @@ class Bridge:
                 out[ep.name]["tx_queued"] = ep.tx_queued
             for client in getattr(ep, "clients", ()):
                 out[client.name] = client.counters.snapshot()
+            unidentified = getattr(ep, "unidentified", None)
+            if unidentified is not None and (unidentified.dropped or unidentified.errors or unidentified.tx_frames):
+                out[ep.name + " (unidentified clients)"] = unidentified.snapshot()
             live = getattr(ep, "peer", None)
             if live is not None:
                 out[ep.name + " (current connection)"] = live.counters.snapshot()

@@ -11,11 +11,13 @@ Faults (each one a function of the rig; the schedule cycles through them):
   scan         connect to 20 ports around the bridge's and send garbage; garbage UDP datagrams too
 
 Accounting: frames are counted, not stored (millions of them), on the gateway's vcan0 (sent: the
-sender's own loopback copies) and the remote's vcan0 (delivered). Lost = sent - delivered. The
-bridges' drop counters (every `dropped{reason}` of both bridges, read with SIGUSR1 at the end, plus
-those the killed remote logged... which a SIGKILLed process cannot) explain part of it; the rest
-must fall inside fault windows, where frames die with a killed process, in a downed link's queue or
-in a black hole: frames lost outside fault windows are the defect this run looks for.
+sender's own loopback copies) and the remote's vcan0 (delivered). Lost = sent - delivered. Counted =
+every `dropped{reason}` of both bridges (read with SIGUSR1 at each fault's start and end and at the
+end; a remote about to be SIGKILLed is read just before, so its counts outlive it). Uncounted = lost -
+counted, per fault window and outside them. The bridges count what they can see (`unacked_at_close`
+for TCP, `lost_in_transit` for native UDP, `peer_down`, `no_peer`...); what dies inside a SIGKILLed
+process (its socket buffers, and what the gateway sends to it before it is declared down) nobody can
+count, so it shows as the kill windows' uncounted frames. Anything uncounted elsewhere is a defect.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class SoakResult:
     seconds: float
     sent: int = 0
     delivered: int = 0
-    faults: list = field(default_factory=list)  # (name, start s, end s, sent during, delivered during)
+    faults: list = field(default_factory=list)  # (name, start s, end s, sent, delivered, counted during)
     counted_drops: dict = field(default_factory=dict)  # reason -> frames, both bridges at the end
     rss_mb: dict = field(default_factory=dict)  # side -> [(t s, MB)]
     exit_codes: dict = field(default_factory=dict)
@@ -57,7 +59,19 @@ class SoakResult:
         return self.sent - self.delivered
 
     def lost_in_windows(self) -> int:
-        return sum(s - d for _, _, _, s, d in self.faults)
+        return sum(s - d for _, _, _, s, d, _c in self.faults)
+
+    @property
+    def counted(self) -> int:
+        return sum(self.counted_drops.values())
+
+    def uncounted_in(self, kinds) -> int:
+        """Frames lost without a counter inside the windows of these fault kinds."""
+        return sum(s - d - c for name, _, _, s, d, c in self.faults if name in kinds)
+
+    def uncounted_outside_kills(self) -> int:
+        """Lost without a counter anywhere but a kill window (where frames die inside the killed process)."""
+        return self.lost - self.counted - self.uncounted_in({"kill"})
 
     def rss_growth_mb(self, side: str, warmup_frac: float = 0.2) -> float:
         samples = self.rss_mb.get(side, [])
@@ -70,9 +84,12 @@ class SoakResult:
     def summary(self) -> str:
         lines = [f"{self.transport}: {self.seconds:.0f} s, sent {self.sent}, delivered {self.delivered}, "
                  f"lost {self.lost} (inside fault windows {self.lost_in_windows()}), "
-                 f"counted drops {sum(self.counted_drops.values())} {json.dumps(self.counted_drops)}"]
-        for name, t0, t1, s, d in self.faults:
-            lines.append(f"  fault {name:<9} at {t0:6.1f}-{t1:6.1f} s: sent {s}, delivered {d}, lost {s - d}")
+                 f"counted drops {self.counted} {json.dumps(self.counted_drops)}",
+                 f"  uncounted {self.lost - self.counted}: in kill windows {self.uncounted_in({'kill'})}, "
+                 f"elsewhere {self.uncounted_outside_kills()}"]
+        for name, t0, t1, s, d, c in self.faults:
+            lines.append(f"  fault {name:<9} at {t0:6.1f}-{t1:6.1f} s: sent {s}, delivered {d}, lost {s - d}, "
+                         f"counted {c}, uncounted {s - d - c}")
         for side in self.rss_mb:
             samples = self.rss_mb[side]
             lines.append(f"  RSS {side}: {samples[0][1]:.1f} -> {samples[-1][1]:.1f} MB "
@@ -113,6 +130,8 @@ class Soak:
 
     def fault_kill(self) -> None:
         proc = self.rig.procs[self._remote_index()]
+        for key, n in self._side_drops(proc, "remote").items():  # its last counts, before they die with it
+            self._dead_drops[key] = self._dead_drops.get(key, 0) + n
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         self._wait(2.0)
@@ -227,6 +246,7 @@ class Soak:
         turn with `gap_s` of quiet before each."""
         self.frames, self.speed = frames, speed
         self._next, self._last_rss, self._remote_gen = 0, 0.0, 0
+        self._dead_drops: dict = {}  # drops of remote bridges that were SIGKILLed (read just before)
         with self.rig:
             self.rig.start_pair(self.transport)
             with self.rig.sockets() as (self.tx, self.rx):
@@ -256,6 +276,7 @@ class Soak:
         return self.result
 
     def _fault(self, name: str) -> None:
+        c0 = sum(self._drops().values())
         s0, d0, t0 = self.sent, self.delivered, time.monotonic() - self._t0
         getattr(self, f"fault_{name}")()
         if name == "kill":
@@ -270,16 +291,27 @@ class Soak:
         recovered = self.delivered > d0 and time.monotonic() < deadline
         self.result.recovery_s.append((name, round(time.monotonic() - ended, 1) if recovered else None))
         self._replay_some(2.0)
-        self.result.faults.append((name, t0, time.monotonic() - self._t0, self.sent - s0, self.delivered - d0))
+        # counters first: frames sent while they are read belong to the next stretch, not this window
+        counted = sum(self._drops().values()) - c0
+        self.result.faults.append((name, t0, time.monotonic() - self._t0, self.sent - s0, self.delivered - d0,
+                                   counted))
 
     def _drops(self) -> dict:
-        total: dict = {}
+        """{"side:reason": frames} over both bridges now, plus the remotes that were killed."""
+        total = dict(self._dead_drops)
         for side, proc in zip(("gateway", "remote"), self.rig.procs):
-            if proc.poll() is not None:
+            if proc.poll() is None:
+                for key, n in self._side_drops(proc, side).items():
+                    total[key] = total.get(key, 0) + n
+        return total
+
+    def _side_drops(self, proc: subprocess.Popen, side: str) -> dict:
+        total: dict = {}
+        for endpoint, snap in self._counters(proc, side).items():
+            # only the gateway -> remote path: not the copies a slow client or a scanner was sent
+            if not isinstance(snap, dict) or endpoint.endswith("(unidentified clients)") \
+                    or ("<-" in endpoint and "peer" not in snap):
                 continue
-            for _endpoint, snap in self._counters(proc, side).items():
-                if not isinstance(snap, dict):
-                    continue
-                for reason, n in (snap.get("dropped") or {}).items():
-                    total[f"{side}:{reason}"] = total.get(f"{side}:{reason}", 0) + n
+            for reason, n in (snap.get("dropped") or {}).items():
+                total[f"{side}:{reason}"] = total.get(f"{side}:{reason}", 0) + n
         return total

@@ -40,10 +40,12 @@ SO_SNDBUFFORCE = 32
 RX_BATCH_MAX = 512  # frames per readable event: bounds the time other fds wait for the loop
 RX_SLOTS = 64  # frames per recvmmsg call
 TX_SLOTS = 64  # frames per sendmmsg call
-# SO_RCVBUF(FORCE): the kernel doubles it and charges 768 B per queued frame, so 32 MiB holds ~87k
-# frames: a 2 s stall of a bridge fed 40k frames/s, 10 s of a saturated 1 Mbit/s bus. Kernel memory
-# is used only while frames actually wait. Per interface: `rx_buffer` in the config file.
-RX_BUFFER = 32 << 20
+# SO_RCVBUF(FORCE): the kernel doubles it and charges 768 B per queued frame, so 64 MiB holds ~175k
+# frames: a 200k-frame flat-out vcan burst (cangen -g 0, ~30k frames/s offered while the bridge gets
+# half the CPU: 32 MiB lost 11-17 % of it in the test VM, 64 MiB nothing), 20 s of a saturated
+# 1 Mbit/s bus. Kernel memory is used only while frames actually wait; a gateway short of RAM sets
+# `rx_buffer` per interface in the config file.
+RX_BUFFER = 64 << 20
 TX_QUEUE_MAX = 4096  # frames waiting for the interface; ~0.5 s of a full 1 Mbit/s bus
 ENOBUFS_RETRY_S = 0.001  # retry delay when the interface TX queue (qdisc) is full
 

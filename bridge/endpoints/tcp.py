@@ -88,6 +88,11 @@ class StreamPeer:
     def closed(self) -> bool:
         return self.transport.closed
 
+    @property
+    def identified(self) -> bool:
+        """The peer sent a valid greeting (HELLO, banner): a bridge, not a port scanner or a stuck client."""
+        return self.wire.describe_peer() is not None
+
     # --- bus -> network -----------------------------------------------------------------
     def send_frames(self, channel: int, frames: list) -> int:
         if self.transport.closed:
@@ -188,6 +193,7 @@ class StreamPeer:
             return
         if greeted is None and (peer := self.wire.describe_peer()):
             log.info("%s: peer is %s", self.name, peer)
+            self.counters.gauges["peer"] = peer
         for channel, frames in batches:
             self.counters.rx_frames += len(frames)
             self.router.from_peer(self.owner, channel, frames)
@@ -251,6 +257,9 @@ class TcpServer:
         self.max_clients = max_clients
         self.name = f"{scheme}://{_fmt_addr(addr)}"
         self.counters = Counters()
+        # closed connections that never sent a valid greeting (scanners, clients stuck before their HELLO):
+        # their counts (frames queued for them and dropped) are kept apart from the bridges' own
+        self.unidentified = Counters()
         self.clients: list = []
         family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -309,7 +318,7 @@ class TcpServer:
     def _on_client_closed(self, peer) -> None:
         if peer in self.clients:
             self.clients.remove(peer)
-        _merge(self.counters, peer.counters)
+        _merge(self.counters if getattr(peer, "identified", True) else self.unidentified, peer.counters)
 
     def close(self) -> None:
         for handshake in self.handshakes:
