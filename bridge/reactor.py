@@ -1,4 +1,4 @@
-"""The single-threaded event loop: selectors (epoll), a timer heap on the monotonic clock, signals
+"""The single-threaded event loop: epoll, a timer heap on the monotonic clock, signals
 through a wakeup fd, and end-of-pass hooks that let endpoints flush one batch per loop pass.
 
 Rules it enforces (see docs/architecture.md):
@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import selectors
+import select
 import signal
 import socket
 import time
@@ -21,6 +21,13 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 Callback = Callable[[], None]
+
+EVENT_READ = select.EPOLLIN  # interest bits, as in selectors
+EVENT_WRITE = select.EPOLLOUT
+# what wakes a reader / a writer (selectors' mapping): an error or hang-up wakes both, so each side
+# sees the failure on its next recv() or send()
+_READY_READ = ~select.EPOLLOUT
+_READY_WRITE = ~select.EPOLLIN
 
 
 class TimerHandle:
@@ -41,7 +48,8 @@ class Reactor:
     """Event loop. Times are `time.monotonic()` seconds."""
 
     def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
+        self._epoll = select.epoll()
+        self._handlers: dict[int, list] = {}  # fd -> [reader, writer, epoll mask]
         self._timers: list[tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()
         self._soon: list[Callback] = []
@@ -55,23 +63,32 @@ class Reactor:
 
     # --- fds -------------------------------------------------------------------------------
     def _update(self, fd: int, reader: Callback | None, writer: Callback | None) -> None:
-        events = (selectors.EVENT_READ if reader else 0) | (selectors.EVENT_WRITE if writer else 0)
-        try:
-            key = self._selector.get_key(fd)
-        except KeyError:
-            if events:
-                self._selector.register(fd, events, (reader, writer))
+        mask = (EVENT_READ if reader else 0) | (EVENT_WRITE if writer else 0)
+        entry = self._handlers.get(fd)
+        if entry is None:
+            if mask:
+                self._epoll.register(fd, mask)
+                self._handlers[fd] = [reader, writer, mask]
             return
-        if not events:
-            self._selector.unregister(fd)
-        elif key.events != events or key.data != (reader, writer):
-            self._selector.modify(fd, events, (reader, writer))
+        if not mask:
+            del self._handlers[fd]
+            try:
+                self._epoll.unregister(fd)
+            except OSError:  # already closed: the kernel dropped it from the epoll set itself
+                pass
+            return
+        if entry[2] != mask:
+            self._epoll.modify(fd, mask)
+        entry[:] = reader, writer, mask
 
     def _callbacks(self, fd: int) -> tuple[Callback | None, Callback | None]:
-        try:
-            return self._selector.get_key(fd).data
-        except KeyError:
-            return None, None
+        entry = self._handlers.get(fd)
+        return (entry[0], entry[1]) if entry else (None, None)
+
+    def interest(self, fd: int) -> int:
+        """EVENT_READ | EVENT_WRITE bits fd is registered for (0: not registered)."""
+        entry = self._handlers.get(fd)
+        return entry[2] if entry else 0
 
     def add_reader(self, fd: int, callback: Callback) -> None:
         self._update(fd, callback, self._callbacks(fd)[1])
@@ -143,8 +160,12 @@ class Reactor:
         try:
             callback()
         except Exception:
-            self.callback_errors += 1
-            log.exception("callback %r failed; the loop carries on", callback)
+            self._failed(callback)
+
+    def _failed(self, callback: Callback) -> None:
+        """Called from an except block: count and log the exception, the loop carries on."""
+        self.callback_errors += 1
+        log.exception("callback %r failed; the loop carries on", callback)
 
     def _timeout(self) -> float | None:
         if self._soon:
@@ -157,29 +178,47 @@ class Reactor:
 
     def run_once(self, timeout: float | None = None) -> None:
         """One pass: wait for I/O (bounded by the next timer), run ready callbacks, due timers,
-        call_soon callbacks, then the end-of-pass hooks."""
+        call_soon callbacks, then the end-of-pass hooks. Kept lean: with one frame in flight this
+        pass is most of a bridge's latency (docs/benchmarks.md), so epoll is used directly."""
         wait = self._timeout()
         if timeout is not None:
             wait = timeout if wait is None else min(wait, timeout)
-        for key, events in self._selector.select(wait):
-            reader, writer = key.data
-            if events & selectors.EVENT_READ and reader:
-                self._safe(reader)
-            # the reader may have closed the fd: re-check the registration before writing
-            if events & selectors.EVENT_WRITE and writer and self._callbacks(key.fd)[1] is writer:
-                self._safe(writer)
+        handlers = self._handlers
+        for fd, ev in self._epoll.poll(-1 if wait is None else wait):
+            entry = handlers.get(fd)
+            if entry is None:
+                continue
+            reader, writer = entry[0], entry[1]
+            if reader is not None and ev & _READY_READ:
+                try:
+                    reader()
+                except Exception:
+                    self._failed(reader)
+            # the reader may have closed the fd or changed its writer: re-check before writing
+            if writer is not None and ev & _READY_WRITE and (cur := handlers.get(fd)) is not None \
+                    and cur[1] is writer:
+                try:
+                    writer()
+                except Exception:
+                    self._failed(writer)
+        if self._timers:
+            self._run_timers()
+        if self._soon:
+            soon, self._soon = self._soon, []
+            for callback in soon:
+                self._safe(callback)
+        for callback in tuple(self._end_of_pass):
+            self._safe(callback)
+        self.passes += 1
+
+    def _run_timers(self) -> None:
         now = time.monotonic()
-        while self._timers and (self._timers[0][2].cancelled or self._timers[0][0] <= now):
-            _, _, handle = heapq.heappop(self._timers)
+        timers = self._timers
+        while timers and (timers[0][2].cancelled or timers[0][0] <= now):
+            _, _, handle = heapq.heappop(timers)
             if not handle.cancelled:
                 handle.cancelled = True
                 self._safe(handle.callback)
-        soon, self._soon = self._soon, []
-        for callback in soon:
-            self._safe(callback)
-        for callback in list(self._end_of_pass):
-            self._safe(callback)
-        self.passes += 1
 
     def run(self) -> None:
         """Run until stop() is called (or a handled signal calls it)."""
@@ -196,4 +235,4 @@ class Reactor:
             self._wakeup_r.close()
             self._wakeup_w.close()
             self._wakeup_r = self._wakeup_w = None
-        self._selector.close()
+        self._epoll.close()
