@@ -28,4 +28,8 @@ def test_short_soak_with_every_fault(transport):
     # only what was in flight at a window's edge. Measured: TCP ~0, UDP ~0.8 % of the frames sent
     # (see docs/benchmarks.md); more than 2 % means frames are being lost while nothing is wrong
     assert res.lost - res.lost_in_windows() <= 0.02 * res.sent, res.summary()
+    # every lost frame is counted by a bridge (unacked_at_close, lost_in_transit, no_peer, peer_down...)
+    # except what died inside the SIGKILLed remote; measured: TCP 37 and UDP 0 of ~320k sent uncounted
+    # (window edges), against 22k (TCP) and 71k (UDP) that the newest counters explain
+    assert abs(res.uncounted_outside_kills()) <= 0.005 * res.sent, res.summary()
     assert res.rss_growth_mb("gateway") < 5.0, res.summary()
