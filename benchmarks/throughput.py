@@ -13,6 +13,9 @@ Systems, each carrying vcan0 -> vcan1 in the VM's root namespace:
   cangw          the kernel's gateway, `cangw -A -s vcan0 -d vcan1 -e` (upper bound; -e is needed
                  on vcan, without it the routed frame is never delivered to vcan1's sockets)
   python-loop    a plain blocking AF_CAN recv/send loop (python_loop() below, as a subprocess)
+  python-pair    the latency floor of any two-process Python bridge: two blocking processes joined
+                 by TCP on 127.0.0.1 (vcan0 recv -> TCP send | TCP recv -> vcan1 send), no loop,
+                 no batching, no framing beyond the 16-byte can_frame (python_pair() below)
   canbridge-tcp  vcan0 -> bridge A -> TCP 127.0.0.1:29600 -> bridge B -> vcan1
   canbridge-udp  the same over UDP 127.0.0.1:29601 <-> 29602
 
@@ -74,6 +77,7 @@ MARKER = pack_can(CAN_EFF_FLAG | 0x1FFFFFFF, b"canbrdg!")  # path-up probe; neve
 RECORDER_BUFFER = 256 << 20  # candump's SO_RCVBUF: the counter must never be what loses frames (at 32 MiB
 # it dropped a third of a 200k burst that bridge B wrote to vcan1 complete); its own drops are reported
 IDLE_MS = 4000  # candump gives up after this long without a frame
+PAIR_PORT = 29610  # python-pair reference: its TCP hop
 GAP_MS = 1.0  # cangen sleep between bursts on the rate ladder
 
 FULL = {
@@ -115,6 +119,29 @@ def python_loop(src: str, dst: str) -> None:
                 if exc.errno != errno.ENOBUFS:
                     raise
                 time.sleep(0.0001)
+
+
+def python_pair(side: str, src: str, dst: str) -> None:
+    """One half of the python-pair reference: side "a" reads src and sends each can_frame on a TCP
+    connection to PAIR_PORT; side "b" accepts it and writes each frame to dst. Classic frames only."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    can = socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW)
+    if side == "a":
+        can.bind((src,))
+        tcp = socket.create_connection(("127.0.0.1", PAIR_PORT))
+        tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while True:
+            tcp.sendall(can.recv(16))
+    can.setsockopt(SOL_CAN_RAW, CAN_RAW_FILTER, b"")
+    can.bind((dst,))
+    listener = socket.create_server(("127.0.0.1", PAIR_PORT))
+    tcp, _ = listener.accept()
+    buf = b""
+    while data := tcp.recv(65536):
+        buf += data
+        while len(buf) >= 16:
+            can.send(buf[:16])
+            buf = buf[16:]
 
 
 # --------------------------------------------------------------------------- /proc readings
@@ -227,6 +254,16 @@ class PythonLoop(System):
 
     def start(self) -> None:
         self._spawn("loop", [sys.executable, str(Path(__file__).resolve()), "--python-loop", SRC, DST])
+
+
+class PythonPair(System):
+    name = "python-pair"
+
+    def start(self) -> None:
+        script = str(Path(__file__).resolve())
+        self._spawn("B", [sys.executable, script, "--python-pair", "b", SRC, DST])
+        time.sleep(1.0)  # B listens before A connects
+        self._spawn("A", [sys.executable, script, "--python-pair", "a", SRC, DST])
 
 
 class Canbridge(System):
@@ -634,7 +671,7 @@ def print_ratios(results: list[dict]) -> None:
         "\nratios (row / reference): zero-loss rate, burst frames delivered, latency p50 and p99 "
         "one in flight, CPU per frame (all processes)"
     )
-    for ref in ("cangw", "python-loop"):
+    for ref in ("cangw", "python-loop", "python-pair"):
         if ref not in by_name:
             continue
         b = by_name[ref]
@@ -732,10 +769,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--json", metavar="FILE", help="write every figure and run to FILE")
     p.add_argument(
         "--systems",
-        default="cangw,python-loop,canbridge-tcp,canbridge-udp",
+        default="cangw,python-loop,python-pair,canbridge-tcp,canbridge-udp",
         help="comma-separated subset (default: all)",
     )
     p.add_argument("--python-loop", nargs=2, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
+    p.add_argument("--python-pair", nargs=3, metavar=("SIDE", "SRC", "DST"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -743,6 +781,7 @@ def make_systems(names: list[str], logdir: Path) -> list[System]:
     known = {
         "cangw": lambda: Cangw(logdir),
         "python-loop": lambda: PythonLoop(logdir),
+        "python-pair": lambda: PythonPair(logdir),
         "canbridge-tcp": lambda: Canbridge(logdir, "tcp"),
         "canbridge-udp": lambda: Canbridge(logdir, "udp"),
     }
@@ -757,6 +796,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.python_loop:
         python_loop(*args.python_loop)
+        return 0
+    if args.python_pair:
+        python_pair(*args.python_pair)
         return 0
     if not all(Path(f"/sys/class/net/{i}").exists() for i in (SRC, DST)):
         if os.environ.get("CANBRIDGE_IN_TESTVM"):
