@@ -95,7 +95,7 @@ class _Record(Packet):
 
 
 _REC_TYPES = {native.REC_HELLO: "HELLO", native.REC_FRAME: "FRAME", native.REC_HEARTBEAT: "HEARTBEAT",
-              native.REC_TX_COUNT: "TX_COUNT"}
+              native.REC_TX_COUNT: "TX_COUNT", native.REC_RX_COUNT: "RX_COUNT"}
 
 
 def _rec_header(rtype: int) -> list:
@@ -165,6 +165,20 @@ class NativeTxCount(_Record):
     ]
 
 
+class NativeRxCount(_Record):
+    """RX_COUNT record (UDP control datagrams, docs/protocol.md 4.6): session = the sender session
+    acknowledged, frames_accounted = position in its TX_COUNT numbering up to which every frame was
+    received or counted lost. The body is exactly 12 bytes; `extra` shows the rest of a malformed longer
+    one (which our decoder rejects as bad_record_length)."""
+
+    name = "canbridge RX_COUNT"
+    fields_desc = _rec_header(native.REC_RX_COUNT) + [
+        XIntField("session", 0),
+        LongField("frames_accounted", 0),
+        StrLenField("extra", b"", length_from=lambda p: max(0, (p.length or 12) - 12)),
+    ]
+
+
 class NativeUnknownRecord(_Record):
     """A record of a type version 1 does not know: skipped by length."""
 
@@ -174,7 +188,8 @@ class NativeUnknownRecord(_Record):
 
 
 _RECORD_CLASSES = {native.REC_HELLO: NativeHello, native.REC_FRAME: NativeFrame,
-                   native.REC_HEARTBEAT: NativeHeartbeat, native.REC_TX_COUNT: NativeTxCount}
+                   native.REC_HEARTBEAT: NativeHeartbeat, native.REC_TX_COUNT: NativeTxCount,
+                   native.REC_RX_COUNT: NativeRxCount}
 
 
 def _native_record_end(buf: bytes, pos: int) -> int | None:

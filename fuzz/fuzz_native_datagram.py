@@ -3,8 +3,9 @@
 Input: one UDP datagram; n_channels is its flags byte (byte 5, ignored by the decoder) or 256 if 0,
 so the bad_channel check is reached. Crash: any exception but NativeProtocolError, or a broken
 invariant: raw structs of 16/72 bytes with a valid len, channels < n_channels, session/seq u32, the
-frames re-encoded by DatagramEncoder decode back to the same (raw, ts_ns) tuples, and HELLO and
-TX_COUNT (frames_sent u64) re-encoded in a control datagram decode back to the same events.
+frames re-encoded by DatagramEncoder decode back to the same (raw, ts_ns) tuples, and HELLO, TX_COUNT
+(frames_sent u64) and RX_COUNT (session u32, frames_accounted u64) re-encoded in a control datagram
+decode back to the same events.
 """
 
 import atheris
@@ -32,6 +33,11 @@ def test_one_input(data: bytes) -> None:
             check(0 <= ev.frames_sent < 1 << 64, f"frames_sent {ev.frames_sent}")
             rec = native.encode_tx_count(ev.frames_sent)
             check(native.decode_datagram(enc.encode_control(rec))[2] == [ev], "TX_COUNT round trip")
+            continue
+        if type(ev) is native.RxCount:
+            check(0 <= ev.session <= 0xFFFFFFFF and 0 <= ev.frames_accounted < 1 << 64, f"{ev}")
+            rec = native.encode_rx_count(ev.session, ev.frames_accounted)
+            check(native.decode_datagram(enc.encode_control(rec))[2] == [ev], "RX_COUNT round trip")
             continue
         if type(ev) is not native.Frames:
             continue

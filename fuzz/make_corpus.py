@@ -52,7 +52,9 @@ def seeds() -> dict[str, list[bytes]]:
         "native_stream": [b"\0" + nstream, b"\x05" + nstream, b"\0" + native.STREAM_PREAMBLE + hello],
         "native_datagram": [*enc.encode(0, FRAMES), *enc.encode(1, FD_FRAMES),
                             enc.encode_control(hello), enc.encode_control(native.encode_heartbeat(TS)),
-                            enc.encode_control(hello + native.encode_tx_count(enc.frames))],
+                            enc.encode_control(hello + native.encode_tx_count(enc.frames)),
+                            enc.encode_control(hello + native.encode_tx_count(enc.frames)
+                                               + native.encode_rx_count(0x5EED1234, 2**64 - 1))],
         "cannelloni_stream": [b"\0" + cstream, b"\x07" + cstream],
         "cannelloni_datagram": [*cn.DatagramEncoder().encode(FRAMES + FD_FRAMES), bytes((2, 0, 9, 0, 0))],
         "socketcand": [bytes((seed, 0x07)) + text for seed, text in zip((0, 3, 0, 9), SOCKETCAND.values())],

@@ -381,12 +381,40 @@ def test_tx_count_in_control_datagrams(tmp_path):
     assert all(line.endswith("HELLO, TX_COUNT ") for line in out), out
 
 
+def test_rx_count_in_control_datagrams(tmp_path):
+    """The control datagram (HELLO + TX_COUNT + RX_COUNT) of a real UDP peer that received BATCH and its
+    sender's control datagram, and one with the largest fields: scapy and tshark show the RX_COUNT fields."""
+    hello = native.Hello(capabilities=native.CAP_FD, heartbeat_ms=1000, channels=("vcan0",))
+    sender, receiver = NativeDatagram(hello, 1472), NativeDatagram(hello, 1472)
+    for g in [sender.control(), *sender.encode(0, BATCH), sender.control()]:
+        receiver.decode(g)
+    top = 2**64 - 1
+    grams = [receiver.control(), native.DatagramEncoder(9).encode_control(
+        native.encode_hello(native.Hello(channels=("can0",))) + native.encode_tx_count(0)
+        + native.encode_rx_count(0xFFFFFFFF, top))]
+    pkts = [Ether() / IP(src=CLIENT, dst=SERVER) / UDP(sport=50000, dport=dissect.NATIVE_PORT) / g for g in grams]
+    expect = [(sender.session, len(BATCH)), (0xFFFFFFFF, top)]
+    for p, (session, n) in zip(pkts, expect):
+        hello_rec, tx, rx = Ether(bytes(p))[dissect.NativeUDP].records
+        assert isinstance(tx, dissect.NativeTxCount) and isinstance(rx, dissect.NativeRxCount)
+        assert (rx.type, rx.length, rx.session, rx.frames_accounted, rx.extra) == (
+            native.REC_RX_COUNT, 12, session, n, b"")
+        assert "RX_COUNT" in rx.show(dump=True)
+
+    path = _write(tmp_path / "rx.pcapng", [(p, T0 + i * 1000, None) for i, p in enumerate(pkts)])
+    out = _tshark(path, ["-Y", "canbridge.record.type == 5", "-e", "canbridge.rx_count.session",
+                         "-e", "canbridge.rx_count.frames_accounted", "-e", "_ws.col.Info"])
+    assert [line.split("\t")[:2] for line in out] == [[f"{s:#010x}", str(n)] for s, n in expect], out
+    assert all(line.endswith("HELLO, TX_COUNT, RX_COUNT ") for line in out), out
+
+
 MALFORMED = [
     b"", b"C", b"CNBR", b"CNBR\x02\x00", b"CNBR\x01\x00" + b"\x02\x00\xff\xff", b"\x02\x00\x00\x05",
     b"CNBR\x01\x00\x00\x00\x00\x01\x00\x00\x00\x01" + b"\x02\x00\x00\x10" + b"\x00" * 16,
     b"CNBR\x01\x00\x00\x00\x00\x01\x00\x00\x00\x01" + b"\x02\x00\x00\x30" + b"\xff" * 48,
     b"CNBR\x01\x00\x00\x00\x00\x01\x00\x00\x00\x01" + b"\x01\x00\x00\x0c\x01\x00\x00\x00\x00\x00\x00\x00\x05ab",
     b"CNBR\x01\x00\x00\x00\x00\x01\x00\x00\x00\x01" + b"\x04\x00\x00\x04\x00\x00\x00\x07",  # short TX_COUNT
+    b"CNBR\x01\x00\x00\x00\x00\x01\x00\x00\x00\x01" + b"\x05\x00\x00\x08" + bytes(8),  # short RX_COUNT
     b"\x02\x00\x01\x00\x05" + b"\x00\x00\x01\x23\x08" + b"\x11" * 3,
     b"\x02\x00\x01\x00\x01" + b"\x00\x00\x01\x23\xff\x00",
     b"\x02\x00\x01\xff\xff", b"CANNELLONIv1" + b"\x00\x00\x01\x23\x50", b"< frame zz 1.0 11 >< fdframe 1 >< rtr >",

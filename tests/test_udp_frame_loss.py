@@ -185,10 +185,11 @@ def test_old_receiver_skips_tx_count_record():
 
 
 def test_mtu_too_small_for_control_datagram_is_a_config_error():
-    """Every heartbeat carries HELLO + TX_COUNT: an MTU they do not fit is refused up front, naming the minimum."""
+    """Every heartbeat carries HELLO + TX_COUNT + RX_COUNT: an MTU they do not fit is refused up front, naming
+    the minimum."""
     hello = native.Hello(channels=tuple(f"vcan{i}" for i in range(12)))  # HELLO record of 87 bytes
-    wire.NativeDatagram(hello, 14 + 87 + 12)  # exactly fits
-    with pytest.raises(ConfigError, match="at least 113"):
-        wire.NativeDatagram(hello, 112)
-    with pytest.raises(ConfigError, match="at least 133"):
-        wire.NativeDatagram(hello, 132, KEY)
+    wire.NativeDatagram(hello, 14 + 87 + 12 + 16)  # exactly fits
+    with pytest.raises(ConfigError, match="at least 129"):
+        wire.NativeDatagram(hello, 128)
+    with pytest.raises(ConfigError, match="at least 149"):
+        wire.NativeDatagram(hello, 148, KEY)

@@ -19,9 +19,15 @@ Rules (docs/protocol.md 3.3):
   arrive before a TX_COUNT make the figure low for one interval (clamped at 0), never negative.
 - A new session (the sender restarted): the old session's last figure is kept, the new one starts
   at 0 with a new baseline. `lost` is the total over sessions.
+
+The other direction (DeliveryTracker, docs/protocol.md 3.4): the receiver reports in its control
+datagrams an RX_COUNT, FrameLossTracker.accounted, and the sender counts the frames a receiver that was
+killed never accounted for.
 """
 
 from __future__ import annotations
+
+_U64 = (1 << 64) - 1
 
 
 class FrameLossTracker:
@@ -47,6 +53,15 @@ class FrameLossTracker:
     def lost(self) -> int:
         return self._previous + self._current
 
+    @property
+    def accounted(self) -> int | None:
+        """What an RX_COUNT reports for the current session: the position in the sender's TX_COUNT
+        numbering up to which every frame was received or counted lost (offset + received + loss), or
+        None before the session's baseline (the numbering is not known yet). Clamped to 0..2**64-1."""
+        if self._offset is None:
+            return None
+        return min(max(0, self._offset + self.received + self._current), _U64)
+
     def observe(self, session: int, frames: int, frames_sent: int | None = None) -> None:
         if session != self.session:
             self._previous += self._current
@@ -59,3 +74,66 @@ class FrameLossTracker:
                 self.baselines += 1
             self._current = max(0, frames_sent - self._offset - self.received)
         self.received += frames
+
+
+class DeliveryTracker:
+    """Sender-side count of frames that died with a receiver process (killed, crashed), sans-IO.
+
+    The receiver's control datagrams carry RX_COUNT (docs/protocol.md 3.4, 4.6): `frames_accounted`, the
+    position in our TX_COUNT numbering up to which it received every frame or counted it lost in transit.
+    If the receiver process dies, the frames after that position (those we sent until we noticed the
+    silence) are counted by nobody: the restarted receiver is a new session and baselines (above).
+
+    ack(own, rx, peer): an RxCount `rx` arrived in a datagram of the peer session `peer`; `own` is our
+    current sending session (acks of another session are ignored). down(frames_sent): the peer went
+    down; `frames_sent - acked` is held, not counted. up(peer) -> frames made final: the peer is heard
+    again from session `peer`; the same instance (a downed link or black hole: it was alive and counts
+    the frames itself as lost_in_transit from our TX_COUNT) discards the held figure, a new session (it
+    restarted) counts it. close() -> frames made final: we stop while the peer is down, so count it.
+    new_peer(peer, frames_sent): a new peer session started while nothing is held (it restarted within
+    our timeout, so it never went down): `frames_sent - acked` is counted at once. `counted`: total made
+    final.
+
+    Bound: an upper bound of what died with the peer. It over-counts by the frames the dead instance
+    received after its last RX_COUNT (at most one heartbeat interval, HEARTBEAT_S, of traffic; with a
+    fast restart also the few the new instance received before its first datagram). Nothing is counted
+    for a peer that never sent an RX_COUNT for our session (an old version, or it died before its first
+    one). A sealed peer's move to session + 1 (every 2**32 datagrams) looks like a restart.
+    """
+
+    def __init__(self) -> None:
+        self.acked: int | None = None  # frames_accounted of the last RX_COUNT for our session
+        self.peer: int | None = None  # session of the peer instance that sent it
+        self.held: int | None = None  # unconfirmed frames snapshotted at the last down
+        self._held_peer: int | None = None
+        self.counted = 0
+
+    def ack(self, own: int, rx, peer: int) -> None:
+        if rx.session == own:
+            self.acked, self.peer = rx.frames_accounted, peer
+
+    def new_peer(self, peer: int, frames_sent: int) -> None:
+        """A datagram of peer session `peer` started a sequence (SequenceTracker "reset"). If it is not
+        the instance that last acknowledged us and nothing is held (the peer restarted faster than our
+        timeout, so it never went down), the old instance is gone: what it did not confirm is final."""
+        if self.held is None and self.acked is not None and peer != self.peer:
+            self.counted += max(0, frames_sent - self.acked)
+            self.acked = self.peer = None
+
+    def down(self, frames_sent: int) -> None:
+        if self.acked is not None:
+            self.held, self._held_peer = max(0, frames_sent - self.acked), self.peer
+
+    def up(self, peer: int | None) -> int:
+        held, self.held = self.held, None
+        if peer != self.peer:  # a new instance has not confirmed anything yet
+            self.acked = self.peer = None
+        if held is None or peer == self._held_peer:
+            return 0
+        self.counted += held
+        return held
+
+    def close(self) -> int:
+        held, self.held = self.held or 0, None
+        self.counted += held
+        return held

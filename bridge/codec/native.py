@@ -7,6 +7,8 @@ The byte layout is specified in docs/protocol.md. Summary (all multi-byte fields
     record       = type(u8) rflags(u8=0) length(u16) body[length]        (length <= MAX_RECORD_BODY)
     FRAME body   = can_id(u32) len(u8) fd_flags(u8) len8_dlc(u8) channel(u8) timestamp_ns(u64) data
     TX_COUNT body = frames_sent(u64)   (UDP control datagrams: FRAME records sent before this datagram)
+    RX_COUNT body = session(u32) frames_accounted(u64)   (UDP control datagrams: the receiver's account of
+                   that sender session's frames, in the sender's TX_COUNT numbering)
 
 Frames on the forwarding path are raw Linux `struct can_frame` (16 B) / `struct canfd_frame` (72 B)
 in host byte order (see bridge.codec.socketcan); a batch is a list of `(raw, ts_ns)` tuples. The
@@ -40,6 +42,7 @@ REC_HELLO = 0x01
 REC_FRAME = 0x02
 REC_HEARTBEAT = 0x03
 REC_TX_COUNT = 0x04
+REC_RX_COUNT = 0x05
 
 MAX_CHANNELS = 255
 MAX_CHANNEL_NAME = 15  # IFNAMSIZ - 1
@@ -63,6 +66,8 @@ _FRAME_REC = tuple(struct.Struct(f">BBHIBBBBQ{dl}s") for dl in range(65))
 _HELLO_FIXED = struct.Struct(">BBHIB")  # proto_version, reserved, capabilities, heartbeat_ms, n_channels
 _HEARTBEAT = struct.Struct(">BBHQ")  # record header + sent_ns
 _TX_COUNT = struct.Struct(">BBHQ")  # record header + frames_sent
+_RX_COUNT = struct.Struct(">BBHIQ")  # record header + session + frames_accounted
+_RX_COUNT_BODY = struct.Struct(">IQ")
 _U64 = struct.Struct(">Q")
 # raw SocketCAN structs, host byte order; "Ns" zero-pads short data on pack
 _CAN = struct.Struct("=IBBBB8s")  # can_id, len, __pad, __res0, len8_dlc, data[8]
@@ -111,6 +116,17 @@ class TxCount:
     differences within one session, see bridge.codec.frameloss)."""
 
     frames_sent: int
+
+
+@dataclass(frozen=True, slots=True)
+class RxCount:
+    """RX_COUNT record (docs/protocol.md 4.6). session: the u32 session of the sender being acknowledged
+    (the session this receiver receives from); frames_accounted: u64, the position in that sender's
+    TX_COUNT numbering up to which this receiver has accounted for every frame (received, or counted
+    lost in transit), see bridge.codec.frameloss.FrameLossTracker.accounted and DeliveryTracker."""
+
+    session: int
+    frames_accounted: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +183,14 @@ def encode_tx_count(frames_sent: int) -> bytes:
         return _TX_COUNT.pack(REC_TX_COUNT, 0, 8, frames_sent)
     except struct.error as e:
         raise ValueError(f"bad frames_sent {frames_sent!r}") from e
+
+
+def encode_rx_count(session: int, frames_accounted: int) -> bytes:
+    """(session u32, frames_accounted u64) -> one RX_COUNT record (16 bytes). ValueError if out of range."""
+    try:
+        return _RX_COUNT.pack(REC_RX_COUNT, 0, 12, session, frames_accounted)
+    except struct.error as e:
+        raise ValueError(f"bad RX_COUNT session {session!r} / frames_accounted {frames_accounted!r}") from e
 
 
 def _append_frame_records(channel: int, frames, out: list) -> None:
@@ -256,8 +280,9 @@ class DatagramEncoder:
 
 
     def encode_control(self, record: bytes) -> bytes:
-        """Records (from encode_hello / encode_heartbeat / encode_tx_count, concatenated) -> one
-        datagram. ValueError if > mtu. A control datagram of a UdpPeer is HELLO + TX_COUNT(frames)."""
+        """Records (from encode_hello / encode_heartbeat / encode_tx_count / encode_rx_count,
+        concatenated) -> one datagram. ValueError if > mtu. A control datagram of a UdpPeer is HELLO +
+        TX_COUNT(frames), + RX_COUNT once it has accounted for frames of the peer's session."""
         if UDP_HEADER_LEN + len(record) > self.mtu:
             raise ValueError(f"record of {len(record)} bytes does not fit mtu {self.mtu}")
         return self._header() + record
@@ -324,6 +349,11 @@ def _other_record(buf, pos: int, rtype: int, blen: int, events: list, hello_ok: 
             raise _err("bad_record_length", f"TX_COUNT body {blen} bytes != 8")
         events.append(TxCount(_U64.unpack_from(buf, pos + 4)[0]))
         return True
+    if rtype == REC_RX_COUNT:
+        if blen != 12:
+            raise _err("bad_record_length", f"RX_COUNT body {blen} bytes != 12")
+        events.append(RxCount(*_RX_COUNT_BODY.unpack_from(buf, pos + 4)))
+        return True
     if rtype == REC_HELLO:
         if not hello_ok:
             raise _err("duplicate_hello")
@@ -385,7 +415,7 @@ def _parse_records(buf, pos: int, end: int, events: list, n_channels: int, hello
                 events.append(Frames(ch, cur))
             add((raw, ts))
         elif _other_record(buf, pos, rtype, blen, events, hello_ok):
-            cur_ch = -1  # a HELLO, HEARTBEAT or TX_COUNT event ends the run of frames
+            cur_ch = -1  # a HELLO, HEARTBEAT, TX_COUNT or RX_COUNT event ends the run of frames
         else:
             skipped += 1
         pos = rend
@@ -394,11 +424,11 @@ def _parse_records(buf, pos: int, end: int, events: list, n_channels: int, hello
 
 def decode_datagram(data, n_channels: int = 256) -> tuple[int, int, list]:
     """One UDP datagram (bytes-like) -> (session u32, seq u32, events [Hello | Heartbeat | TxCount |
-    Frames]).
+    RxCount | Frames]).
 
     n_channels: if given (the peer's HELLO channel count), frames of a higher channel are rejected.
     Raises NativeProtocolError on any malformation (bad_magic, bad_version, truncated, and every FRAME,
-    HELLO, HEARTBEAT and TX_COUNT check); the whole datagram is rejected then, no partial result.
+    HELLO, HEARTBEAT, TX_COUNT and RX_COUNT check); the whole datagram is rejected then, no partial result.
     """
     if not isinstance(data, (bytes, bytearray)):
         data = bytes(data)
@@ -423,7 +453,7 @@ class StreamDecoder(StreamInput):
     """Decoder of one TCP connection, h11 style: receive_data(bytes) then next_event() until NEED_DATA.
 
     Checks the preamble (magic, version), requires HELLO as the first record, then yields Heartbeat,
-    TxCount (checked, meaningless on TCP: callers ignore it) and Frames events (one Frames per run of
+    TxCount and RxCount (checked, meaningless on TCP: callers ignore them) and Frames events (one Frames per run of
     same-channel FRAME records in the buffered bytes).
     Attributes: hello (the peer's Hello or None), bytes_received, frames_decoded, records_skipped.
     """
@@ -441,7 +471,7 @@ class StreamDecoder(StreamInput):
 
 
     def next_event(self):
-        """-> Hello | Heartbeat | TxCount | Frames | NEED_DATA | CLOSED (EOF on a record boundary).
+        """-> Hello | Heartbeat | TxCount | RxCount | Frames | NEED_DATA | CLOSED (EOF on a record boundary).
         Raises NativeProtocolError for malformed input (events decoded before the bad record are
         returned first) and "truncated" at EOF inside the preamble or a record. Once raised, raises
         the same error on every later call."""

@@ -5,7 +5,9 @@ Frames queued in a loop pass leave packed into as few datagrams as fit the MTU (
 default: an Ethernet frame without fragmentation). Each datagram has a sequence number; the
 receiver counts lost, duplicated and reordered datagrams per sender session; with the native
 protocol it also counts the frames those carried, from the TX_COUNT in every control datagram
-(bridge.codec.frameloss), as dropped "lost_in_transit", updated once per tick. Only datagrams from
+(bridge.codec.frameloss), as dropped "lost_in_transit", updated once per tick; and the receiver's
+RX_COUNT tells the sender which frames a receiver process that was killed never accounted for
+(dropped "unconfirmed_peer_restart", an upper bound: bridge.codec.frameloss.DeliveryTracker). Only datagrams from
 the configured peer's IP address are accepted, from any port so NAT does not break it (others:
 "unknown_sender"; authentication is the job of the optional AEAD layer, not of the address). A HELLO datagram every
 HEARTBEAT_S doubles as the heartbeat; the peer is "up" while its datagrams keep arriving and "down"
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 RX_BATCH_MAX = 256  # datagrams per readable event (each may hold ~46 classic frames)
 SOCKET_BUFFER = 8 << 20  # SO_RCVBUF/SO_SNDBUF; bursts from a busy peer land here, not on the floor
 MAX_DATAGRAM = 65535
+PEER_RESTART = "unconfirmed_peer_restart"  # dropped reason: frames that died with a killed receiver (RX_COUNT)
 
 
 class UdpPeer:
@@ -122,6 +125,9 @@ class UdpPeer:
         if verdict != "ok":  # duplicate, or stale: far outside the window or an old session
             self.counters.errors[f"{verdict}_datagram"] += 1
             return
+        if not self.state.up:  # down -> up: a restarted peer makes final what died with it
+            self.wire.peer_changed(True)
+            self._publish_unconfirmed(self.wire.stats())
         self.state.heard(time.monotonic())
         for channel, frames in batches:
             self.counters.rx_frames += len(frames)
@@ -133,15 +139,27 @@ class UdpPeer:
         self._gated = control is not None
         if control:
             self._send(control)
+        up = self.state.up
         self.state.check(time.monotonic())
+        if up and not self.state.up:
+            # hold what the peer has not confirmed (frames queued in this pass leave at its end too)
+            self.wire.peer_changed(False, sum(len(frames) for _, frames in self._pending))
         stats = self.wire.stats()
+        self._publish_unconfirmed(stats)
         lost = stats.pop("lost_frames", 0)  # native only (TX_COUNT); revised down after late arrivals
         if lost or "lost_in_transit" in self.counters.dropped:  # so set, not added
             self.counters.dropped["lost_in_transit"] = lost
         self.counters.gauges.update(stats)
         self._timer = self.reactor.call_later(check_interval(self.timeout), self._tick)
 
+    def _publish_unconfirmed(self, stats: dict) -> None:
+        n = stats.pop("unconfirmed_frames", 0)  # native only (RX_COUNT): total over the peer's restarts
+        if n:  # so set, not added
+            self.counters.dropped[PEER_RESTART] = n
+
     def close(self) -> None:
+        self.wire.closed()  # the peer is still down: nobody else will count what it did not confirm
+        self._publish_unconfirmed(self.wire.stats())
         self._timer.cancel()
         self.router.remove_peer(self)
         self.reactor.forget(self.sock.fileno())

@@ -11,7 +11,11 @@ Datagram wire (one per UDP peer):
     encode(channel, frames) -> list[bytes]; control() -> bytes | None (heartbeat datagram)
     decode(data) -> (verdict, [(channel, frames)]); raises ProtocolError; verdict "ok" or a slug
     of a datagram to drop ("duplicate", "stale", "replayed"); stats() -> dict of sequence counters,
-    with "lost_frames" (frames lost in transit, counted from TX_COUNT) when the protocol can tell
+    with "lost_frames" (frames lost in transit, counted from TX_COUNT) when the protocol can tell;
+    peer_changed(up, queued=0) and closed(): liveness transitions and the end, for the count of frames
+    that died with a restarted peer (RX_COUNT, bridge.codec.frameloss.DeliveryTracker), which stats()
+    reports as "unconfirmed_frames" (total); queued: at a down transition, frames handed to send_frames
+    that still leave in this loop pass
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import time
 
 from bridge.codec import cannelloni, native, sealed
 from bridge.codec.base import events
-from bridge.codec.frameloss import FrameLossTracker
+from bridge.codec.frameloss import DeliveryTracker, FrameLossTracker
 from bridge.errors import ConfigError
 
 
@@ -101,19 +105,39 @@ class NativeDatagram:
         self.encoder = native.DatagramEncoder(session, mtu - sealed.OVERHEAD if psk else mtu)
         self.tracker = native.SequenceTracker()
         self.loss = FrameLossTracker()  # frames lost in transit, from the peer's TX_COUNT records
+        self.delivery = DeliveryTracker()  # frames that died with the peer, from its RX_COUNT records
         self.hello_record = native.encode_hello(hello)
-        control = native.UDP_HEADER_LEN + len(self.hello_record) + len(native.encode_tx_count(0))
+        control = (native.UDP_HEADER_LEN + len(self.hello_record) + len(native.encode_tx_count(0))
+                   + len(native.encode_rx_count(0, 0)))
         if control > self.encoder.mtu:  # else every heartbeat would fail
             raise ConfigError(f"mtu {mtu} is too small for the control datagram (HELLO of {len(hello.channels)} "
-                              f"channels + TX_COUNT): at least {control + (mtu - self.encoder.mtu)}")
+                              f"channels + TX_COUNT + RX_COUNT): at least {control + (mtu - self.encoder.mtu)}")
+
+    @property
+    def session(self) -> int:
+        """Our sending session as the peer sees it (a sealer moves to session + 1 before seq wraps)."""
+        return self.sealer.session if self.sealer else self.encoder.session
 
     def encode(self, channel: int, frames: list) -> list:
         dgrams = self.encoder.encode(channel, frames)
         return [self.sealer.seal(d) for d in dgrams] if self.sealer else dgrams
 
     def control(self) -> bytes | None:
-        dgram = self.encoder.encode_control(self.hello_record + native.encode_tx_count(self.encoder.frames))
+        records = self.hello_record + native.encode_tx_count(self.encoder.frames)
+        accounted = self.loss.accounted  # None until we know the peer session's numbering
+        if accounted is not None:
+            records += native.encode_rx_count(self.loss.session, accounted)
+        dgram = self.encoder.encode_control(records)
         return self.sealer.seal(dgram) if self.sealer else dgram
+
+    def peer_changed(self, up: bool, queued: int = 0) -> None:
+        if up:
+            self.delivery.up(self.tracker.session)
+        else:
+            self.delivery.down(self.encoder.frames + queued)
+
+    def closed(self) -> None:
+        self.delivery.close()
 
     def decode(self, data: bytes) -> tuple[str, list]:
         if self.opener:  # authenticate and check for replay before parsing anything
@@ -126,6 +150,8 @@ class NativeDatagram:
         verdict = self.tracker.observe(session, seq)
         if verdict in ("duplicate", "stale"):
             return verdict, []
+        if verdict == "reset":  # a new peer session: maybe a restart faster than our timeout
+            self.delivery.new_peer(session, self.encoder.frames)
         batches, frames, sent = [], 0, None
         for e in events:
             if type(e) is native.Frames:
@@ -133,13 +159,15 @@ class NativeDatagram:
                 frames += len(e.frames)
             elif type(e) is native.TxCount:
                 sent = e.frames_sent
+            elif type(e) is native.RxCount:
+                self.delivery.ack(self.session, e, session)
         self.loss.observe(session, frames, sent)
         return "ok", batches
 
     def stats(self) -> dict:
         t = self.tracker
         return {"lost": t.lost, "duplicated": t.duplicated, "reordered": t.reordered,
-                "lost_frames": self.loss.lost}
+                "lost_frames": self.loss.lost, "unconfirmed_frames": self.delivery.counted}
 
 
 class CannelloniDatagram:
@@ -156,6 +184,12 @@ class CannelloniDatagram:
 
     def control(self) -> bytes | None:
         return None
+
+    def peer_changed(self, up: bool, queued: int = 0) -> None:
+        pass  # cannelloni acknowledges nothing
+
+    def closed(self) -> None:
+        pass
 
     def decode(self, data: bytes) -> tuple[str, list]:
         seq, frames = cannelloni.decode_datagram(data)

@@ -21,7 +21,7 @@ local MAX_RECORD_BODY = 1024
 local can_dissector = Dissector.get("can-hostendian")
 local canfd_dissector = Dissector.get("canfd")
 
-local rec_types = { [1] = "HELLO", [2] = "FRAME", [3] = "HEARTBEAT", [4] = "TX_COUNT" }
+local rec_types = { [1] = "HELLO", [2] = "FRAME", [3] = "HEARTBEAT", [4] = "TX_COUNT", [5] = "RX_COUNT" }
 
 -- ------------------------------------------------------------------------------- shared helpers
 
@@ -119,6 +119,9 @@ local nf = {
     hello_channel = ProtoField.string("canbridge.hello.channel", "Channel"),
     hb_sent = ProtoField.uint64("canbridge.heartbeat.sent_ns", "Sent (ns since epoch)"),
     tx_frames_sent = ProtoField.uint64("canbridge.tx_count.frames_sent", "Frames sent before this datagram"),
+    rx_session = ProtoField.uint32("canbridge.rx_count.session", "Sender session acknowledged", base.HEX),
+    rx_frames_accounted = ProtoField.uint64("canbridge.rx_count.frames_accounted",
+                                            "Frames received or counted lost (sender's numbering)"),
     can_id = ProtoField.uint32("canbridge.can_id", "can_id", base.HEX),
     eff = ProtoField.bool("canbridge.eff", "EFF", 32, nil, 0x80000000),
     rtr = ProtoField.bool("canbridge.rtr", "RTR", 32, nil, 0x40000000),
@@ -232,6 +235,16 @@ local function native_record(tvb, offset, pinfo, tree)
         end
         t:add(nf.tx_frames_sent, tvb(b, 8))
         t:append_text(": frames_sent " .. tostring(tvb(b, 8):uint64()))
+    elseif rtype == 5 then
+        if blen ~= 12 then  -- fixed body (docs/protocol.md 4.6)
+            t:add_proto_expert_info(ne_malformed, "RX_COUNT body != 12 bytes")
+            if blen > 0 then t:add(nf.rec_body, tvb(b, blen)) end
+            return 0
+        end
+        t:add(nf.rx_session, tvb(b, 4))
+        t:add(nf.rx_frames_accounted, tvb(b + 4, 8))
+        t:append_text(string.format(": session 0x%08x, frames_accounted ", tvb(b, 4):uint())
+                      .. tostring(tvb(b + 4, 8):uint64()))
     elseif blen > 0 then
         t:add(nf.rec_body, tvb(b, blen))
     end

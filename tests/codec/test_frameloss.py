@@ -1,5 +1,6 @@
 """Tests of bridge.codec.frameloss.FrameLossTracker: baseline, loss per TX_COUNT, latest figure after
-reordering, sessions, and a hypothesis model check driven by a real DatagramEncoder."""
+reordering, sessions, and a hypothesis model check driven by a real DatagramEncoder; and of DeliveryTracker
+(the sender's count of frames that died with a restarted receiver, from its RX_COUNT)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from hypothesis import strategies as st
 
 from bridge.codec import native
 from bridge.codec import socketcan as sc
-from bridge.codec.frameloss import FrameLossTracker
+from bridge.codec.frameloss import DeliveryTracker, FrameLossTracker
 
 
 def test_first_tx_count_is_the_baseline():
@@ -78,7 +79,10 @@ def test_model_with_real_encoder(batches, join):
     def control(k: int) -> None:
         session, _, events = native.decode_datagram(enc.encode_control(native.encode_tx_count(enc.frames)))
         if k >= join:
+            if k == join:
+                assert t.accounted is None  # no RX_COUNT before the baseline
             t.observe(session, 0, events[0].frames_sent)
+            assert t.accounted == enc.frames  # what its RX_COUNT reports: every frame received or counted lost
 
     control(0)
     expect = 0
@@ -93,3 +97,87 @@ def test_model_with_real_encoder(batches, join):
     assert t.lost == expect
     joined = join <= len(batches)  # it heard control `join`
     assert (t.baselines, t.unaccounted) == (int(joined), sum(n for n, _ in batches[:join]) if joined else 0)
+
+
+def test_accounted_is_in_the_senders_numbering():
+    t = FrameLossTracker()
+    t.observe(1, 4)  # frames before the baseline: received, but the numbering is unknown
+    assert t.accounted is None
+    t.observe(1, 0, 100)  # sender had sent 100: 96 before we listened
+    assert t.accounted == 100
+    t.observe(1, 3)
+    t.observe(1, 0, 110)  # 7 lost
+    assert (t.lost, t.accounted) == (7, 110)
+    t.observe(1, 2)
+    assert t.accounted == 112
+    t.observe(2, 5)  # the sender restarted: no numbering for the new session yet
+    assert t.accounted is None
+
+
+def rx(session, n):
+    return native.RxCount(session, n)
+
+
+def test_delivery_same_instance_down_up_discards():
+    """A black hole: the receiver (session 50) was alive all along and counts the frames itself."""
+    d = DeliveryTracker()
+    d.ack(7, rx(7, 40), 50)
+    d.ack(7, rx(9, 1000), 50)  # for another sender session: ignored
+    d.down(100)
+    assert d.held == 60
+    assert d.up(50) == 0 and d.counted == 0 and d.held is None
+    assert d.close() == 0 and d.counted == 0
+
+
+def test_delivery_new_instance_counts_held_figure():
+    d = DeliveryTracker()
+    d.ack(7, rx(7, 40), 50)
+    d.ack(7, rx(7, 45), 50)  # the latest figure counts
+    d.down(100)
+    assert d.up(51) == 55 and d.counted == 55  # it restarted: 55 frames died with session 50
+    assert d.acked is None  # the new instance confirmed nothing yet: a second down holds nothing
+    d.down(130)
+    assert d.held is None and d.up(52) == 0 and d.counted == 55
+    d.ack(7, rx(7, 125), 52)  # its first RX_COUNT (in the datagram that made it up) counts
+    d.down(140)
+    assert d.up(53) == 15 and d.counted == 70
+
+
+def test_delivery_ack_in_the_datagram_that_brings_the_new_instance_up():
+    d = DeliveryTracker()
+    d.ack(7, rx(7, 10), 50)
+    d.down(30)
+    d.ack(7, rx(7, 28), 51)  # decoded before the up transition
+    assert d.up(51) == 20 and d.acked == 28
+
+
+def test_delivery_close_while_down_counts_and_nothing_without_acks():
+    d = DeliveryTracker()
+    d.down(100)  # the peer never sent an RX_COUNT (old version): nothing to say
+    assert d.held is None and d.up(50) == 0 and d.close() == 0
+    d.ack(7, rx(7, 90), 50)
+    d.down(100)
+    assert d.close() == 10 and d.counted == 10
+    assert d.close() == 0  # counted once
+    e = DeliveryTracker()
+    e.ack(7, rx(7, 90), 50)
+    assert e.close() == 0  # up at close: it counts its own loss
+    e.ack(7, rx(7, 120), 50)
+    e.down(100)  # acknowledged more than we know we sent (a confused peer): never negative
+    assert e.held == 0
+
+
+def test_delivery_restart_within_the_timeout_counts_at_the_new_session():
+    """The peer restarted before we noticed any silence: no down/up, but its new session tells."""
+    d = DeliveryTracker()
+    d.ack(7, rx(7, 40), 50)
+    d.new_peer(50, 60)  # the same instance resyncing its sequence: nothing
+    assert d.counted == 0
+    d.new_peer(51, 100)  # a new instance: 60 frames were never confirmed by session 50
+    assert d.counted == 60 and d.acked is None
+    d.new_peer(52, 130)  # nothing confirmed by 51: nothing to say
+    assert d.counted == 60
+    d.ack(7, rx(7, 120), 52)
+    d.down(140)
+    d.new_peer(53, 140)  # held at a down: the up transition decides, once
+    assert d.counted == 60 and d.up(53) == 20 and d.counted == 80

@@ -539,12 +539,42 @@ def test_tx_count_record_and_cumulative_count():
 
 def test_tx_count_next_to_unknown_records():
     """Unknown types around TX_COUNT are still skipped; a type an old reader does not know is what
-    TX_COUNT is to a reader before it (types 05..FF stay unknown)."""
-    dgram = datagram(rec(0x05, b"x"), HELLO_REC, nv.encode_tx_count(9), rec(0xFE, bytes(3)), frame_rec(n=1))
+    TX_COUNT is to a reader before it (types 06..FF stay unknown)."""
+    dgram = datagram(rec(0x06, b"x"), HELLO_REC, nv.encode_tx_count(9), rec(0xFE, bytes(3)), frame_rec(n=1))
     assert decode_datagram(dgram)[2] == [HELLO, nv.TxCount(9), Frames(0, [(sc.pack_can(0x123, b"\xa0"), TS)])]
     dec = StreamDecoder()
-    dec.receive_data(stream(rec(0x05, b""), nv.encode_tx_count(9)))
+    dec.receive_data(stream(rec(0x06, b""), nv.encode_tx_count(9)))
     assert drain(dec) == [HELLO, nv.TxCount(9), NEED_DATA] and dec.records_skipped == 1
+
+
+def test_rx_count_record_golden_and_lengths():
+    """RX_COUNT (type 05): session u32 + frames_accounted u64, body exactly 12 bytes, UDP and TCP."""
+    golden = bytes.fromhex("05 00 00 0c 5e ed 12 34 00 00 00 00 00 00 00 02")
+    assert nv.encode_rx_count(0x5EED1234, 2) == golden
+    assert golden.hex(" ") in (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    for bad in ((-1, 0), (2**32, 0), (0, -1), (0, 2**64)):
+        with pytest.raises(ValueError):
+            nv.encode_rx_count(*bad)
+    dgram = datagram(HELLO_REC, nv.encode_tx_count(7), golden, frame_rec(n=1))
+    assert decode_datagram(dgram)[2] == [HELLO, nv.TxCount(7), nv.RxCount(0x5EED1234, 2),
+                                         Frames(0, [(sc.pack_can(0x123, b"\xa0"), TS)])]
+    dec = StreamDecoder()  # TCP: checked, delivered as an event that callers ignore
+    dec.receive_data(stream(golden, nv.encode_frames(0, [(CLASSIC, 1)])))
+    assert drain(dec) == [HELLO, nv.RxCount(0x5EED1234, 2), Frames(0, [(CLASSIC, 1)]), NEED_DATA]
+    for n in (0, 8, 11, 13, 16):
+        assert dgram_reason(datagram(HELLO_REC, rec(5, bytes(n)))) == "bad_record_length", n
+        assert stream_reason(stream(rec(5, bytes(n)))) == "bad_record_length", n
+    assert dgram_reason(datagram(rec(5, bytes(1025)))) == "record_too_large"
+    assert dgram_reason(datagram(golden[:-1])) == "truncated"
+
+
+def test_old_reader_skips_rx_count():
+    """A reader from before RX_COUNT skips type 05 as unknown: the same control datagram with the type
+    byte changed to one nobody knows decodes to the other records, and the frames after it keep their run."""
+    full = datagram(HELLO_REC, nv.encode_tx_count(3), nv.encode_rx_count(1, 2), frame_rec(n=1))
+    at = full.index(nv.encode_rx_count(1, 2))
+    unknown = full[:at] + b"\x7f" + full[at + 1:]
+    assert decode_datagram(unknown)[2] == [HELLO, nv.TxCount(3), Frames(0, [(sc.pack_can(0x123, b"\xa0"), TS)])]
 
 
 # --------------------------------------------------------------------------------- hypothesis
@@ -616,6 +646,19 @@ def test_datagram_round_trip_and_sizes(batches, mtu, session, seq0):
     assert out == [(ch, raw, ts) for ch, fr in batches for raw, ts in fr]
     assert enc.seq == expect_seq
     assert enc.frames == sum(len(fr) for _, fr in batches)
+
+
+@given(session=st.integers(0, 2**32 - 1), accounted=u64, batches=batches_st, body=st.binary(max_size=40))
+def test_rx_count_round_trip_and_any_body_length(session, accounted, batches, body):
+    recs = [nv.encode_frames(ch, fr) for ch, fr in batches]
+    _, _, events = decode_datagram(datagram(HELLO_REC, nv.encode_rx_count(session, accounted), *recs))
+    assert events[:2] == [HELLO, nv.RxCount(session, accounted)]
+    assert flat(events[2:]) == [(ch, raw, ts) for ch, fr in batches for raw, ts in fr]
+    if len(body) == 12:
+        assert decode_datagram(datagram(rec(5, body)))[2] == [
+            nv.RxCount(int.from_bytes(body[:4], "big"), int.from_bytes(body[4:], "big"))]
+    else:
+        assert dgram_reason(datagram(rec(5, body), *recs)) == "bad_record_length"
 
 
 @given(frames_sent=u64, batches=batches_st, body=st.binary(max_size=40))
