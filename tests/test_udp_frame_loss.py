@@ -50,7 +50,12 @@ class LossyRelay:
         self.dest, self.every, self.psk = dest, every, psk
         self.data_datagrams = self.dropped_datagrams = self.dropped_frames = 0
         self.forwarded_frames = self.controls = 0
+        self.reactor = reactor
         reactor.add_reader(self.sock.fileno(), self._on_readable)
+
+    def close(self) -> None:
+        self.reactor.forget(self.sock.fileno())
+        self.sock.close()
 
     def _frames_in(self, dgram: bytes) -> int:
         plain = sealed.Opener(self.psk).open(dgram) if self.psk else dgram  # fresh window: never a replay
@@ -116,11 +121,8 @@ def test_receiver_counts_frames_of_dropped_datagrams(psk):
         assert "lost_frames" not in b.counters.gauges
         assert a.counters.dropped["lost_in_transit"] == 0  # nothing lost towards A
     finally:
-        a.close()
-        b.close()
-        reactor.forget(relay.sock.fileno())
-        relay.sock.close()
-        reactor.close()
+        for closable in (a, b, relay, reactor):
+            closable.close()
 
 
 def test_sender_restart_keeps_old_loss_and_receiver_restart_sets_baseline():
@@ -166,11 +168,8 @@ def test_sender_restart_keeps_old_loss_and_receiver_restart_sets_baseline():
         assert settled(b, 7)
         assert b.counters.rx_frames == 7
     finally:
-        a.close()
-        b.close()
-        reactor.forget(relay.sock.fileno())
-        relay.sock.close()
-        reactor.close()
+        for closable in (a, b, relay, reactor):
+            closable.close()
 
 
 def test_old_receiver_skips_tx_count_record():

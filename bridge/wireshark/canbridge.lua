@@ -147,6 +147,14 @@ p_native.prefs.call_can = Pref.bool("Call the CAN dissector", true,
     "Hand each frame to Wireshark's SocketCAN dissector (can.* fields)")
 
 -- One record at tvb(offset); returns the number of frames it held (0 or 1).
+-- A record whose body has one fixed length: flag any other length as malformed (and show its bytes).
+local function fixed_body(tvb, t, b, blen, want, name)
+    if blen == want then return true end
+    t:add_proto_expert_info(ne_malformed, string.format("%s body != %d bytes", name, want))
+    if blen > 0 then t:add(nf.rec_body, tvb(b, blen)) end
+    return false
+end
+
 local function native_record(tvb, offset, pinfo, tree)
     local rtype = tvb(offset, 1):uint()
     local blen = tvb(offset + 2, 2):uint()
@@ -228,19 +236,11 @@ local function native_record(tvb, offset, pinfo, tree)
         end
         t:add(nf.hb_sent, tvb(b, 8))
     elseif rtype == 4 then
-        if blen ~= 8 then  -- fixed body (docs/protocol.md 4.5)
-            t:add_proto_expert_info(ne_malformed, "TX_COUNT body != 8 bytes")
-            if blen > 0 then t:add(nf.rec_body, tvb(b, blen)) end
-            return 0
-        end
+        if not fixed_body(tvb, t, b, blen, 8, "TX_COUNT") then return 0 end  -- docs/protocol.md 4.5
         t:add(nf.tx_frames_sent, tvb(b, 8))
         t:append_text(": frames_sent " .. tostring(tvb(b, 8):uint64()))
     elseif rtype == 5 then
-        if blen ~= 12 then  -- fixed body (docs/protocol.md 4.6)
-            t:add_proto_expert_info(ne_malformed, "RX_COUNT body != 12 bytes")
-            if blen > 0 then t:add(nf.rec_body, tvb(b, blen)) end
-            return 0
-        end
+        if not fixed_body(tvb, t, b, blen, 12, "RX_COUNT") then return 0 end  -- docs/protocol.md 4.6
         t:add(nf.rx_session, tvb(b, 4))
         t:add(nf.rx_frames_accounted, tvb(b + 4, 8))
         t:append_text(string.format(": session 0x%08x, frames_accounted ", tvb(b, 4):uint())
