@@ -477,7 +477,7 @@ class StreamDecoder(StreamInput):
         the same error on every later call."""
         if self._pending:
             return self._pending.popleft()
-        if self._error is None:
+        if self._error is None and self._buf:  # (an empty buffer holds nothing to decode: the usual last call)
             self._decode()
             if self._pending:
                 return self._pending.popleft()
