@@ -134,7 +134,8 @@ def test_udp_peer_marked_down_and_up():
             fresh = send_and_collect(tx, rx, steady(1000, 0x200), 4.0, got)
         assert rig.stop_bridges() == [0, 0]
         gw = counters_at_exit(rig.log_text("gateway"))[f"udp://{REMOTE_ADDR}:{UDP_PORT}"]
-    assert None not in took.values() and max(took.values()) <= TIMEOUT + MARGIN, took
+        tails = "\n".join(f"--- {side} log:\n{rig.log_text(side)[-4000:]}" for side in ("gateway", "remote"))
+    assert None not in took.values() and max(took.values()) <= TIMEOUT + MARGIN, f"{took}\n{tails}"
     assert None not in back.values(), back
     assert gw["peer_state"] == "up" and gw["peer_transitions"] >= 3, gw
     assert gw["dropped"].get("peer_down", 0) >= 50, gw
