@@ -20,6 +20,7 @@ from bridge.reactor import Reactor
 from bridge.router import Router
 from bridge.security import Security
 from tests.pki import make_pki
+from tests.test_transport import Proto  # the recording protocol object
 
 HELLO = native.Hello(version=1, capabilities=native.CAP_FD, heartbeat_ms=1000, channels=("vcan0",))
 
@@ -286,27 +287,6 @@ def test_toml_tls_keys(pki, tmp_path):
 
 
 # --- the transport on TLS sockets -----------------------------------------------------------------
-class Recorder:
-    def __init__(self):
-        self.data = bytearray()
-        self.events = []
-
-    def data_received(self, data):
-        self.data += data
-
-    def eof_received(self):
-        self.events.append("eof")
-
-    def connection_lost(self, exc):
-        self.events.append(("lost", exc))
-
-    def pause_writing(self):
-        self.events.append("pause")
-
-    def resume_writing(self):
-        self.events.append("resume")
-
-
 @pytest.mark.parametrize("read_chunk", [None, 1000])
 def test_transport_over_tls_with_tiny_socket_buffers(pki, monkeypatch, read_chunk):
     """4 KiB socket buffers: sends hit SSLWantWriteError mid-record, reads hit SSLWantReadError on partial
@@ -328,7 +308,7 @@ def test_transport_over_tls_with_tiny_socket_buffers(pki, monkeypatch, read_chun
     server_tls(pki).handshake(reactor, a, "server", lambda s: done.setdefault("a", s), pytest.fail)
     client_tls(pki).handshake(reactor, b, "client", lambda s: done.setdefault("b", s), pytest.fail)
     run_until(reactor, lambda: len(done) == 2)
-    pa, pb = Recorder(), Recorder()
+    pa, pb = Proto(), Proto()
     ta, tb = StreamTransport(reactor, done["a"], pa), StreamTransport(reactor, done["b"], pb)
     blob = bytes(range(256)) * 4096  # 1 MiB
     for i in range(3):
