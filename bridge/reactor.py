@@ -115,6 +115,21 @@ class Reactor:
         heapq.heappush(self._timers, (handle.when, next(self._seq), handle))
         return handle
 
+    def call_every(self, interval: float, callback: Callback, first: float | None = None) -> TimerHandle:
+        """Run `callback` every `interval` seconds (the first time after `first`, default `interval`)
+        until the returned handle is cancelled. The next run is scheduled before the callback runs,
+        so one that raises (logged and counted as any callback) does not end the series: a liveness
+        check or a heartbeat must outlive a bug in one of its runs."""
+        series = TimerHandle(0.0, callback)  # never in the heap: cancel() ends the series
+
+        def run() -> None:
+            if not series.cancelled:
+                series.when = self.call_later(interval, run).when
+                callback()
+
+        series.when = self.call_later(interval if first is None else first, run).when
+        return series
+
     def call_soon(self, callback: Callback) -> None:
         self._soon.append(callback)
 

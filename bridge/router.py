@@ -6,7 +6,8 @@ other, and a frame never goes back to the endpoint it came from: that, plus CAN_
 back our own writes, is the echo suppression. Each route may carry a candump-style FilterSet.
 
 Sinks are flushed once per loop pass (end-of-pass hook), so a burst read from a bus leaves as
-few TCP writes / UDP datagrams as possible while a lone frame leaves in the same pass.
+few TCP writes / UDP datagrams as possible; a lone frame with nothing queued before it is written
+by the peer at once (send_frames), which saves a quiet bus the queue-and-flush steps.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Router:
     def add_peer(self, peer, out_filter=None, in_filter=None, gate=None) -> None:
         """out_filter: frames bus -> this peer; in_filter: frames this peer -> bus; gate: a
         bridge.policy.WriteGate (read_only, write_allow, rate), possibly shared by several peers."""
-        self.peers.append(peer)
+        self.peers = [*self.peers, peer]  # a new list: see remove_peer
         if gate is not None:
             self._gates[id(peer)] = gate
         if out_filter is not None and not out_filter.matches_all:
@@ -43,8 +44,9 @@ class Router:
             self._in_filters[id(peer)] = in_filter
 
     def remove_peer(self, peer) -> None:
-        if peer in self.peers:
-            self.peers.remove(peer)
+        # a new list, not remove(): a peer can close while from_bus iterates the list (a failed
+        # write-through of a lone frame), and that loop must go on over the list it started with
+        self.peers = [p for p in self.peers if p is not peer]
         self._out_filters.pop(id(peer), None)
         self._in_filters.pop(id(peer), None)
         self._gates.pop(id(peer), None)

@@ -84,3 +84,21 @@ def test_sigterm_stops_run_cleanly(reactor):
     reactor.call_later(5, lambda: pytest.fail("signal did not stop the loop"))
     reactor.run()
     assert reactor.stop_requested
+
+
+def test_call_every_outlives_a_failing_run_and_stops_when_cancelled(reactor):
+    runs = []
+
+    def tick():
+        runs.append(len(runs))
+        if len(runs) == 2:
+            raise RuntimeError("one bad run")
+
+    handle = reactor.call_every(0.01, tick, first=0)
+    while len(runs) < 4:
+        reactor.run_once(timeout=1)
+    assert reactor.callback_errors == 1  # the second run raised; the third and fourth still came
+    handle.cancel()
+    for _ in range(5):
+        reactor.run_once(timeout=0.02)
+    assert len(runs) == 4

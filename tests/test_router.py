@@ -72,3 +72,25 @@ def test_removed_peer_gets_nothing():
     router.from_bus(bus, 0, batch(0x1))
     assert a.got == []
     r.close()
+
+
+def test_peer_closing_during_from_bus_does_not_skip_the_next_peer():
+    """A lone frame is written through at once (StreamPeer.send_frames); a write that fails closes
+    that peer, which removes itself from the router while from_bus is iterating the peers."""
+    r = Reactor()
+    router = Router(r)
+    bus = Sink("vcan0")
+    router.add_bus(bus)
+    b = Sink("b")
+
+    class Closing(Sink):
+        def send_frames(self, channel, frames):
+            router.remove_peer(self)
+            return 0
+
+    a = Closing("a")
+    router.add_peer(a)
+    router.add_peer(b)
+    router.from_bus(bus, 0, batch(0x1))
+    assert b.got == [(0, [0x1])] and router.peers == [b]
+    r.close()

@@ -77,7 +77,7 @@ class StreamPeer:
         self._horizon = WRITE_BUFFER_MAX + 2 * sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         self.transport = StreamTransport(reactor, sock, self)
         self._write(wire.greeting())
-        self._timer = reactor.call_later(liveness.check_interval(policy.timeout), self._tick)
+        self._timer = reactor.call_every(liveness.check_interval(policy.timeout), self._tick)
         # A TcpClient is the router's peer across reconnects (so frames sent while it is down
         # are counted); its connections route as the client. Server connections route as self.
         self.owner = owner or self
@@ -101,6 +101,11 @@ class StreamPeer:
         if self._slow:
             self.counters.drop("slow_consumer_disconnected", len(frames))
             return 0
+        if len(frames) == 1 and not self._pending and not self.transport.paused:
+            # a lone frame (a quiet bus) leaves now: the pending queue and the end-of-pass flush are
+            # for merging batches, and with one frame in flight every step is latency
+            self._send_batches([(channel, frames)], 1)
+            return 1
         if not self._pending.append(channel, frames):  # overflow=disconnect: a slow consumer
             self._slow = True  # closed from the loop, not here: the router is iterating its peers
             self.reactor.call_soon(self._disconnect_slow_consumer)
@@ -119,11 +124,14 @@ class StreamPeer:
     def flush(self) -> None:
         if not self._pending or self.transport.paused or self.transport.closed:
             return
-        encode = self.wire.encode
         batches = self._pending.take()  # drops (and counts) the stale ones
         count = sum(len(frames) for _ch, frames in batches)
-        if not count:
-            return
+        if count:
+            self._send_batches(batches, count)
+
+    def _send_batches(self, batches: list, count: int) -> None:
+        """Encode [(channel, frames)] holding `count` frames and write them in one write (counted)."""
+        encode = self.wire.encode
         try:
             data = b"".join([encode(ch, frames) for ch, frames in batches])
         except ValueError as exc:  # a frame no kernel would hand us: count the batch, keep the peer
@@ -236,7 +244,6 @@ class StreamPeer:
         if self._pending:
             self._pending.drop_stale()  # count them while the consumer is stalled, not only when it resumes
         self.counters.gauges.update(self._pending.gauges(), write_buffer=self.transport.write_buffer_size)
-        self._timer = self.reactor.call_later(liveness.check_interval(timeout), self._tick)
 
     def close(self) -> None:
         self.transport.close()

@@ -69,7 +69,7 @@ class UdpPeer:
         self._pending: list[tuple[int, list]] = []
         reactor.add_reader(self.sock.fileno(), self._on_readable)
         router.add_peer(self, *filters)
-        self._timer = reactor.call_later(0, self._tick)
+        self._timer = reactor.call_every(check_interval(policy.timeout), self._tick, first=0)
 
     # --- bus -> network -----------------------------------------------------------------
     def send_frames(self, channel: int, frames: list) -> int:
@@ -78,15 +78,21 @@ class UdpPeer:
         if self._gated and not self.state.up and self.state.transitions:
             self.counters.drop("peer_down", len(frames))
             return 0
-        self._pending.append((channel, frames))
+        if len(frames) == 1 and not self._pending:  # a lone frame leaves now (see StreamPeer.send_frames)
+            self._send_batch(channel, frames)
+        else:
+            self._pending.append((channel, frames))
         return len(frames)
 
     def flush(self) -> None:
         pending, self._pending = self._pending, []
         for channel, frames in pending:
-            for dgram in self.wire.encode(channel, frames):
-                self._send(dgram)
-            self.counters.tx_frames += len(frames)
+            self._send_batch(channel, frames)
+
+    def _send_batch(self, channel: int, frames: list) -> None:
+        for dgram in self.wire.encode(channel, frames):
+            self._send(dgram)
+        self.counters.tx_frames += len(frames)
 
     def _send(self, dgram: bytes) -> None:
         try:
@@ -150,7 +156,6 @@ class UdpPeer:
         if lost or "lost_in_transit" in self.counters.dropped:  # so set, not added
             self.counters.dropped["lost_in_transit"] = lost
         self.counters.gauges.update(stats)
-        self._timer = self.reactor.call_later(check_interval(self.timeout), self._tick)
 
     def _publish_unconfirmed(self, stats: dict) -> None:
         n = stats.pop("unconfirmed_frames", 0)  # native only (RX_COUNT): total over the peer's restarts
