@@ -134,9 +134,11 @@ class StreamTransport:
         self.bytes_in += len(data)
         self.protocol.data_received(data)
         if not self.closed and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
-            self.reactor.call_soon(self._read_pending)  # decrypted bytes inside OpenSSL: epoll cannot see them
+            self.reactor.call_soon(self.read_waiting)  # decrypted bytes inside OpenSSL: epoll cannot see them
 
-    def _read_pending(self) -> None:
+    def read_waiting(self) -> None:
+        """Read what the socket holds now (one recv), outside a readiness event: bytes OpenSSL has
+        decrypted already, and before a liveness check (unread bytes are not the peer's silence)."""
         if not self.closed:
             self._on_readable()
 

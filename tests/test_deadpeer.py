@@ -188,3 +188,45 @@ def test_udp_peer_goes_down_and_up_and_drops_while_down():
     assert a.counters.gauges["peer_transitions"] == 3 and a.counters.gauges["peer_state"] == "up"
     a.close()
     b.close()
+
+
+def test_unread_input_is_not_silence():
+    """The liveness check runs after a loop pass's I/O; bytes that arrived during a long pass wait
+    unread in our socket. The check reads them before calling the peer silent (TCP and UDP)."""
+    limit = 1.5 + 0.2  # silence_limit(timeout=2), and a margin
+    # TCP: a greeted client that says nothing for `limit`, then one HEARTBEAT we have not read yet
+    reactor = Reactor()
+    router = Router(reactor)
+    server = _server(reactor, router, PeerPolicy(timeout=2))
+    client = RawClient(server.address[1])
+    assert run_until(reactor, lambda: server.clients and server.clients[0].identified)
+    peer = server.clients[0]
+    time.sleep(limit)
+    client.sock.sendall(native.encode_heartbeat(time.time_ns()))
+    time.sleep(0.1)
+    peer._tick()  # the timer, in a pass whose I/O ran before the heartbeat came
+    assert not peer.closed and server.counters.errors["peer_timeout"] == 0
+    client.sock.close()
+    server.close()
+    # UDP: b heard, then b's next datagram waits unread in a's socket
+    rb = Reactor()  # b's own loop, which we do not run while a's check is due
+
+    def free_port():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    a_port, b_port = free_port(), free_port()
+    a = UdpPeer(reactor, router, ("127.0.0.1", b_port), ("127.0.0.1", a_port), wire.NativeDatagram(HELLO, 1472),
+                policy=PeerPolicy(timeout=2))
+    b = UdpPeer(rb, Router(rb), ("127.0.0.1", a_port), ("127.0.0.1", b_port), wire.NativeDatagram(HELLO, 1472),
+                policy=PeerPolicy(timeout=2))
+    rb.run_once(0)  # b's first heartbeat
+    assert run_until(reactor, lambda: a.state.up)
+    time.sleep(limit)
+    b._send(b.wire.control())
+    time.sleep(0.1)
+    a._tick()
+    assert a.state.up and a.counters.gauges["peer_transitions"] == 1
+    a.close()
+    b.close()

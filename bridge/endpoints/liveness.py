@@ -96,8 +96,12 @@ class PeerState:
         if not self.up:
             self._change(True, "peer up")
 
+    def silent(self, now: float) -> bool:
+        """Up, and nothing heard for silence_limit(timeout): check() at `now` would mark it down."""
+        return self.up and now - self.last_rx > silence_limit(self.timeout)
+
     def check(self, now: float) -> None:
-        if self.up and now - self.last_rx > silence_limit(self.timeout):
+        if self.silent(now):
             self._change(False, f"peer down (nothing for {now - self.last_rx:.1f} s, timeout {self.timeout:g} s)")
 
     def _change(self, up: bool, why: str) -> None:

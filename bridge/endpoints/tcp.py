@@ -234,6 +234,11 @@ class StreamPeer:
         now = time.monotonic()
         timeout = self.policy.timeout
         if self.wire.has_heartbeat and now - self._last_rx > liveness.silence_limit(timeout):
+            # bytes waiting unread in our own socket (a long loop pass) are not the peer's silence
+            self.transport.read_waiting()
+            if self.transport.closed:
+                return
+        if self.wire.has_heartbeat and now - self._last_rx > liveness.silence_limit(timeout):
             self.counters.errors["peer_timeout"] += 1
             log.warning("%s: no data for %.1f s (timeout %g s), closing", self.name, now - self._last_rx, timeout)
             self.transport.abort()  # a RST: the send queue is dropped now (and counted), not retried for minutes

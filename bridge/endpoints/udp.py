@@ -146,6 +146,9 @@ class UdpPeer:
         if control:
             self._send(control)
         up = self.state.up
+        if self.state.silent(time.monotonic()):
+            # datagrams waiting unread in our own socket (a long loop pass) are not the peer's silence
+            self._on_readable()
         self.state.check(time.monotonic())
         if up and not self.state.up:
             # hold what the peer has not confirmed (frames queued in this pass leave at its end too)
