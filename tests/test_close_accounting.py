@@ -5,22 +5,27 @@ close with unread input (the kernel resets: both parts lost), a pulled cable (TC
 up: ETIMEDOUT, in a network namespace whose lo goes down), and a write() that overflows the buffer.
 
 Exact accounting: every write carries one frame, so the write a close boundary cuts is a frame that
-cannot have been decoded (StreamPeer._unacked_frames over-counts by at most one write)."""
+cannot have been decoded (WriteLedger.lost over-counts by at most one write)."""
 
 import dataclasses
 import errno
 import fcntl
 import json
+import re
 import socket
 import struct
 import subprocess
 import sys
 import termios
 import time
+from types import SimpleNamespace
 
 from bridge import transport as tr
 from bridge.codec import native
-from bridge.endpoints import tcp
+from bridge.codec import socketcan as sc
+from bridge.endpoints import ledger, socketcand_server
+from bridge.endpoints.socketcan import SO_SNDBUFFORCE, set_buffer
+from bridge.endpoints.socketcand_server import SocketcandPeer
 from bridge.endpoints.liveness import PeerPolicy
 from bridge.reactor import Reactor
 from bridge.router import Router
@@ -196,11 +201,12 @@ def test_write_over_the_buffer_cap_counts_the_rejected_write():
 
 
 def test_tracked_writes_are_capped_without_forgetting_a_frame(monkeypatch):
-    monkeypatch.setattr(tcp, "MAX_TRACKED_WRITES", 16)
+    monkeypatch.setattr(ledger, "MAX_TRACKED_WRITES", 16)
     reactor, peer, client = _connect()
     _send(peer)
-    assert len(peer._writes) == 16 and sum(n for _end, n in peer._writes) == N_WRITES  # merged, none lost
-    coarsest = peer._writes[0][1]  # the oldest record holds all merged writes: the over-count bound
+    records = peer._ledger.records
+    assert len(records) == 16 and sum(n for _end, n in records) == N_WRITES  # merged, none lost
+    coarsest = records[0][1]  # the oldest record holds all merged writes: the over-count bound
     peer.close()
     dropped = peer.counters.dropped["unacked_at_close"]
     _read(client)
@@ -238,3 +244,37 @@ def test_pulled_cable_timeout_counts_userspace_and_kernel_queue(netns, run_in_ne
     assert heartbeats >= 0 and heartbeats % len(native.encode_heartbeat(0)) == 0
     assert out["dropped"] > 0 and out["in_order"]
     assert out["received"] + out["dropped"] == N_WRITES
+
+
+def test_socketcand_client_reset_counts_what_it_never_got():
+    """The socketcand server's connections keep the same ledger: a client that reads part, then resets."""
+    reactor = Reactor()
+    router = Router(reactor)
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(listener.getsockname())
+    conn, _ = listener.accept()
+    set_buffer(conn, socket.SO_SNDBUF, SO_SNDBUFFORCE, 65536)  # a small kernel queue: userspace fills too
+    peer = SocketcandPeer(reactor, conn, router, "socketcand-test", {"vcan0": (0, True)})
+    client.sendall(b"< open vcan0 >< rawmode >")
+    assert run_until(reactor, lambda: peer.channel == 0, timeout=5)
+    run_until(reactor, lambda: False, timeout=socketcand_server.HOLD_AFTER_OK_S + 0.1)  # "< ok >" alone first
+    for i in range(N_WRITES):  # one classic frame per write (~45 bytes of text)
+        router.from_bus(None, 0, [(sc.pack_can(0x100, i.to_bytes(4, "big")), 0)])
+        reactor.run_once(0)
+    assert peer.counters.tx_frames == N_WRITES
+    text = bytearray()
+    client.settimeout(5)
+    while len(text) < 20_000:
+        text += client.recv(4096)
+    _wait_acked(peer, SimpleNamespace(sock=client), len(text))
+    text += client.recv(_ioctl(client, termios.FIONREAD), socket.MSG_PEEK)  # acked, never read: not countable
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # RST
+    assert run_until(reactor, lambda: peer.transport.closed)
+    got = len(re.findall(rb"< frame [^>]*>", bytes(text)))
+    dropped = peer.counters.dropped["unacked_at_close"]
+    assert dropped > 0 and got + dropped == N_WRITES
+    listener.close()
+    reactor.close()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from bridge.codec import socketcand
+from bridge.endpoints.ledger import WriteLedger, ledger_horizon
 from bridge.endpoints.pending import PendingFrames
 from bridge.reactor import Reactor
 from bridge.stats import Counters
@@ -50,8 +51,11 @@ class SocketcandPeer:
         self._hold_until = 0.0
         self._hold_timer = None
         self._bcm_timer = None
+        self._ledger = WriteLedger(ledger_horizon(sock))  # frames the client never got, at close
         self.transport = StreamTransport(reactor, sock, self)
-        self.transport.write(self.session.greeting())
+        greeting = self.session.greeting()
+        self._ledger.record(len(greeting))
+        self.transport.write(greeting)
         router.add_peer(self, None, None, gate)
 
     # --- bus -> client ------------------------------------------------------------------
@@ -71,18 +75,20 @@ class SocketcandPeer:
             return
         now = time.time_ns()
         batches = self._pending.take()  # drops (and counts) the stale ones first
-        self.counters.tx_frames += sum(len(frames) for _ch, frames in batches)
+        count = sum(len(frames) for _ch, frames in batches)
+        self.counters.tx_frames += count
         data = b"".join([self.session.encode_frames(frames, now) for _ch, frames in batches])
-        self._write(data)
+        self._write(data, count)
         self._schedule_bcm()  # throttled subscriptions may have set a deadline
 
     def _end_hold(self) -> None:
         self._hold_timer = None
         self.flush()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, frames: int = 0) -> None:
         if data:
             self.counters.tx_bytes += len(data)
+            self._ledger.record(len(data), frames)
             self.transport.write(data)
 
     # --- client -> bus (transport protocol) ----------------------------------------------
@@ -155,6 +161,7 @@ class SocketcandPeer:
                 timer.cancel()
         self.router.remove_peer(self)
         self._pending.discard("connection_closed")
+        self._ledger.close(self.transport.undelivered_bytes, self.counters, self.name)
         log.info("%s: client gone%s", self.name, f" ({exc})" if exc else "")
         if self.on_closed:
             self.on_closed(self)
@@ -193,7 +200,7 @@ class Beacon:
         self.sock.setblocking(False)
         host = server[0] if server[0] not in ("0.0.0.0", "::", "") else self.sock.getsockname()[0]
         self.datagram = socketcand.encode_beacon(socket.gethostname(), host, server[1], buses)
-        self._timer = reactor.call_later(0, self._send)
+        self._timer = reactor.call_every(socketcand.BEACON_INTERVAL_S, self._send, first=0)
 
     def _send(self) -> None:
         try:
@@ -201,7 +208,6 @@ class Beacon:
             self.counters.tx_bytes += len(self.datagram)
         except OSError as exc:  # ENETUNREACH while the link is down: try again next period
             self.counters.errors[errno.errorcode.get(exc.errno, "oserror").lower()] += 1
-        self._timer = self.reactor.call_later(socketcand.BEACON_INTERVAL_S, self._send)
 
     def flush(self) -> None:
         pass

@@ -10,7 +10,7 @@ dropped ("queue_full") or, with overflow=disconnect, the connection is closed
 A silent peer is closed within `timeout` (bridge/endpoints/liveness.py: keepalive, TCP_USER_TIMEOUT,
 heartbeats); a client holds frames routed while disconnected (bounded, max_age) for its next connection.
 Frames already written (counted in tx_frames) that the peer never got when a connection closes are
-dropped ("unacked_at_close"): see StreamPeer._unacked_frames for what can and cannot be counted.
+dropped ("unacked_at_close"): see bridge/endpoints/ledger.py for what can and cannot be counted.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ import logging
 import random
 import socket
 import time
-from collections import deque
 
 from bridge.endpoints import liveness
+from bridge.endpoints.ledger import WriteLedger, ledger_horizon
 from bridge.endpoints.liveness import DEFAULT_POLICY, PeerPolicy
 from bridge.endpoints.pending import PendingFrames
 from bridge.errors import ProtocolError
 from bridge.endpoints.socketcan import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
 from bridge.reactor import Reactor
 from bridge.stats import Counters
-from bridge.transport import WRITE_BUFFER_MAX, StreamTransport
+from bridge.transport import StreamTransport
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,6 @@ HEARTBEAT_S = liveness.HEARTBEAT_S  # longest gap between two things we send (HE
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 SOCKET_BUFFER = 4 << 20  # SO_SNDBUF/SO_RCVBUF for peer sockets
-# Frame writes a connection remembers for the count at close (StreamPeer._unacked_frames). Only writes
-# that can still be undelivered matter: within WRITE_BUFFER_MAX + the kernel send queue of the end, older
-# ones are forgotten. This caps the count too (~6 MB of records): past it the two oldest merge, which
-# keeps every frame counted but coarsens the over-count bound (one write) to one merged record.
-MAX_TRACKED_WRITES = 1 << 16
 
 
 class StreamPeer:
@@ -71,10 +66,7 @@ class StreamPeer:
         self._slow = False  # overflow=disconnect tripped; closing at the next loop step
         self._last_rx = self._last_tx = time.monotonic()
         _tune(sock, policy)
-        self._written = 0  # bytes given to the transport, greeting and heartbeats included
-        self._writes: deque = deque()  # (self._written after a frame write, frames in it): _unacked_frames
-        # kernel send queue: at most SO_SNDBUF (getsockopt gives the doubled value), x2 for the skb overshoot
-        self._horizon = WRITE_BUFFER_MAX + 2 * sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        self._ledger = WriteLedger(ledger_horizon(sock))
         self.transport = StreamTransport(reactor, sock, self)
         self._write(wire.greeting())
         self._timer = reactor.call_every(liveness.check_interval(policy.timeout), self._tick)
@@ -144,42 +136,9 @@ class StreamPeer:
         self._write(data, count)
 
     def _write(self, data: bytes, frames: int = 0) -> None:
-        """transport.write(data), remembering where a write of `frames` frames ends (for _unacked_frames).
-        Recorded before the write: a write that fails closes the transport, and is counted, inside it."""
-        written = self._written
-        self._written = end = written + len(data)
-        if frames:
-            writes = self._writes
-            if writes and (writes[0][0] <= written - self._horizon or len(writes) >= MAX_TRACKED_WRITES):
-                self._trim_writes(written)
-            writes.append((end, frames))
+        """transport.write(data), recorded in the ledger (for dropped{unacked_at_close})."""
+        self._ledger.record(len(data), frames)
         self.transport.write(data)
-
-    def _trim_writes(self, written: int) -> None:
-        """Forget writes ending `_horizon` bytes before `written` (the total before the next write: all of
-        it may fail, the rest is delivered whatever comes next); at MAX_TRACKED_WRITES merge the two oldest."""
-        writes = self._writes
-        cut = written - self._horizon
-        while writes and writes[0][0] <= cut:
-            writes.popleft()
-        if len(writes) >= MAX_TRACKED_WRITES:
-            frames_0 = writes.popleft()[1]
-            writes[0] = (writes[0][0], writes[0][1] + frames_0)
-
-    def _unacked_frames(self, undelivered: int) -> int:
-        """Frames of the writes whose end lies in the last `undelivered` bytes written (transport
-        undelivered_bytes at close): a frame with any byte undelivered is lost, the peer cannot decode
-        half a record. Counted per write, so this over-counts by at most the frames of the one write the
-        boundary cuts (their leading records may have arrived). Not countable by a sender: frames the
-        peer's kernel acknowledged but its process never read (it was killed), and for TLS the frames in
-        the kernel send queue (StreamTransport._kernel_undelivered)."""
-        boundary = self._written - undelivered
-        lost = 0
-        for end, frames in reversed(self._writes):
-            if end <= boundary:
-                break
-            lost += frames
-        return lost
 
     # --- network -> bus (transport protocol) ---------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -220,11 +179,7 @@ class StreamPeer:
         self._pending.discard("connection_closed")
         if isinstance(exc, OSError) and exc.errno:  # ETIMEDOUT: TCP_USER_TIMEOUT or keepalive gave up on the peer
             self.counters.errors[errno.errorcode.get(exc.errno, "oserror")] += 1
-        if unacked := self._unacked_frames(self.transport.undelivered_bytes):  # counted as sent, never arrived
-            self.counters.drop("unacked_at_close", unacked)
-            log.info("%s: %d frames (%d bytes) undelivered at close", self.name, unacked,
-                     self.transport.undelivered_bytes)
-        self._writes.clear()
+        self._ledger.close(self.transport.undelivered_bytes, self.counters, self.name)
         log.info("%s: connection closed%s", self.name, f" ({exc})" if exc else "")
         if self.on_closed:
             self.on_closed(self)
