@@ -29,6 +29,7 @@ from bridge.codec.cannelloni import (
     encode_frames,
 )
 from bridge.errors import ProtocolError
+from tests.codec.strategies import any_frames, timed_frames
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -450,31 +451,9 @@ def test_seq_wraps_255_to_0():
 # --------------------------------------------------------------------------------- hypothesis
 
 
-@st.composite
-def classic_frames(draw):
-    eff = draw(st.booleans())
-    can_id = draw(st.integers(0, sc.CAN_EFF_MASK if eff else sc.CAN_SFF_MASK))
-    can_id |= sc.CAN_EFF_FLAG if eff else 0
-    kind = draw(st.sampled_from(["data", "rtr", "err"]))
-    n = draw(st.integers(0, 8))
-    l8 = draw(st.sampled_from([0, *range(9, 16)])) if n == 8 else 0
-    if kind == "rtr":
-        return sc.pack_can(can_id | sc.CAN_RTR_FLAG, b"", l8, length=n)
-    data = draw(st.binary(min_size=n, max_size=n))
-    return sc.pack_can(can_id | (sc.CAN_ERR_FLAG if kind == "err" else 0), data, l8)
 
 
-@st.composite
-def fd_frames(draw):
-    eff = draw(st.booleans())
-    can_id = draw(st.integers(0, sc.CAN_EFF_MASK if eff else sc.CAN_SFF_MASK)) | (sc.CAN_EFF_FLAG if eff else 0)
-    n = draw(st.sampled_from(sc.FD_LENGTHS))
-    flags = draw(st.sampled_from([0, sc.CANFD_BRS, sc.CANFD_ESI, sc.CANFD_BRS | sc.CANFD_ESI]))
-    return sc.pack_canfd(can_id, draw(st.binary(min_size=n, max_size=n)), flags)
-
-
-frames_st = st.tuples(st.one_of(classic_frames(), fd_frames()), st.integers(0, 2**64 - 1))
-batches_st = st.lists(st.lists(frames_st, min_size=1, max_size=40), max_size=6)
+batches_st = st.lists(st.lists(timed_frames, min_size=1, max_size=40), max_size=6)
 
 
 def expected(batches) -> list:
@@ -521,7 +500,7 @@ def test_datagram_round_trip_and_sizes(batches, mtu, seq0):
     assert enc.seq == expect_seq and enc.datagrams == n_dgrams
 
 
-@given(frame=st.one_of(classic_frames(), fd_frames()))
+@given(frame=any_frames)
 def test_decoded_frames_re_encode_byte_exact(frame):
     wire = encode_frames([(frame, 0)])
     (raw, ts), = decode_datagram(dgram(wire))[1]

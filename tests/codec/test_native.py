@@ -28,6 +28,7 @@ from bridge.codec.native import (
 )
 from bridge.errors import ProtocolError
 from bridge.frame import CanFrame
+from tests.codec.strategies import any_frames, timed_frames, u64
 
 TS = 1742339088146472000
 HELLO = Hello(1, nv.CAP_FD, 1000, ("vcan0", "can1"))
@@ -579,34 +580,11 @@ def test_old_reader_skips_rx_count():
 
 # --------------------------------------------------------------------------------- hypothesis
 
-u64 = st.integers(0, 2**64 - 1)
 
 
-@st.composite
-def classic_frames(draw):
-    eff = draw(st.booleans())
-    can_id = draw(st.integers(0, sc.CAN_EFF_MASK if eff else sc.CAN_SFF_MASK))
-    can_id |= sc.CAN_EFF_FLAG if eff else 0
-    kind = draw(st.sampled_from(["data", "rtr", "err"]))
-    n = draw(st.integers(0, 8))
-    l8 = draw(st.sampled_from([0, *range(9, 16)])) if n == 8 else 0
-    if kind == "rtr":
-        return sc.pack_can(can_id | sc.CAN_RTR_FLAG, b"", l8, length=n)
-    data = draw(st.binary(min_size=n, max_size=n))
-    return sc.pack_can(can_id | (sc.CAN_ERR_FLAG if kind == "err" else 0), data, l8)
 
 
-@st.composite
-def fd_frames(draw):
-    eff = draw(st.booleans())
-    can_id = draw(st.integers(0, sc.CAN_EFF_MASK if eff else sc.CAN_SFF_MASK)) | (sc.CAN_EFF_FLAG if eff else 0)
-    n = draw(st.sampled_from(sc.FD_LENGTHS))
-    flags = draw(st.sampled_from([0, sc.CANFD_BRS, sc.CANFD_ESI, sc.CANFD_BRS | sc.CANFD_ESI]))
-    return sc.pack_canfd(can_id, draw(st.binary(min_size=n, max_size=n)), flags)
-
-
-frames_st = st.tuples(st.one_of(classic_frames(), fd_frames()), u64)
-batches_st = st.lists(st.tuples(st.integers(0, 1), st.lists(frames_st, min_size=1, max_size=40)), max_size=6)
+batches_st = st.lists(st.tuples(st.integers(0, 1), st.lists(timed_frames, min_size=1, max_size=40)), max_size=6)
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
@@ -673,7 +651,7 @@ def test_tx_count_round_trip_and_any_body_length(frames_sent, batches, body):
         assert dgram_reason(datagram(rec(4, body), *recs)) == "bad_record_length"
 
 
-@given(frame=st.one_of(classic_frames(), fd_frames()), ts=u64)
+@given(frame=any_frames, ts=u64)
 def test_round_trip_through_canframe(frame, ts):
     _, _, events = decode_datagram(DatagramEncoder(0).encode(3, [(frame, ts)])[0])
     (raw, got_ts), = events[0].frames
