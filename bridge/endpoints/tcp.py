@@ -185,15 +185,19 @@ class StreamPeer:
             self.on_closed(self)
 
     # --- liveness ---------------------------------------------------------------------------
+    def _silent(self, now: float) -> bool:
+        """The peer sends heartbeats, and nothing came for silence_limit(timeout)."""
+        return self.wire.has_heartbeat and now - self._last_rx > liveness.silence_limit(self.policy.timeout)
+
     def _tick(self) -> None:
         now = time.monotonic()
         timeout = self.policy.timeout
-        if self.wire.has_heartbeat and now - self._last_rx > liveness.silence_limit(timeout):
+        if self._silent(now):
             # bytes waiting unread in our own socket (a long loop pass) are not the peer's silence
             self.transport.read_waiting()
             if self.transport.closed:
                 return
-        if self.wire.has_heartbeat and now - self._last_rx > liveness.silence_limit(timeout):
+        if self._silent(now):
             self.counters.errors["peer_timeout"] += 1
             log.warning("%s: no data for %.1f s (timeout %g s), closing", self.name, now - self._last_rx, timeout)
             self.transport.abort()  # a RST: the send queue is dropped now (and counted), not retried for minutes
