@@ -1,5 +1,5 @@
 """Soak and fault run (issue 5): the Durango trace looped at 4x for 10 minutes through two bridges,
-over TCP and over UDP, with faults injected on a schedule (hw/soak.py: peer SIGKILL and restart,
+over TCP and over UDP, with faults injected on a schedule (tests/rig/soak.py: peer SIGKILL and restart,
 veth down/up, 100% loss for 10 s, a slow TCP consumer, a port scan with garbage).
 
     python -m hw.testvm --vcan 2 --timeout 3600 -- .venv/bin/python benchmarks/soak.py [--minutes 10]
@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bridge.codec.candump import read_log  # noqa: E402
-from hw.soak import FAULTS, Soak  # noqa: E402
+from bridge.tools.demo import DEFAULT_TRACE  # noqa: E402
+from tests.rig.soak import FAULTS, Soak  # noqa: E402
 
 
 def main() -> int:
@@ -31,7 +32,7 @@ def main() -> int:
     p.add_argument("--faults", default=",".join(FAULTS))
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args()
-    frames = [(ts, raw) for ts, _, raw in read_log(ROOT / "tests" / "data" / "durango_mapswitch.log")]
+    frames = [(ts, raw) for ts, _, raw in read_log(DEFAULT_TRACE)]
     results = []
     for transport in args.transport.split(","):
         res = Soak(transport).run(frames, args.minutes * 60, args.speed, args.faults.split(","))

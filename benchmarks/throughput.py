@@ -31,7 +31,7 @@ nominal one when the system under test takes CPU from cangen. Figures per system
                    or the flat-out burst if that lost nothing. ">=" when nothing was ever lost
                    (then it is cangen's limit, not the system's)
   burst            loss of `cangen -g 0` flat out
-  latency          kernel RX timestamp on vcan1 minus own-echo timestamp on vcan0 (bridge.probe),
+  latency          kernel RX timestamp on vcan1 minus own-echo timestamp on vcan0 (bridge.tools.probe),
                    one frame in flight, and for a replay at 2,500 frames/s
   CPU              (utime + stime) of each process across the best zero-loss ladder run, per
                    1,000 frames (and for every run in the CPU section: it falls as the rate rises,
@@ -66,9 +66,10 @@ from typing import ClassVar
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge import probe  # noqa: E402
+from bridge.tools import probe  # noqa: E402
 from bridge.codec.socketcan import CAN_EFF_FLAG, pack_can  # noqa: E402
-from bridge.endpoints.socketcan import CAN_RAW_FILTER, RX_BUFFER, SO_RCVBUFFORCE, SOL_CAN_RAW  # noqa: E402
+from bridge.endpoints.socketcan import RX_BUFFER  # noqa: E402
+from hw.cansock import CAN_RAW_FILTER, SO_RCVBUFFORCE, SOL_CAN_RAW  # noqa: E402
 
 SRC, DST = "vcan0", "vcan1"
 CANVM = ROOT / "hw" / "testvm" / "canvm.sh"

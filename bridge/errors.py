@@ -1,19 +1,6 @@
-"""Exception types. Codecs raise only their own documented subclass of ProtocolError."""
+"""Exception types (defined in hw.errors, the lowest layer, so hw/ can raise them too). Codecs raise
+only their own documented subclass of ProtocolError."""
 
+from hw.errors import CanBridgeError, ConfigError, ProtocolError
 
-class CanBridgeError(Exception):
-    """Base class of every error canbridge raises on purpose."""
-
-
-class ConfigError(CanBridgeError):
-    """A configuration key, URL or command-line argument is invalid; the message names it."""
-
-
-class ProtocolError(CanBridgeError):
-    """Malformed input from a peer. The connection (or the one datagram) is dropped; `reason` is a
-    short counter-friendly slug such as "bad_magic" or "len_too_large"."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+__all__ = ["CanBridgeError", "ConfigError", "ProtocolError"]

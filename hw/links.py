@@ -14,18 +14,14 @@ options at fault; nothing a caller asked for is silently skipped.
 
 from __future__ import annotations
 
-import argparse
 import errno
-import json
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from bridge import config as cfg
-from bridge.errors import CanBridgeError, ConfigError
+from hw.errors import CanBridgeError, ConfigError
 
 ARPHRD_CAN = 280  # linux/if_arp.h: the link type of can, vcan and vxcan devices
 CAN_MTU, CANFD_MTU = 16, 72  # sizeof(struct can_frame), sizeof(struct canfd_frame)
@@ -35,6 +31,27 @@ STATES = {0: "ERROR-ACTIVE", 1: "ERROR-WARNING", 2: "ERROR-PASSIVE", 3: "BUS-OFF
 _PYROUTE2_STATES = {"ERROR_ACTIVE": 0, "ERROR_WARNING": 1, "ERROR_PASSIVE": 2, "BUS_OFF": 3, "STOPPED": 4,
                     "SLEEPING": 5}
 BIT_TIMING_KEYS = ("bitrate", "sample_point", "dbitrate", "dsample_point", "restart_ms")
+
+
+# Link settings of an [[interface]], applied by `canbridge link setup --from-config` (this module), never by
+# the bridge itself (which needs no CAP_NET_ADMIN). key -> (type, min, max, what).
+LINK_KEYS = {
+    "bitrate": (int, 1, 1_000_000, "bit/s (classic CAN and the FD arbitration phase: at most 1 Mbit/s)"),
+    "sample_point": (float, 0.001, 0.999, "fraction of the bit time, e.g. 0.875"),
+    "dbitrate": (int, 1, 20_000_000, "bit/s (CAN FD data phase)"),
+    "dsample_point": (float, 0.001, 0.999, "fraction of the bit time, e.g. 0.75"),
+    "restart_ms": (int, 0, 2**32 - 1, "ms before an automatic restart after BUS-OFF; 0 = never"),
+    "txqueuelen": (int, 1, 2**31 - 1, "frames in the interface TX queue"),
+}
+
+
+def link_value(key: str, value, where: str) -> int | float:
+    """A LINK_KEYS value checked for type and range; ConfigError naming `where` otherwise."""
+    kind, low, high, what = LINK_KEYS[key]
+    ok_type = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    if not ok_type or not low <= value <= high:
+        raise ConfigError(f"{where}: expected {what}, {low}..{high}, got {value!r}")
+    return kind(value)
 
 
 class LinkError(CanBridgeError):
@@ -204,9 +221,9 @@ class Settings:
         return [k for k, v in asdict(self).items() if v is not None and (keys is None or k in keys)]
 
     def check(self, iface: str) -> None:
-        for key in self.given(cfg.LINK_KEYS):
+        for key in self.given(LINK_KEYS):
             try:
-                cfg.link_value(key, getattr(self, key), key)
+                link_value(key, getattr(self, key), key)
             except ConfigError as exc:
                 raise LinkError(f"{iface}: {exc}") from None
         if (self.sample_point is not None and self.bitrate is None) or (
@@ -316,156 +333,3 @@ def delete(iface: str) -> None:
             ipr.link("del", index=_index(ipr, iface))
         except NetlinkError as exc:
             raise LinkError(f"{iface}: cannot delete: {_errmsg(exc)}") from None
-
-
-def settings_from_config(path: str) -> dict[str, Settings]:
-    """{interface name: link settings} of every [[interface]] in a bridge.toml (config.LINK_KEYS plus
-    `fd`), in file order. Raises ConfigError for a bad file."""
-    return {i.name: Settings(fd=i.fd, **i.link) for i in cfg.load_toml(path).interfaces}
-
-
-# --- CLI -------------------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="canbridge link", description="Show and set up SocketCAN links (rtnetlink).")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("list", help="all CAN links: state, bitrate, sample point, MTU, error counters")
-    s.add_argument("--json", action="store_true")
-    s = sub.add_parser("show", help="one link in detail")
-    s.add_argument("iface")
-    s.add_argument("--json", action="store_true")
-    s = sub.add_parser("setup", help="down, apply settings, up (needs CAP_NET_ADMIN)",
-                       description="Take IFACE down, apply the settings, bring it up. With --from-config and no "
-                                   "IFACE: every [[interface]] in the file. An IFACE the file does not list is "
-                                   "left alone (exit 0), so the udev rule can run this for every CAN link.")
-    s.add_argument("iface", nargs="?")
-    s.add_argument("--from-config", metavar="TOML", help="take the settings from this bridge.toml's [[interface]]")
-    for key, flag, meta, hlp in [
-        ("bitrate", "--bitrate", "BIT/S", "arbitration (classic) bitrate, e.g. 500000"),
-        ("sample_point", "--sample-point", "FRACTION", "e.g. 0.875"),
-        ("dbitrate", "--dbitrate", "BIT/S", "CAN FD data phase bitrate, e.g. 2000000 (implies --fd)"),
-        ("dsample_point", "--dsample-point", "FRACTION", "CAN FD data phase sample point"),
-        ("restart_ms", "--restart-ms", "MS", "automatic restart delay after BUS-OFF, 0 = off"),
-        ("txqueuelen", "--txqueuelen", "FRAMES", "interface TX queue length"),
-    ]:
-        s.add_argument(flag, dest=key, metavar=meta, type=_cli_value(key), help=hlp)
-    s.add_argument("--fd", action=argparse.BooleanOptionalAction, default=None, help="CAN FD on/off (MTU 72/16)")
-    s = sub.add_parser("restart", help="restart a controller in BUS-OFF")
-    s.add_argument("iface")
-    for name, hlp in [("up", "bring a link up"), ("down", "take a link down")]:
-        sub.add_parser(name, help=hlp).add_argument("iface")
-    s = sub.add_parser("vcan", help="create a vcan link (needs the vcan module)")
-    s.add_argument("name")
-    s.add_argument("--mtu", type=int, choices=(CAN_MTU, CANFD_MTU), default=CANFD_MTU)
-    s = sub.add_parser("delete", help="delete a vcan/vxcan link")
-    s.add_argument("iface")
-    return p
-
-
-def _cli_value(key: str):
-    kind = cfg.LINK_KEYS[key][0]
-
-    def convert(text: str):
-        try:
-            return cfg.link_value(key, kind(text), "--" + key.replace("_", "-"))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        except ConfigError as exc:  # argparse names the option itself
-            raise argparse.ArgumentTypeError(str(exc).partition(": ")[2]) from None
-
-    return convert
-
-
-def _fmt_rate(rate: int | None, sp: float | None) -> str:
-    if rate is None:
-        return "-"
-    return f"{rate}" + (f" @{sp:.3f}" if sp else "")
-
-
-def _print_table(links: list[LinkInfo]) -> None:
-    if not links:
-        print("no CAN links in this network namespace (ip link add dev vcan0 type vcan; modprobe mcp251x; ...)")
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("link", "kind", "admin", "oper", "state", "bitrate @sp", "dbitrate @sp", "mtu", "txqlen",
-                "tx/rx err", "restart-ms", "ctrlmode"):
-        table.add_column(col)
-    for i in links:
-        berr = "-" if i.txerr is None else f"{i.txerr}/{i.rxerr}"
-        table.add_row(i.name, i.kind or "?", "up" if i.up else "down", i.operstate, i.state or "-",
-                      _fmt_rate(i.bitrate, i.sample_point), _fmt_rate(i.dbitrate, i.dsample_point), str(i.mtu),
-                      str(i.txqueuelen), berr, "-" if i.restart_ms is None else str(i.restart_ms),
-                      ",".join(i.ctrlmode) or "-")
-    # a pipe gets full rows (grep-able names) instead of rich's 80-column default
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
-
-
-def _setup_cli(args, parser) -> int:
-    given = {k: v for k, v in vars(args).items() if k in cfg.LINK_KEYS or k == "fd"}
-    if args.from_config:
-        if any(v is not None for v in given.values()):
-            parser.error("setup: give either --from-config or settings on the command line, not both")
-        wanted = settings_from_config(args.from_config)
-        if args.iface:
-            if args.iface not in wanted:
-                print(f"canbridge link: {args.iface} is not in {args.from_config}: left as it is", file=sys.stderr)
-                return 0
-            print(_summary(setup(args.iface, **asdict(wanted[args.iface]))))
-            return 0
-        failed = 0
-        for name, settings in wanted.items():  # every interface: one failure does not stop the others
-            try:
-                print(_summary(setup(name, **asdict(settings))))
-            except NoSuchLink as exc:
-                print(f"canbridge link: {exc}: skipped; 80-canbridge.rules sets it up when it appears", file=sys.stderr)
-            except LinkError as exc:
-                print(f"canbridge link: {exc}", file=sys.stderr)
-                failed += 1
-        return 1 if failed else 0
-    if not args.iface:
-        parser.error("setup: IFACE is required (or --from-config TOML for every interface in it)")
-    print(_summary(setup(args.iface, **given)))
-    return 0
-
-
-def _summary(i: LinkInfo) -> str:
-    parts = [f"{i.name}: {'up' if i.up else 'down'}", f"mtu {i.mtu}", f"txqueuelen {i.txqueuelen}"]
-    if i.bitrate:
-        parts.append(f"bitrate {_fmt_rate(i.bitrate, i.sample_point)}")
-    if i.dbitrate:
-        parts.append(f"dbitrate {_fmt_rate(i.dbitrate, i.dsample_point)}")
-    if i.restart_ms is not None:
-        parts.append(f"restart-ms {i.restart_ms}")
-    return ", ".join(parts)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`canbridge link ...`; returns 0, 1 when the kernel refuses (LinkError), 2 for usage/config errors."""
-    parser = _parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        if args.cmd in ("list", "show"):
-            links = list_links() if args.cmd == "list" else [show(args.iface)]
-            if args.json:
-                print(json.dumps([asdict(i) for i in links], indent=2))
-            else:
-                _print_table(links)
-        elif args.cmd == "setup":
-            return _setup_cli(args, parser)
-        elif args.cmd == "vcan":
-            print(_summary(create_vcan(args.name, args.mtu)))
-        else:
-            {"restart": restart, "up": set_up, "down": set_down, "delete": delete}[args.cmd](args.iface)
-        return 0
-    except ConfigError as exc:
-        print(f"canbridge link: error: {exc}", file=sys.stderr)
-        return 2
-    except LinkError as exc:
-        print(f"canbridge link: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,7 @@
 Each source owns one non-blocking socket with its own large receive buffer, so capturing never
 slows the bridge (the kernel clones each frame to every socket; a slow capture only fills its own
 buffer, and what it loses is counted: SO_RXQ_OVFL for CAN sockets, PACKET_STATISTICS for AF_PACKET).
-Reads use recvmmsg (bridge/endpoints/mmsg.py), kernel timestamps come from SO_TIMESTAMPNS.
+Reads use recvmmsg (hw/mmsg.py), kernel timestamps come from SO_TIMESTAMPNS.
 An interface may be named `IFACE@NETNS`: the socket is opened inside that network namespace
 (a socket stays in the namespace it was created in), so one capture can cover both sides of a rig.
 """
@@ -15,18 +15,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.codec import pcapng
-from bridge.endpoints import mmsg
-from bridge.endpoints.socketcan import (
-    CAN_RAW_ERR_FILTER,
-    CAN_RAW_FD_FRAMES,
-    SO_RCVBUFFORCE,
-    SO_RXQ_OVFL,
-    SO_TIMESTAMPNS,
-    SOL_CAN_RAW,
-    set_buffer,
-)
-from bridge.errors import ConfigError
+from hw import mmsg
+from hw.cansock import CAN_RAW_ERR_FILTER, SO_RCVBUFFORCE, SO_TIMESTAMPNS, SOL_CAN_RAW, open_can_raw, set_buffer
+from hw.errors import ConfigError
 
 CAN_ERR_MASK = 0x1FFFFFFF  # every error class: capture error frames too
 ETH_P_ALL = 0x0003
@@ -46,19 +37,20 @@ _SOCKADDR_LL = 20
 _STATS = struct.Struct("=II")  # struct tpacket_stats: tp_packets, tp_drops (reset by each read)
 
 
-# A captured frame/packet is a plain tuple (cheap: one per CAN frame): (link-layer bytes as written
-# to pcapng, kernel RX time in ns since the epoch, original length, pcapng direction: 1 in, 2 out).
-_IN, _OUT = pcapng.DIRECTION_INBOUND, pcapng.DIRECTION_OUTBOUND
+# A captured frame/packet is a plain tuple (cheap: one per CAN frame): (bytes as the kernel gave them:
+# struct can_frame/canfd_frame on CAN, the link-layer packet elsewhere; kernel RX time in ns since the
+# epoch; original length; outgoing: True for what this host sent).
+CAN, ETHERNET, RAW = "can", "ethernet", "raw"  # Source.kind: CAN frames, Ethernet/loopback, tun (no link header)
 
 
 @dataclass
 class Source:
     """A capture socket on one interface. `read()` -> list of record tuples (data, ts_ns, orig_len,
-    direction), empty when none is waiting;
+    outgoing), empty when none is waiting; kind: CAN, ETHERNET or RAW;
     `received`/`dropped`: packets seen / lost by the kernel since opening (for pcapng ISBs)."""
 
     name: str  # as given: IFACE or IFACE@NETNS
-    linktype: int
+    kind: str
     sock: socket.socket
     receiver: mmsg.Receiver
     bpf_filter: str = ""
@@ -71,17 +63,15 @@ class Source:
         return self.sock.fileno()
 
     def read(self) -> list[tuple]:
-        return self._read_can() if self.linktype == pcapng.LINKTYPE_CAN_SOCKETCAN else self._read_packets()
+        return self._read_can() if self.kind == CAN else self._read_packets()
 
     def _read_can(self) -> list[tuple]:
         batch = self.receiver.recv_detail(self.sock.fileno())
         for _, _, ovfl, _, _, _ in batch:
             if ovfl is not None:
                 self._ovfl = ovfl  # cumulative count, delivered with the next frame
-        record = pcapng.can_record
         # frames written by a program on this host carry MSG_DONTROUTE (outbound on the bus)
-        out = [(record(data), ts, 8 + data[4], _OUT if flags & MSG_DONTROUTE else _IN)
-               for data, ts, _, flags, _, _ in batch]
+        out = [(data, ts, 8 + data[4], bool(flags & MSG_DONTROUTE)) for data, ts, _, flags, _, _ in batch]
         self.received += len(out)
         self.dropped = self._ovfl
         return out
@@ -92,13 +82,13 @@ class Source:
             outgoing = name[10] == PACKET_OUTGOING
             if outgoing and self.loopback:
                 continue
-            out.append((data, ts, orig, _OUT if outgoing else _IN))
+            out.append((data, ts, orig, outgoing))
         self.received += len(out)
         return out
 
     def update_stats(self) -> None:
         """Fold the kernel's PACKET_STATISTICS (reset on each read) into received/dropped."""
-        if self.linktype != pcapng.LINKTYPE_CAN_SOCKETCAN:
+        if self.kind != CAN:
             _, drops = _STATS.unpack(self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size))
             self.dropped += drops
 
@@ -149,7 +139,7 @@ def _open(name: str, iface: str, bpf_filter: str, buffer: int) -> Source:
     hw_type = _arphrd(iface)
     if hw_type == ARPHRD_CAN:
         return _open_can(name, iface, buffer)
-    linktype = pcapng.LINKTYPE_RAW if hw_type == ARPHRD_NONE else pcapng.LINKTYPE_ETHERNET
+    kind = RAW if hw_type == ARPHRD_NONE else ETHERNET
     if hw_type not in (ARPHRD_ETHER, ARPHRD_LOOPBACK, ARPHRD_NONE):
         raise ConfigError(f"-i {name}: unsupported link type (ARPHRD {hw_type}); Ethernet, loopback, tun and CAN are")
     # protocol 0: the socket receives nothing until bind() names the interface and ETH_P_ALL, so no
@@ -157,7 +147,7 @@ def _open(name: str, iface: str, bpf_filter: str, buffer: int) -> Source:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     try:
         if bpf_filter:
-            attach_filter(sock, bpf_filter, linktype)
+            attach_filter(sock, bpf_filter, kind)
         set_buffer(sock, SO_RCVBUF, SO_RCVBUFFORCE, buffer)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.bind((iface, ETH_P_ALL))
@@ -167,36 +157,26 @@ def _open(name: str, iface: str, bpf_filter: str, buffer: int) -> Source:
         sock.close()
         raise
     receiver = mmsg.Receiver(PACKET_SLOTS, SNAPLEN, name_size=_SOCKADDR_LL)
-    return Source(name, linktype, sock, receiver, bpf_filter, loopback=hw_type == ARPHRD_LOOPBACK)
+    return Source(name, kind, sock, receiver, bpf_filter, loopback=hw_type == ARPHRD_LOOPBACK)
 
 
 def _open_can(name: str, iface: str, buffer: int) -> Source:
-    sock = socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW)
-    try:
-        sock.setsockopt(SOL_CAN_RAW, CAN_RAW_FD_FRAMES, 1)
-        sock.setsockopt(SOL_CAN_RAW, CAN_RAW_ERR_FILTER, CAN_ERR_MASK)
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-        set_buffer(sock, SO_RCVBUF, SO_RCVBUFFORCE, buffer)
-        sock.bind((iface,))
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return Source(name, pcapng.LINKTYPE_CAN_SOCKETCAN, sock, mmsg.Receiver(CAN_SLOTS, 72))
+    sock = open_can_raw(iface, rxq_ovfl=True, rcvbuf=buffer,
+                        setup=lambda s: s.setsockopt(SOL_CAN_RAW, CAN_RAW_ERR_FILTER, CAN_ERR_MASK))
+    return Source(name, CAN, sock, mmsg.Receiver(CAN_SLOTS, 72))
 
 
-def attach_filter(sock: socket.socket, expression: str, linktype: int) -> None:
-    """Compile `expression` (tcpdump/libpcap syntax) with libpcap for `linktype` and attach it to
+def attach_filter(sock: socket.socket, expression: str, kind: str) -> None:
+    """Compile `expression` (tcpdump/libpcap syntax) with libpcap for links of `kind` and attach it to
     `sock` (SO_ATTACH_FILTER), so unwanted packets never reach user space. Raises ConfigError when
     libpcap rejects the expression or is missing."""
     from scapy.arch.common import compile_filter, free_filter
-    from scapy.data import SO_ATTACH_FILTER
+    from scapy.data import DLT_EN10MB, DLT_RAW, SO_ATTACH_FILTER
     from scapy.error import Scapy_Exception
     from scapy.libs.structures import sock_fprog
 
     try:
-        prog = compile_filter(expression, linktype=linktype)
+        prog = compile_filter(expression, linktype=DLT_RAW if kind == RAW else DLT_EN10MB)
     except (Scapy_Exception, ImportError, OSError) as exc:
         raise ConfigError(f"capture filter {expression!r}: {exc}") from exc
     try:

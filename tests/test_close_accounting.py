@@ -20,15 +20,15 @@ import termios
 import time
 from types import SimpleNamespace
 
-from bridge import transport as tr
+from bridge.core import transport as tr
 from bridge.codec import native
 from bridge.codec import socketcan as sc
 from bridge.endpoints import ledger, socketcand_server
-from bridge.endpoints.socketcan import SO_SNDBUFFORCE, set_buffer
+from hw.cansock import SO_SNDBUFFORCE, set_buffer
 from bridge.endpoints.socketcand_server import SocketcandPeer
 from bridge.endpoints.liveness import PeerPolicy
-from bridge.reactor import Reactor
-from bridge.router import Router
+from bridge.core.reactor import Reactor
+from bridge.core.router import Router
 from tests import test_deadpeer
 from tests.test_deadpeer import RawClient, _server, counter_of, fd_batch, run_until
 from tests.test_transport import Proto

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bridge import config as cfg
+from bridge.daemon import config as cfg
 from bridge.errors import ConfigError
 
 

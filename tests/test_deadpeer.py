@@ -7,13 +7,14 @@ import time
 
 from bridge.codec import native
 from bridge.codec import socketcan as sc
-from bridge.endpoints import pending, wire
+from bridge.endpoints import pending
+from bridge.protocols import wire
 from bridge.endpoints.liveness import PeerPolicy
 from bridge.endpoints.tcp import TcpClient, TcpServer, stream_peers
 from bridge.endpoints.udp import UdpPeer
-from bridge.reactor import Reactor
-from bridge.router import Router
-from bridge.transport import WRITE_BUFFER_MAX
+from bridge.core.reactor import Reactor
+from bridge.core.router import Router
+from bridge.core.transport import WRITE_BUFFER_MAX
 
 HELLO = native.Hello(version=native.VERSION, capabilities=native.CAP_FD, heartbeat_ms=1000, channels=("vcan0",))
 

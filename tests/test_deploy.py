@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from bridge import config as cfg
-from bridge import sdnotify
+from bridge.daemon import config as cfg
+from bridge.daemon import sdnotify
 from bridge.errors import ConfigError
 from hw import links
+from bridge.cli import link as link_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 UDEV = ROOT / "udev"
@@ -142,7 +143,7 @@ def test_example_config_parses():
     assert hat.link == {"bitrate": 250000, "sample_point": 0.875, "restart_ms": 100}
     assert hat.filter.matches(0x123) and not hat.filter.matches(0x223)
     assert [p.scheme for p in c.peers] == ["tcp-listen", "socketcand"]
-    settings = links.settings_from_config(str(UDEV / "bridge.toml"))
+    settings = link_cli.settings_from_config(str(UDEV / "bridge.toml"))
     assert settings["can-engine"].dbitrate == 2000000 and settings["can0"].fd is None
 
 
@@ -162,11 +163,11 @@ def test_bad_link_keys_name_the_key(tmp_path, line, words):
 
 def test_link_cli_usage_errors(capsys):
     with pytest.raises(SystemExit) as e:
-        links.main(["setup", "can0", "--bitrate", "2000000"])
+        link_cli.main(["setup", "can0", "--bitrate", "2000000"])
     assert e.value.code == 2 and "--bitrate" in capsys.readouterr().err
-    assert links.main(["setup", "lo", "--bitrate", "500000"]) == 1  # refused before lo is touched
+    assert link_cli.main(["setup", "lo", "--bitrate", "500000"]) == 1  # refused before lo is touched
     assert "lo: not a CAN interface" in capsys.readouterr().err
-    assert links.main(["down", "lo"]) == 1
+    assert link_cli.main(["down", "lo"]) == 1
 
 
 # --- hw.links decoding ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""bridge.dissect (extraction API + scapy layers) and bridge/wireshark/canbridge.lua (with tshark).
+"""bridge.tools.dissect (extraction API + scapy layers) and bridge/tools/wireshark/canbridge.lua (with tshark).
 
 The captures are real pcapng files: Ethernet/IP/TCP/UDP packets whose payloads come from our own
 encoders, LINKTYPE_CAN_SOCKETCAN (227) records written the way libpcap does, and one capture of
@@ -25,14 +25,14 @@ from scapy.packet import Raw
 from scapy.utils import PcapNgWriter, PcapWriter
 
 import bridge
-from bridge import dissect
+from bridge.tools import dissect
 from bridge.codec import cannelloni, native
 from bridge.codec import socketcand as scd
 from bridge.codec.base import events
 from bridge.codec.socketcan import CAN_EFF_FLAG, CAN_ERR_FLAG, CAN_RTR_FLAG, pack_can, pack_canfd, unpack
-from bridge.endpoints.wire import NativeDatagram
+from bridge.protocols.wire import NativeDatagram
 
-LUA = Path(bridge.__file__).parent / "wireshark" / "canbridge.lua"
+LUA = Path(bridge.__file__).parent / "tools" / "wireshark" / "canbridge.lua"
 T0 = 1_742_339_088_146_472_000  # ns; multiples of 1 us survive pcapng's default microsecond resolution
 CLIENT, SERVER = "10.0.0.1", "10.0.0.2"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge import inspect
+from bridge.tools import inspect
 from bridge.codec import pcapng
 from bridge.codec import socketcan as sc
 

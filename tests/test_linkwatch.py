@@ -5,7 +5,7 @@ import subprocess
 import time
 
 from bridge.endpoints.linkwatch import ABSENT, DOWN, UP, LinkWatch, current
-from bridge.reactor import Reactor
+from bridge.core.reactor import Reactor
 from hw import netns as hwnetns
 
 

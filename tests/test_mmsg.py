@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from bridge.endpoints import mmsg
+from hw import mmsg
 
 pytestmark = pytest.mark.skipif(not mmsg.available, reason="libc without recvmmsg/sendmmsg")
 

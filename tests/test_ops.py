@@ -11,15 +11,16 @@ import threading
 
 import pytest
 
-from bridge import config as cfg
-from bridge import control, reload
+from bridge.daemon import config as cfg
+from bridge.daemon import control
+from bridge.daemon import reload
 from bridge.errors import ConfigError
-from bridge.logfmt import JsonFormatter, setup_logging
-from bridge.metrics import snapshot_metrics
-from bridge.reactor import Reactor
-from bridge.stats import HISTOGRAM_BUCKETS, Counters, Log2Histogram, quantile_us
-from bridge.stats_cli import main as stats_main
-from bridge.stats_cli import render
+from bridge.daemon.logfmt import JsonFormatter, setup_logging
+from bridge.daemon.metrics import snapshot_metrics
+from bridge.core.reactor import Reactor
+from bridge.core.stats import HISTOGRAM_BUCKETS, Counters, Log2Histogram, quantile_us
+from bridge.tools.stats_client import main as stats_main
+from bridge.tools.stats_client import render
 
 
 # --- histogram ---------------------------------------------------------------------------------------

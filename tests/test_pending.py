@@ -9,7 +9,7 @@ from bridge.codec import socketcan as sc
 from bridge.endpoints import liveness
 from bridge.endpoints.pending import AgeStamps, PendingFrames
 from bridge.errors import ConfigError
-from bridge.stats import Counters
+from bridge.core.stats import Counters
 
 
 def classic(*ids):
@@ -168,7 +168,7 @@ def test_peer_state_transitions_are_counted_and_published():
 
 
 def test_options_parse_and_errors_name_the_key():
-    from bridge.config import parse_peer_url
+    from bridge.daemon.config import parse_peer_url
 
     p = parse_peer_url("tcp://h:1?timeout=3&overflow=disconnect&max_age=0.5&sndbuf=65536").limits
     assert (p.timeout, p.overflow, p.max_age, p.sndbuf) == (3.0, "disconnect", 0.5, 65536)
@@ -183,7 +183,7 @@ def test_options_parse_and_errors_name_the_key():
 
 
 def test_toml_keys(tmp_path):
-    from bridge.config import load_toml
+    from bridge.daemon.config import load_toml
 
     path = tmp_path / "b.toml"
     path.write_text('[[interface]]\nname = "vcan0"\nmax_age = 0\n'

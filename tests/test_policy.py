@@ -1,4 +1,4 @@
-"""Access control (bridge/policy.py): token bucket, write gate, router hook, config options, max_clients,
+"""Access control (bridge/security/access.py): token bucket, write gate, router hook, config options, max_clients,
 privilege-drop argument checks. The kernel side (vcan, a flood, --user nobody) is tests/vcan/test_security_access.py."""
 
 import os
@@ -12,15 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import config as cfg
-from bridge import policy
+from bridge.daemon import config as cfg
+from bridge.security import access as policy
 from bridge.codec import socketcan as sc
 from bridge.endpoints.tcp import TcpServer
 from bridge.errors import ConfigError
-from bridge.privileges import capabilities, drop_privileges
-from bridge.reactor import Reactor
-from bridge.router import Router
-from bridge.stats import Counters
+from bridge.daemon.privileges import capabilities, drop_privileges
+from bridge.core.reactor import Reactor
+from bridge.core.router import Router
+from bridge.core.stats import Counters
 
 
 def batch(*ids):
@@ -258,7 +258,7 @@ def test_unknown_user_is_a_config_error():
 DROP_THEN = """
 import os, sys
 from bridge.errors import ConfigError
-from bridge.privileges import capabilities, drop_privileges
+from bridge.daemon.privileges import capabilities, drop_privileges
 print(drop_privileges("nobody"))
 print(os.getresuid(), os.getresgid(), os.getgroups(), capabilities()["CapEff"], capabilities()["CapPrm"])
 try:

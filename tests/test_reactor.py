@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from bridge.reactor import EVENT_READ, Reactor
+from bridge.core.reactor import EVENT_READ, Reactor
 
 
 @pytest.fixture

@@ -2,9 +2,9 @@
 
 from bridge.codec import socketcan as sc
 from bridge.codec.filters import parse_filters
-from bridge.reactor import Reactor
-from bridge.router import Router
-from bridge.stats import Counters
+from bridge.core.reactor import Reactor
+from bridge.core.router import Router
+from bridge.core.stats import Counters
 
 
 class Sink:

@@ -9,16 +9,16 @@ import time
 
 import pytest
 
-from bridge import tls
+from bridge.security import tls
 from bridge.codec import native
 from bridge.codec import socketcan as sc
-from bridge.config import parse_peer_url
-from bridge.endpoints import wire
+from bridge.daemon.config import parse_peer_url
+from bridge.protocols import wire
 from bridge.endpoints.tcp import TcpClient, TcpServer, stream_peers
 from bridge.errors import ConfigError
-from bridge.reactor import Reactor
-from bridge.router import Router
-from bridge.security import Security
+from bridge.core.reactor import Reactor
+from bridge.core.router import Router
+from bridge.security.options import Security
 from tests.pki import make_pki
 from tests.test_transport import Proto  # the recording protocol object
 
@@ -274,7 +274,7 @@ def test_unusable_files_are_config_errors_naming_the_option(pki, tmp_path):
 
 
 def test_toml_tls_keys(pki, tmp_path):
-    from bridge.config import load_toml
+    from bridge.daemon.config import load_toml
 
     path = tmp_path / "bridge.toml"
     path.write_text(f'[[interface]]\nname = "vcan0"\n[[peer]]\nurl = "tcp-listen://0.0.0.0:29600"\n'
@@ -293,8 +293,8 @@ def test_transport_over_tls_with_tiny_socket_buffers(pki, monkeypatch, read_chun
     records. 3 MB must arrive complete and in order both ways, without the transport closing. With
     recv() smaller than a TLS record (16 KiB), the rest waits decrypted inside OpenSSL (pending()), where
     epoll cannot see it: the transport must read it anyway."""
-    from bridge import transport
-    from bridge.transport import StreamTransport
+    from bridge.core import transport
+    from bridge.core.transport import StreamTransport
 
     if read_chunk:
         monkeypatch.setattr(transport, "READ_CHUNK", read_chunk)

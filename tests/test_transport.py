@@ -2,8 +2,8 @@
 
 import socket
 
-from bridge import transport as tr
-from bridge.reactor import EVENT_READ, Reactor
+from bridge.core import transport as tr
+from bridge.core.reactor import EVENT_READ, Reactor
 
 
 class Proto:

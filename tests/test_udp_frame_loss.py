@@ -12,12 +12,12 @@ import pytest
 
 from bridge.codec import native, sealed
 from bridge.codec import socketcan as sc
-from bridge.endpoints import wire
+from bridge.protocols import wire
 from bridge.endpoints.liveness import PeerPolicy
 from bridge.endpoints.udp import UdpPeer
 from bridge.errors import ConfigError
-from bridge.reactor import Reactor
-from bridge.router import Router
+from bridge.core.reactor import Reactor
+from bridge.core.router import Router
 
 HELLO = native.Hello(version=native.VERSION, capabilities=native.CAP_FD, heartbeat_ms=100, channels=("vcan0",))
 POLICY = PeerPolicy(timeout=0.4)  # ticks (heartbeats, counter updates) every 0.1 s

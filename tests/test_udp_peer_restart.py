@@ -12,10 +12,10 @@ import socket
 import pytest
 
 from bridge.codec import native, sealed
-from bridge.endpoints import wire
+from bridge.protocols import wire
 from bridge.endpoints.udp import PEER_RESTART, UdpPeer
-from bridge.reactor import Reactor
-from bridge.router import Router
+from bridge.core.reactor import Reactor
+from bridge.core.router import Router
 from bridge.endpoints.liveness import PeerPolicy
 from tests.test_udp_frame_loss import HELLO, KEY, batch, free_port, run_until
 

@@ -25,7 +25,7 @@ examples:
   canbridge run -c /etc/canbridge/bridge.toml         several interfaces, peers and filters
   canbridge demo                                      Durango trace through two bridges (test VM)
   canbridge testvm --vcan 2 -- pytest -m vcan         run a command in a kernel with vcan0, vcan1
-  canbridge replay tests/data/durango_mapswitch.log vcan0 --speed 4
+  canbridge replay bridge/tools/data/durango_mapswitch.log vcan0 --speed 4
 
 subcommands: run, demo, replay, testvm, capture, inspect, dump, top, link, stats (each has --help)
 URLs: tcp://HOST:PORT, tcp-listen://[ADDR]:PORT (ADDR defaults to 127.0.0.1), udp://HOST:PORT[?bind=ADDR:PORT&mtu=N];
@@ -35,26 +35,26 @@ URLs: tcp://HOST:PORT, tcp-listen://[ADDR]:PORT (ADDR defaults to 127.0.0.1), ud
 # subcommand -> "module:function"; each function takes argv (after the subcommand) and returns the exit
 # status. Imported lazily so that `canbridge IFACE PEER` never pays for scapy, rich or matplotlib.
 SUBCOMMANDS = {
-    "demo": "bridge.demo:main",
-    "replay": "bridge.replay:main",
+    "demo": "bridge.tools.demo:main",
+    "replay": "bridge.tools.replay:main",
     "testvm": "hw.testvm.runner:main",
-    "capture": "bridge.capture:main",
-    "inspect": "bridge.inspect:main",
-    "dump": "bridge.dump:main",
-    "top": "bridge.top:main",
-    "link": "hw.links:main",
-    "stats": "bridge.stats_cli:main",
+    "capture": "bridge.tools.capture:main",
+    "inspect": "bridge.tools.inspect:main",
+    "dump": "bridge.tools.dump:main",
+    "top": "bridge.tools.top:main",
+    "link": "bridge.cli.link:main",
+    "stats": "bridge.tools.stats_client:main",
 }
 
 
 def _setup_logging(verbose: int, log_format: str = "text") -> None:
-    from bridge.logfmt import setup_logging
+    from bridge.daemon.logfmt import setup_logging
 
     setup_logging(verbose, log_format)
 
 
 def _add_ops_flags(p: argparse.ArgumentParser) -> None:
-    """Flags of bridge/ops.py (docs/cli.md "Operations"); they override the [bridge] table."""
+    """Flags of bridge/daemon/operations.py (docs/cli.md "Operations"); they override the [bridge] table."""
     p.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one object per line")
     p.add_argument("--control", metavar="PATH", help='control socket for `canbridge stats` ("none": off)')
     p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics (pip install canbridge[metrics])")
@@ -62,12 +62,12 @@ def _add_ops_flags(p: argparse.ArgumentParser) -> None:
 
 def _apply_user(config, args):
     if args.user is not None:
-        config.user = args.user  # bridge/privileges.py, after every socket is open
+        config.user = args.user  # bridge/daemon/privileges.py, after every socket is open
     return config
 
 
 def _apply_ops_flags(config, args):
-    from bridge.ops_config import parse_control, parse_metrics
+    from bridge.daemon.ops_config import parse_control, parse_metrics
 
     if args.control is not None:
         config.ops.control = parse_control(args.control, "--control")
@@ -101,7 +101,7 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def _serve(config) -> int:
-    from bridge.app import Bridge
+    from bridge.daemon.app import Bridge
 
     try:
         bridge = Bridge(config)
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         if command in SUBCOMMANDS:
             module, _, func = SUBCOMMANDS[command].partition(":")
             return getattr(importlib.import_module(module), func)(argv[1:])
-        from bridge import config as cfg
+        from bridge.daemon import config as cfg
 
         if command == "run":
             args = _run_parser().parse_args(argv[1:])

@@ -1,1 +1,5 @@
-"""Sans-IO codecs: bytes in, events out. No sockets, clocks or logging in this package."""
+"""Layer 1, codecs (sans-IO): bytes in, events out. socketcan.py is the one home of the kernel frame
+layouts (can_frame, canfd_frame) and their flag constants.
+
+May import: bridge.errors only. Must not import sockets, select, time, logging or any other bridge
+layer: time comes in as an argument."""

@@ -1,6 +1,6 @@
-"""Endpoints adapt a socket plus a codec to the router.
+"""Layer 4, endpoints: one socket plus its I/O policy each: the SocketCAN bus (bus faults, link watch),
+TCP client/server, UDP peer, multicast group, socketcand server, pending queues, liveness, write ledger.
 
-Every endpoint has: `name` (str), `counters` (bridge.stats.Counters),
-`send_frames(channel, frames) -> int` (frames accepted; the rest counted as dropped),
-`flush()` (called by the router once per loop pass when frames were queued), `close()`.
-"""
+May import: bridge.codec, bridge.core, bridge.security, bridge.errors, hw. Must not import protocols,
+daemon, tools or cli: a protocol reaches an endpoint as a wire object (bridge.protocols.base.StreamWire,
+DatagramWire), never by name."""

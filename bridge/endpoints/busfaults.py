@@ -22,8 +22,9 @@ import socket
 from bridge.codec import canerr
 from bridge.codec import socketcan as sc
 from bridge.endpoints.linkwatch import ABSENT, UP, LinkEvent, LinkWatch
-from bridge.endpoints.socketcan import CAN_RAW_ERR_FILTER, CAN_RAW_FILTER, SOL_CAN_RAW, SocketCanEndpoint
-from bridge.reactor import Reactor
+from bridge.endpoints.socketcan import SocketCanEndpoint
+from hw.cansock import CAN_RAW_ERR_FILTER, CAN_RAW_FILTER, SOL_CAN_RAW, open_can_raw
+from bridge.core.reactor import Reactor
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,11 @@ class BusWatch:
         self._gate()
 
     def _open_monitor(self) -> socket.socket:
-        sock = socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW)
-        try:
+        def only_state_errors(sock: socket.socket) -> None:
             sock.setsockopt(SOL_CAN_RAW, CAN_RAW_FILTER, b"")  # no data frames
             sock.setsockopt(SOL_CAN_RAW, CAN_RAW_ERR_FILTER, canerr.STATE_CLASSES)
-            sock.bind((self.bus.name,))
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+
+        return open_can_raw(self.bus.name, fd=False, timestamps=False, setup=only_state_errors)
 
     # --- link events -------------------------------------------------------------------------
     def _on_link(self, ev: LinkEvent) -> None:

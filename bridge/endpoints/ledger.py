@@ -14,7 +14,7 @@ import logging
 import socket
 from collections import deque
 
-from bridge.transport import WRITE_BUFFER_MAX
+from bridge.core.transport import WRITE_BUFFER_MAX
 
 log = logging.getLogger(__name__)
 

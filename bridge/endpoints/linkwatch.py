@@ -20,7 +20,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
-from bridge.reactor import Reactor
+from bridge.core.reactor import Reactor
 from hw.links import link_info
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,11 @@ import socket
 import struct
 
 from bridge.codec import pycan_multicast
-from bridge.endpoints.socketcan import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
+from hw.cansock import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
 from bridge.endpoints.udp import RX_BATCH_MAX, SOCKET_BUFFER
 from bridge.errors import ProtocolError
-from bridge.reactor import Reactor
-from bridge.stats import Counters
+from bridge.core.reactor import Reactor
+from bridge.core.stats import Counters
 
 log = logging.getLogger(__name__)
 

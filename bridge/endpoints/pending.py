@@ -18,7 +18,7 @@ import time
 from collections import deque
 from operator import itemgetter
 
-from bridge.stats import Counters
+from bridge.core.stats import Counters
 
 PENDING_MAX_FRAMES = 16384  # frames waiting for a slow consumer (~6 s of a bus at 2.5k frames/s)
 PENDING_MAX_BYTES = 1 << 20  # raw struct bytes: ~14.5k FD frames; bounds memory when frames are big

@@ -20,23 +20,22 @@ from collections import deque
 from pathlib import Path
 
 from bridge.codec import socketcan as sc
-from bridge.endpoints import mmsg
+from hw import mmsg
+from hw.cansock import (
+    CAN_RAW_ERR_FILTER,
+    CAN_RAW_FILTER,
+    CAN_RAW_JOIN_FILTERS,
+    SO_RXQ_OVFL,
+    SO_TIMESTAMPNS,
+    SOL_CAN_RAW,
+    open_can_raw,
+)
 from bridge.endpoints.pending import DEFAULT_MAX_AGE_S, AgeStamps
-from bridge.reactor import Reactor, TimerHandle
-from bridge.stats import Counters
+from bridge.core.reactor import Reactor, TimerHandle
+from bridge.core.stats import Counters
 
 log = logging.getLogger(__name__)
 
-# linux/can/raw.h, asm-generic/socket.h
-SOL_CAN_RAW = 101
-CAN_RAW_FILTER = 1
-CAN_RAW_ERR_FILTER = 2
-CAN_RAW_FD_FRAMES = 5
-CAN_RAW_JOIN_FILTERS = 6
-SO_TIMESTAMPNS = 35
-SO_RXQ_OVFL = 40
-SO_RCVBUFFORCE = 33
-SO_SNDBUFFORCE = 32
 
 RX_BATCH_MAX = 512  # frames per readable event: bounds the time other fds wait for the loop
 RX_SLOTS = 64  # frames per recvmmsg call
@@ -116,20 +115,8 @@ class SocketCanEndpoint:
         reactor.add_reader(self.sock.fileno(), self._on_readable)
 
     def _open(self, ifname, rx_filter, error_frames, rcvbuf) -> socket.socket:
-        sock = socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW)
-        try:
-            if self.fd_enabled:
-                sock.setsockopt(SOL_CAN_RAW, CAN_RAW_FD_FRAMES, 1)
-            set_rx_filter(sock, rx_filter, error_frames)
-            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-            set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, rcvbuf)
-            sock.bind((ifname,))
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return open_can_raw(ifname, fd=self.fd_enabled, rxq_ovfl=True, rcvbuf=rcvbuf,
+                            setup=lambda sock: set_rx_filter(sock, rx_filter, error_frames))
 
     # --- RX --------------------------------------------------------------------------------
     def _on_readable(self) -> None:
@@ -343,12 +330,3 @@ def set_rx_filter(sock: socket.socket, rx_filter=None, error_frames: bool = Fals
     err_mask &= sc.CAN_ERR_MASK  # what the kernel keeps anyway; #FFFFFFFF would overflow setsockopt's C int
     if err_mask:
         sock.setsockopt(SOL_CAN_RAW, CAN_RAW_ERR_FILTER, err_mask)
-
-
-def set_buffer(sock: socket.socket, opt: int, force_opt: int, size: int) -> None:
-    """Set SO_RCVBUF/SO_SNDBUF; as root (CAP_NET_ADMIN) the FORCE variant passes net.core.*mem_max,
-    which would otherwise cap the buffer at ~208 KB (a few thousand frames)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, force_opt, size)
-    except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, opt, size)

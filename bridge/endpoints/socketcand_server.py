@@ -18,9 +18,9 @@ from pathlib import Path
 from bridge.codec import socketcand
 from bridge.endpoints.ledger import WriteLedger, ledger_horizon
 from bridge.endpoints.pending import PendingFrames
-from bridge.reactor import Reactor
-from bridge.stats import Counters
-from bridge.transport import StreamTransport
+from bridge.core.reactor import Reactor
+from bridge.core.stats import Counters
+from bridge.core.transport import StreamTransport
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ HOLD_AFTER_OK_S = 0.2
 
 class SocketcandPeer:
     """One socketcand client connection. buses: {name: (channel, fd_capable)}. gate: the server's
-    bridge.policy.WriteGate; a read-only client's `< send >` and BCM frames are dropped silently (counted
+    bridge.security.access.WriteGate; a read-only client's `< send >` and BCM frames are dropped silently (counted
     `read_only`): socketcand clients such as python-can treat an unexpected `< error >` as a bus error."""
 
     def __init__(self, reactor: Reactor, sock, router, name: str, buses: dict, on_closed=None, gate=None):

@@ -1,6 +1,6 @@
 """Frames over TCP: one connection endpoint per socket, a listening server, and a client that
 reconnects with jittered exponential backoff. The protocol (native, cannelloni) is a stream wire
-from bridge.endpoints.wire.
+from bridge.protocols.wire.
 
 Frames queued for a connection wait un-encoded in `pending` until the end of the loop pass, then
 leave in one write. While the socket's userspace write buffer is above its high watermark
@@ -26,10 +26,10 @@ from bridge.endpoints.ledger import WriteLedger, ledger_horizon
 from bridge.endpoints.liveness import DEFAULT_POLICY, PeerPolicy
 from bridge.endpoints.pending import PendingFrames
 from bridge.errors import ProtocolError
-from bridge.endpoints.socketcan import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
-from bridge.reactor import Reactor
-from bridge.stats import Counters
-from bridge.transport import StreamTransport
+from hw.cansock import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
+from bridge.core.reactor import Reactor
+from bridge.core.stats import Counters
+from bridge.core.transport import StreamTransport
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class TcpServer:
         self.reactor = reactor
         self.router = router
         self.make_peer = make_peer
-        self.tls = tls  # bridge.tls.Tls: each connection is a TLS server side; make_peer gets the TLS socket
+        self.tls = tls  # bridge.security.tls.Tls: each connection is a TLS server side; make_peer gets the TLS socket
         self.handshakes: list = []  # TLS handshakes in progress; they count against max_clients
         self.max_clients = max_clients
         self.name = f"{scheme}://{_fmt_addr(addr)}"
@@ -279,7 +279,7 @@ class TcpServer:
             self.handshakes.remove(handshake)
             self.clients.append(self.make_peer(tls_sock, name, self._on_client_closed))
 
-        def failed(reason):  # logged by bridge.tls with the address and reason
+        def failed(reason):  # logged by bridge.security.tls with the address and reason
             self.handshakes.remove(handshake)
             self.counters.errors["tls_handshake_failed"] += 1
 
@@ -316,7 +316,7 @@ class TcpClient:
     def __init__(self, reactor: Reactor, router, addr: tuple[str, int], new_wire, filters=(None, None), scheme="tcp",
                  policy: PeerPolicy = DEFAULT_POLICY, tls=None):
         self.reactor = reactor
-        self.tls = tls  # bridge.tls.Tls: each connection is a TLS client side
+        self.tls = tls  # bridge.security.tls.Tls: each connection is a TLS client side
         self._handshake = None
         self.policy = policy
         self.router = router
@@ -389,7 +389,7 @@ class TcpClient:
             return
         self._on_secured(sock)
 
-    def _on_tls_failed(self, reason: str) -> None:  # logged by bridge.tls
+    def _on_tls_failed(self, reason: str) -> None:  # logged by bridge.security.tls
         self._handshake = None
         self.counters.errors["tls_handshake_failed"] += 1
         self._retry(None)

@@ -1,5 +1,5 @@
 """Frames over UDP to one unicast peer (`udp://host:port?bind=addr:port`); the protocol (native,
-cannelloni) is a datagram wire from bridge.endpoints.wire.
+cannelloni) is a datagram wire from bridge.protocols.wire.
 
 Frames queued in a loop pass leave packed into as few datagrams as fit the MTU (1472 bytes
 default: an Ethernet frame without fragmentation). Each datagram has a sequence number; the
@@ -26,9 +26,9 @@ import time
 
 from bridge.endpoints.liveness import DEFAULT_POLICY, PeerPolicy, PeerState, check_interval
 from bridge.errors import ProtocolError
-from bridge.endpoints.socketcan import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
-from bridge.reactor import Reactor
-from bridge.stats import Counters
+from hw.cansock import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
+from bridge.core.reactor import Reactor
+from bridge.core.stats import Counters
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ PEER_RESTART = "unconfirmed_peer_restart"  # dropped reason: frames that died wi
 
 class UdpPeer:
     """remote: (host, port) of the peer; bind: local (addr, port), default (wildcard, remote port);
-    wire: a datagram wire (bridge.endpoints.wire), which owns the MTU. Raises OSError when the
+    wire: a datagram wire (bridge.protocols.wire), which owns the MTU. Raises OSError when the
     bind fails (port in use, bad address)."""
 
     def __init__(self, reactor: Reactor, router, remote, bind, wire, filters=(None, None), scheme="udp",

@@ -235,7 +235,7 @@ def test_fuzz_mutated_datagrams_raise_only_the_codec_error(raw, pos, byte, cut):
 # ------------------------------------------------------- the udp-multicast:// peer URL and TOML keys
 
 def test_url_defaults_are_python_cans():
-    from bridge.config import parse_peer_url
+    from bridge.daemon.config import parse_peer_url
 
     p = parse_peer_url("udp-multicast://")
     assert (p.scheme, p.host, p.port, p.iface, p.hop_limit) == (
@@ -255,7 +255,7 @@ def test_url_defaults_are_python_cans():
     ("udp://127.0.0.1:5?iface=eth0", "iface is a udp-multicast:// option"),
 ])
 def test_url_errors_name_the_argument(url, words):
-    from bridge.config import parse_peer_url
+    from bridge.daemon.config import parse_peer_url
     from bridge.errors import ConfigError
 
     with pytest.raises(ConfigError, match="argument") as info:
@@ -264,7 +264,7 @@ def test_url_errors_name_the_argument(url, words):
 
 
 def test_toml_peer_keys(tmp_path):
-    from bridge.config import load_toml
+    from bridge.daemon.config import load_toml
     from bridge.errors import ConfigError
 
     conf = tmp_path / "b.toml"

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from bridge.codec import native, sealed
 from bridge.codec import socketcan as sc
-from bridge.endpoints.wire import NativeDatagram
+from bridge.protocols.wire import NativeDatagram
 from bridge.errors import ConfigError, ProtocolError
 
 KEY = bytes(range(32))
@@ -141,7 +141,7 @@ def test_wire_with_psk_round_trip_and_rejections():
 
 
 def test_psk_options(tmp_path):
-    from bridge.config import parse_peer_url
+    from bridge.daemon.config import parse_peer_url
 
     hexkey = KEY.hex()
     assert parse_peer_url(f"udp://10.0.0.2:29601?psk={hexkey}").security.psk == KEY

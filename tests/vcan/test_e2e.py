@@ -1,5 +1,5 @@
 """End to end: two canbridge processes in two network namespaces joined by veth, a vcan in each.
-Frames go into the gateway's vcan0 and are recorded on the remote's vcan0 (see hw/rig.py)."""
+Frames go into the gateway's vcan0 and are recorded on the remote's vcan0 (see bridge/tools/rig.py)."""
 
 import json
 import re
@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from bridge import probe
+from bridge.tools import probe
 from bridge.codec import native
 from bridge.codec import socketcan as sc
 from bridge.codec.candump import read_log
 from hw import netns
-from hw.rig import GW_ADDR, REMOTE_ADDR, TCP_PORT, UDP_PORT, Rig
+from bridge.tools.rig import GW_ADDR, REMOTE_ADDR, TCP_PORT, UDP_PORT, Rig
+from bridge.tools.demo import DEFAULT_TRACE
 
 pytestmark = pytest.mark.vcan
 
-TRACE = Path(__file__).resolve().parent.parent / "data" / "durango_mapswitch.log"
+TRACE = DEFAULT_TRACE
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Peer faults end to end (issue 5 points 1 and 2), two bridges in two namespaces joined by veth
-(hw/rig.py): a pulled cable (netem 100 % loss, or the veth link set down) is detected on both sides
+(bridge/tools/rig.py): a pulled cable (netem 100 % loss, or the veth link set down) is detected on both sides
 within the configured `timeout` and the bridges recover without a restart; a UDP peer is marked down
 and up; a stalled TCP client neither delays a healthy one nor grows the queues; frames queued
 during an outage longer than `max_age` are not replayed onto the bus."""
@@ -11,12 +11,12 @@ import time
 
 import pytest
 
-from bridge import probe
+from bridge.tools import probe
 from bridge.codec import socketcan as sc
 from bridge.codec import native
 from bridge.endpoints.pending import PENDING_MAX_BYTES, PENDING_MAX_FRAMES
 from hw import netns
-from hw.rig import GW_ADDR, REMOTE_ADDR, TCP_PORT, UDP_PORT, Rig
+from bridge.tools.rig import GW_ADDR, REMOTE_ADDR, TCP_PORT, UDP_PORT, Rig
 from tests.vcan.test_e2e import counters_at_exit, steady
 
 pytestmark = pytest.mark.vcan

@@ -9,16 +9,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from bridge import probe
+from bridge.tools import probe
 from bridge.codec import candump, socketcan as sc
-from hw.rig import Rig
+from bridge.tools.rig import Rig
+from bridge.tools.demo import DEFAULT_TRACE
 
 pytestmark = pytest.mark.vcan
-DURANGO = Path(__file__).parent.parent / "data" / "durango_mapswitch.log"
+DURANGO = DEFAULT_TRACE
 
 
 def start_capture(*args: str) -> subprocess.Popen:
@@ -78,7 +78,7 @@ def test_capture_can_frames_read_by_tshark_and_scapy(vcan0, tmp_path):
             assert row[2] in ("1", "True"), row
         if length and not can_id & sc.CAN_RTR_FLAG:
             assert bytes.fromhex(row[7])[:length] == bytes(data[:length]), row
-    from bridge import dissect
+    from bridge.tools import dissect
 
     got = [f.raw for f in dissect.bus_frames(dissect.read_packets(out))]
     assert [candump.format_frame(r) for r in got] == [candump.format_frame(r) for r in FRAMES]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hw import links
+from bridge.cli import link as link_cli
 
 pytestmark = pytest.mark.vcan
 RULES = Path(__file__).resolve().parents[2] / "udev" / "80-canbridge.rules"
@@ -74,19 +75,19 @@ def test_create_twice_and_missing(vcan):
 
 def test_cli(vcan, tmp_path, capsys):
     name, _ = vcan
-    assert links.main(["show", name, "--json"]) == 0
+    assert link_cli.main(["show", name, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["name"] == name
-    assert links.main(["list"]) == 0
+    assert link_cli.main(["list"]) == 0
     assert name in capsys.readouterr().out
-    assert links.main(["setup", name, "--bitrate", "500000"]) == 1
+    assert link_cli.main(["setup", name, "--bitrate", "500000"]) == 1
     assert "bitrate=500000" in capsys.readouterr().err
     toml = tmp_path / "bridge.toml"
     toml.write_text(f'[[interface]]\nname = "{name}"\nfd = false\ntxqueuelen = 77\n'
                     '[[peer]]\nurl = "tcp-listen://127.0.0.1:29600"\n')
-    assert links.main(["setup", name, "--from-config", str(toml)]) == 0
+    assert link_cli.main(["setup", name, "--from-config", str(toml)]) == 0
     info = links.show(name)
     assert (info.mtu, info.txqueuelen) == (16, 77)
-    assert links.main(["setup", "vcan0", "--from-config", str(toml)]) == 0  # not listed: left alone
+    assert link_cli.main(["setup", "vcan0", "--from-config", str(toml)]) == 0  # not listed: left alone
     assert "not in" in capsys.readouterr().err
 
 

@@ -14,7 +14,8 @@ import urllib.request
 
 import pytest
 
-from bridge import control, probe
+from bridge.daemon import control
+from bridge.tools import probe
 from bridge.codec import socketcan as sc
 
 pytestmark = pytest.mark.vcan

@@ -1,17 +1,17 @@
 """Short soak (the suite's version of benchmarks/soak.py): the Durango trace looped through two
-bridges over TCP while every fault of hw/soak.py is injected once. Neither bridge may crash, traffic
+bridges over TCP while every fault of tests/rig/soak.py is injected once. Neither bridge may crash, traffic
 must recover after each fault without a restart (the remote is restarted only by the `kill` fault),
 frames may be lost only inside fault windows, and the gateway's RSS must stay flat."""
 
-from pathlib import Path
 
 import pytest
 
 from bridge.codec.candump import read_log
-from hw.soak import FAULTS, Soak
+from tests.rig.soak import FAULTS, Soak
+from bridge.tools.demo import DEFAULT_TRACE
 
 pytestmark = pytest.mark.vcan
-TRACE = Path(__file__).resolve().parent.parent / "data" / "durango_mapswitch.log"
+TRACE = DEFAULT_TRACE
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])

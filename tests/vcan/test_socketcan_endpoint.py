@@ -9,9 +9,10 @@ import pytest
 
 from bridge.codec import socketcan as sc
 from bridge.codec.filters import parse_filters
-from bridge.endpoints.socketcan import SO_RCVBUFFORCE, SocketCanEndpoint
+from bridge.endpoints.socketcan import SocketCanEndpoint
+from hw.cansock import SO_RCVBUFFORCE
 from bridge.frame import CanFrame
-from bridge.reactor import Reactor
+from bridge.core.reactor import Reactor
 
 pytestmark = pytest.mark.vcan
 

@@ -4,19 +4,19 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import can
 import pytest
 
-from bridge import probe
+from bridge.tools import probe
 from bridge.codec.candump import read_log
 from bridge.frame import CanFrame
+from bridge.tools.demo import DEFAULT_TRACE
 
 pytestmark = pytest.mark.vcan
 
 PORT = 29536
-TRACE = Path(__file__).resolve().parent.parent / "data" / "durango_mapswitch.log"
+TRACE = DEFAULT_TRACE
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bridge import probe
+from bridge.tools import probe
 from hw import netns
 
 GW_ADDR = "10.200.0.1"

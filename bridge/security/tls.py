@@ -1,4 +1,4 @@
-"""TLS for TCP peers (stdlib ssl): contexts from the peer's options (bridge/security.py) and a
+"""TLS for TCP peers (stdlib ssl): contexts from the peer's options (bridge/security/options.py) and a
 non-blocking handshake driven by the reactor.
 
 TcpServer and TcpClient take a `Tls`; each connected socket is wrapped with
@@ -19,8 +19,8 @@ import socket
 import ssl
 
 from bridge.errors import ConfigError
-from bridge.reactor import Reactor
-from bridge.security import TLS_CLIENT_SCHEMES, Security
+from bridge.core.reactor import Reactor
+from bridge.security.options import TLS_CLIENT_SCHEMES, Security
 
 log = logging.getLogger(__name__)
 

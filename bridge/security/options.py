@@ -8,7 +8,7 @@
                                   32 raw bytes); datagrams are sealed with ChaCha20-Poly1305
 
 TLS options apply to tcp://, tcp-listen://, cannelloni+tcp(-listen):// and socketcand://. The files
-are loaded when the bridge starts (bridge.tls), where a file that cannot be used is a ConfigError
+are loaded when the bridge starts (bridge.security.tls), where a file that cannot be used is a ConfigError
 naming the option; the psk is read here, at configuration time.
 """
 

@@ -28,12 +28,12 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from bridge import probe
+from bridge.tools import probe
 from bridge.codec import candump, native
 from bridge.codec import socketcan as sc
 from bridge.codec.base import events
 from bridge.codec.filters import FilterSet, parse_filters
-from bridge.endpoints.socketcan import SO_RXQ_OVFL, SO_TIMESTAMPNS
+from hw.cansock import SO_RXQ_OVFL, SO_TIMESTAMPNS
 from bridge.errors import ConfigError
 
 READ_BATCH = 256  # frames read from one socket per poll round: other sources get their turn

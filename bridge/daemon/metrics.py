@@ -9,7 +9,7 @@ Metrics, each labelled endpoint="<endpoint name>" (as in `canbridge stats`):
     canbridge_dropped_frames_total{reason}, canbridge_errors_total{reason}
     canbridge_<gauge>  every numeric gauge (reconnects, tx_queued, peer_up, ...), booleans as 0/1
     canbridge_state_info{gauge, value} = 1   every text gauge (bus_state, peer_state, ...)
-    canbridge_bus_to_peer_latency_seconds    histogram (log2 buckets, bridge.stats.Log2Histogram)
+    canbridge_bus_to_peer_latency_seconds    histogram (log2 buckets, bridge.core.stats.Log2Histogram)
     canbridge_uptime_seconds, canbridge_build_info{version}
 """
 

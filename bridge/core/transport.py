@@ -18,11 +18,11 @@ import struct
 import termios
 from collections import deque
 
-from bridge.reactor import Reactor
+from bridge.core.reactor import Reactor
 
 log = logging.getLogger(__name__)
 
-# A TLS socket (bridge/tls.py) raises these where a plain one returns EAGAIN: a record is incomplete, or
+# A TLS socket (bridge/security/tls.py) raises these where a plain one returns EAGAIN: a record is incomplete, or
 # OpenSSL must read or write first. The caller retries on the next readiness, with the same data for send.
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 

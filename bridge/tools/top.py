@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from bridge.codec import socketcan as sc
-from bridge.dump import Rx, SourceClosed, open_sources
+from bridge.tools.dump import Rx, SourceClosed, open_sources
 
 REFRESH_HZ = 4
 PERIOD_SAMPLES = 64  # inter-arrival times kept per ID for mean and jitter: ~0.6 s of a 100 Hz ID

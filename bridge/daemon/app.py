@@ -8,19 +8,21 @@ import json
 import logging
 import signal
 
-from bridge import privileges, sdnotify, tls
+from bridge.daemon import privileges
+from bridge.daemon import sdnotify
+from bridge.security import tls
 from bridge.codec import native
-from bridge.config import Config, PeerConfig
-from bridge.ops import Operations
+from bridge.daemon.config import Config, PeerConfig
+from bridge.daemon.operations import Operations
 from bridge.endpoints.busfaults import BusFaults
 from bridge.endpoints.socketcan import SocketCanEndpoint
 from bridge.endpoints.socketcand_server import Beacon, SocketcandPeer
 from bridge.endpoints.tcp import HEARTBEAT_S, TcpClient, TcpServer, stream_peers
-from bridge.endpoints import wire
+from bridge.protocols import wire
 from bridge.endpoints.multicast import MulticastPeer
 from bridge.endpoints.udp import UdpPeer
-from bridge.reactor import Reactor
-from bridge.router import Router
+from bridge.core.reactor import Reactor
+from bridge.core.router import Router
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,7 @@ class Bridge:
         return self.peers[start:]
 
     def apply_reload(self, new: Config, todo) -> None:
-        """Apply a bridge.reload.Plan (SIGHUP): close what changed or went away first (frees ports), then
+        """Apply a bridge.daemon.reload.Plan (SIGHUP): close what changed or went away first (frees ports), then
         open; an endpoint that fails to open is logged and left out (retried on the next reload)."""
         for i in todo.close_peers:
             self._close_endpoints(self.peer_groups[i])
@@ -191,13 +193,13 @@ class Bridge:
 
     def run(self) -> int:
         """Run until SIGINT/SIGTERM; returns 0 after a requested stop. SIGUSR1 logs counters.
-        Under systemd (bridge/sdnotify.py): READY=1 from the loop's first pass, WATCHDOG=1 from a loop timer
+        Under systemd (bridge/daemon/sdnotify.py): READY=1 from the loop's first pass, WATCHDOG=1 from a loop timer
         (so a stuck loop misses it), STOPPING=1 when the loop ends."""
         self.reactor.stop_on_signals(signal.SIGINT, signal.SIGTERM)
         self.reactor.add_signal_handler(signal.SIGUSR1, self.log_stats)
         self.reactor.call_soon(self._notify_ready)
         try:
-            self.ops = Operations(self)  # control socket, Prometheus endpoint, SIGHUP reload (bridge/ops.py)
+            self.ops = Operations(self)  # control socket, Prometheus endpoint, SIGHUP reload (bridge/daemon/operations.py)
             if self.config.user:  # after every socket is open, before the first frame is handled
                 privileges.drop_privileges(self.config.user)
             self.reactor.run()

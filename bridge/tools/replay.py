@@ -15,7 +15,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--speed", type=float, default=1.0, help="speed factor; 0 = as fast as possible")
     p.add_argument("--loop", type=int, default=1, help="play the log this many times")
     args = p.parse_args(argv)
-    from bridge import probe
+    from bridge.tools import probe
     from bridge.codec.candump import CandumpError, read_log
 
     try:

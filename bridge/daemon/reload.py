@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from bridge.config import Config, load_toml
+from bridge.daemon.config import Config, load_toml
 from bridge.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 endpoint live (docs/cli.md, "Operations"). Flags given on the command line override the file.
 
     [bridge]
-    control = "/run/canbridge/gw.sock"   # or "none"; default: see bridge.control.default_path
+    control = "/run/canbridge/gw.sock"   # or "none"; default: see bridge.daemon.control.default_path
     metrics = "127.0.0.1:9700"           # Prometheus endpoint; default: off
 """
 
@@ -47,7 +47,7 @@ def ops_from_table(table, where: str) -> OpsConfig:
         raise ConfigError(f"{where}: must be a table ([bridge])")
     unknown = set(table) - OPS_KEYS
     if unknown:
-        # "user" is read by bridge/config.py before this table reaches us (privilege drop)
+        # "user" is read by bridge/daemon/config.py before this table reaches us (privilege drop)
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; expected {sorted(OPS_KEYS | {'user'})}")
     ops = OpsConfig()
     if "control" in table:

@@ -12,8 +12,8 @@ URLs (docs/cli.md):
                                           udp-multicast:// = python-can's defaults ([ff15:7079:7468:6f6e:
                                           6465:6d6f:6d63:6173]:43113, hop limit 1)
 Query options on peer URLs: mtu=BYTES (udp), filter=SPEC (bus -> peer), inbound_filter=SPEC;
-access control (bridge/policy.py): read_only=1, write_allow=SPEC, rate=FRAMES_PER_S, burst=N, and on
-servers max_clients=N; TLS and encrypted UDP (bridge/security.py): tls_cert, tls_key, tls_ca,
+access control (bridge/security/access.py): read_only=1, write_allow=SPEC, rate=FRAMES_PER_S, burst=N, and on
+servers max_clients=N; TLS and encrypted UDP (bridge/security/options.py): tls_cert, tls_key, tls_ca,
 tls_server_name=PATH/NAME, psk=HEX, psk_file=PATH; dead peers, queues and stale frames
 (bridge/endpoints/liveness.py): timeout=SECONDS, overflow=drop-oldest|disconnect, max_age=SECONDS, sndbuf=BYTES.
 """
@@ -25,11 +25,13 @@ import tomllib
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
-from bridge import policy, security
+from bridge.security import access as policy
+from bridge.security import options as security
 from bridge.codec.filters import FilterSet, parse_filters
 from bridge.endpoints import liveness
 from bridge.errors import ConfigError
-from bridge.ops_config import OpsConfig, ops_from_table
+from bridge.daemon.ops_config import OpsConfig, ops_from_table
+from hw.links import LINK_KEYS, link_value
 
 DEFAULT_PORT = 29600
 DEFAULT_MTU = 1472
@@ -79,8 +81,8 @@ class PeerConfig:
 class Config:
     interfaces: list[InterfaceConfig] = field(default_factory=list)
     peers: list[PeerConfig] = field(default_factory=list)
-    user: str | None = None  # drop privileges to this user once every socket is open (bridge/privileges.py)
-    ops: OpsConfig = field(default_factory=lambda: OpsConfig())  # [bridge] control/metrics (bridge/ops.py)
+    user: str | None = None  # drop privileges to this user once every socket is open (bridge/daemon/privileges.py)
+    ops: OpsConfig = field(default_factory=lambda: OpsConfig())  # [bridge] control/metrics (bridge/daemon/operations.py)
     source: str | None = None  # the TOML file it came from (SIGHUP re-reads it)
 
     def validate(self) -> Config:
@@ -226,27 +228,6 @@ _PEER_KEYS = {"url", "bind", "mtu", "filter", "inbound_filter", "beacon", "iface
               *liveness.POLICY_OPTIONS,
               *policy.ACCESS_OPTIONS, *security.SECURITY_OPTIONS}
 
-# Link settings of an [[interface]], applied by `canbridge link setup --from-config` (hw/links.py), never by
-# the bridge itself (which needs no CAP_NET_ADMIN). key -> (type, min, max, what).
-LINK_KEYS = {
-    "bitrate": (int, 1, 1_000_000, "bit/s (classic CAN and the FD arbitration phase: at most 1 Mbit/s)"),
-    "sample_point": (float, 0.001, 0.999, "fraction of the bit time, e.g. 0.875"),
-    "dbitrate": (int, 1, 20_000_000, "bit/s (CAN FD data phase)"),
-    "dsample_point": (float, 0.001, 0.999, "fraction of the bit time, e.g. 0.75"),
-    "restart_ms": (int, 0, 2**32 - 1, "ms before an automatic restart after BUS-OFF; 0 = never"),
-    "txqueuelen": (int, 1, 2**31 - 1, "frames in the interface TX queue"),
-}
-
-
-def link_value(key: str, value, where: str) -> int | float:
-    """A LINK_KEYS value checked for type and range; ConfigError naming `where` otherwise."""
-    kind, low, high, what = LINK_KEYS[key]
-    ok_type = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-    if not ok_type or not low <= value <= high:
-        raise ConfigError(f"{where}: expected {what}, {low}..{high}, got {value!r}")
-    return kind(value)
-
-
 def load_toml(path: str) -> Config:
     """Read a bridge config file (format: docs/cli.md). Raises ConfigError naming the key."""
     try:
@@ -263,7 +244,7 @@ def load_toml(path: str) -> Config:
     config = Config(source=path)
     if "bridge" in doc:
         table = doc["bridge"]
-        if isinstance(table, dict) and "user" in table:  # privilege drop (bridge/privileges.py); the rest is ops
+        if isinstance(table, dict) and "user" in table:  # privilege drop (bridge/daemon/privileges.py); the rest is ops
             config.user = _str(table, "user", f"{path}: bridge")
             table = {k: v for k, v in table.items() if k != "user"}
         config.ops = ops_from_table(table, f"{path}: bridge")

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from bridge.codec import pcapng
 from bridge.errors import ConfigError
-from bridge.reactor import Reactor
+from bridge.core.reactor import Reactor
+from hw import rawsock
 
 log = logging.getLogger("canbridge.capture")
 
@@ -43,6 +44,9 @@ examples:
   canbridge capture -i can0 -C 50 -W 10 -w ring.pcapng   ring of 10 files of 50 MB
   canbridge capture -i eth0 -f "udp port 20000" -c 1000 -w x.pcapng
 """
+
+LINKTYPES = {rawsock.CAN: pcapng.LINKTYPE_CAN_SOCKETCAN, rawsock.ETHERNET: pcapng.LINKTYPE_ETHERNET,
+             rawsock.RAW: pcapng.LINKTYPE_RAW}  # hw.rawsock.Source.kind -> pcapng link type
 
 
 class PcapngOutput:
@@ -85,7 +89,7 @@ class PcapngOutput:
         self._written = 0
         self._put(pcapng.section_header(f"canbridge capture ({os.uname().sysname})"))
         for src in self.sources:
-            self._put(pcapng.interface_description(src.linktype, src.name, 0, bpf_filter=src.bpf_filter))
+            self._put(pcapng.interface_description(LINKTYPES[src.kind], src.name, 0, bpf_filter=src.bpf_filter))
 
     def _put(self, block: bytes) -> None:
         self._buf.append(block)
@@ -93,10 +97,13 @@ class PcapngOutput:
         self._written += len(block)
 
     def packets(self, interface_id: int, records: list) -> None:
-        """Append EPBs for (data, ts_ns, orig_len, direction) records of one interface."""
-        epb = pcapng.enhanced_packet
-        for data, ts, orig, direction in records:
-            block = epb(interface_id, ts, data, orig, direction)
+        """Append EPBs for (data, ts_ns, orig_len, outgoing) records of one interface (hw.rawsock.Source);
+        CAN frames become LINKTYPE_CAN_SOCKETCAN records (big-endian can_id)."""
+        epb, can = pcapng.enhanced_packet, self.sources[interface_id].kind == rawsock.CAN
+        record = pcapng.can_record
+        for data, ts, orig, outgoing in records:
+            direction = pcapng.DIRECTION_OUTBOUND if outgoing else pcapng.DIRECTION_INBOUND
+            block = epb(interface_id, ts, record(data) if can else data, orig, direction)
             self._buf.append(block)
             self._buffered += len(block)
             self._written += len(block)
@@ -202,7 +209,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from hw import rawsock
 
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="canbridge capture: %(message)s")

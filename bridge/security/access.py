@@ -76,7 +76,7 @@ def default_burst(rate: float) -> int:
 
 class WriteGate:
     """Runtime state of an Access (the token bucket). admit() returns the frames of `batch` that
-    may be written to a bus and counts the others in `counters` (bridge.stats.Counters)."""
+    may be written to a bus and counts the others in `counters` (bridge.core.stats.Counters)."""
 
     __slots__ = ("read_only", "allow", "bucket")
 

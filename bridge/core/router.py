@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 
-from bridge.reactor import Reactor
+from bridge.core.reactor import Reactor
 
 
 class Router:
@@ -23,7 +23,7 @@ class Router:
         self.peers: list[object] = []
         self._out_filters: dict[int, object] = {}  # id(peer) -> FilterSet for bus -> peer
         self._in_filters: dict[int, object] = {}  # id(peer) -> FilterSet for peer -> bus
-        self._gates: dict[int, object] = {}  # id(peer) -> bridge.policy.WriteGate (access control)
+        self._gates: dict[int, object] = {}  # id(peer) -> bridge.security.access.WriteGate (access control)
         self._dirty: dict[int, object] = {}
         self._oldest: dict[int, int] = {}  # id(peer) -> kernel RX ts_ns of its first frame this pass (latency)
         self._now = reactor.time
@@ -34,7 +34,7 @@ class Router:
 
     def add_peer(self, peer, out_filter=None, in_filter=None, gate=None) -> None:
         """out_filter: frames bus -> this peer; in_filter: frames this peer -> bus; gate: a
-        bridge.policy.WriteGate (read_only, write_allow, rate), possibly shared by several peers."""
+        bridge.security.access.WriteGate (read_only, write_allow, rate), possibly shared by several peers."""
         self.peers = [*self.peers, peer]  # a new list: see remove_peer
         if gate is not None:
             self._gates[id(peer)] = gate

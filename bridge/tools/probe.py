@@ -17,17 +17,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from bridge.codec import socketcan as sc
-from bridge.endpoints.socketcan import (
-    CAN_RAW_FD_FRAMES,
-    SO_RCVBUFFORCE,
-    SO_RXQ_OVFL,
-    SO_TIMESTAMPNS,
-    SOL_CAN_RAW,
-    set_buffer,
-    set_rx_filter,
-)
-
-CAN_RAW_RECV_OWN_MSGS = 4
+from bridge.endpoints.socketcan import set_rx_filter
+from hw.cansock import open_can_raw
 MSG_CONFIRM = 0x800  # set on the loopback copy of a frame this socket sent
 _TIMESPEC = struct.Struct("=qq")
 _ANC = socket.CMSG_SPACE(16)
@@ -38,22 +29,8 @@ def open_can(ifname: str, *, recv_own: bool = False, rx_filter=None, rxq_ovfl: b
     """Non-blocking CAN_RAW socket with CAN FD frames and kernel timestamps. ifname "" = all CAN
     interfaces (candump's `any`); rx_filter: a FilterSet applied in the kernel; rxq_ovfl: also
     deliver the SO_RXQ_OVFL drop count as a control message (drain() expects it off)."""
-    s = socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW)
-    try:
-        s.setsockopt(SOL_CAN_RAW, CAN_RAW_FD_FRAMES, 1)
-        if recv_own:
-            s.setsockopt(SOL_CAN_RAW, CAN_RAW_RECV_OWN_MSGS, 1)
-        set_rx_filter(s, rx_filter)
-        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        if rxq_ovfl:
-            s.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-        set_buffer(s, socket.SO_RCVBUF, SO_RCVBUFFORCE, RECORD_BUFFER)  # falls back when not root
-        s.bind((ifname,))
-        s.setblocking(False)
-    except BaseException:
-        s.close()
-        raise
-    return s
+    return open_can_raw(ifname, recv_own=recv_own, rxq_ovfl=rxq_ovfl, rcvbuf=RECORD_BUFFER,
+                        setup=lambda s: set_rx_filter(s, rx_filter))
 
 
 def drain(sock: socket.socket, out: list, own_only: bool = False) -> int:

@@ -10,8 +10,10 @@ import os
 import signal
 import time
 
-from bridge import __version__, control, reload
-from bridge.metrics import MetricsServer
+from bridge import __version__
+from bridge.daemon import control
+from bridge.daemon import reload
+from bridge.daemon.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 

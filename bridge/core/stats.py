@@ -20,7 +20,7 @@ class Counters:
         self.dropped: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.gauges: dict[str, object] = {}
-        self.latency = Log2Histogram()  # peers: bus-to-peer residence time (bridge.router, docs/cli.md)
+        self.latency = Log2Histogram()  # peers: bus-to-peer residence time (bridge.core.router, docs/cli.md)
 
     def drop(self, reason: str, n: int = 1) -> None:
         if n:

@@ -20,9 +20,9 @@ import tempfile
 import stat
 from collections.abc import Callable
 
-from bridge.reactor import Reactor
-from bridge.stats import Counters
-from bridge.transport import StreamTransport
+from bridge.core.reactor import Reactor
+from bridge.core.stats import Counters
+from bridge.core.transport import StreamTransport
 
 log = logging.getLogger(__name__)
 

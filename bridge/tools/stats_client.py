@@ -1,4 +1,4 @@
-"""`canbridge stats`: ask a running bridge for its counters over the control socket (bridge/control.py)
+"""`canbridge stats`: ask a running bridge for its counters over the control socket (bridge/daemon/control.py)
 and print them as a table per endpoint, or as raw JSON.
 
 Exit status: 0, 1 when no bridge answers, 2 for usage errors.
@@ -12,8 +12,8 @@ import os
 import sys
 import time
 
-from bridge import control
-from bridge.stats import quantile_us
+from bridge.daemon import control
+from bridge.core.stats import quantile_us
 
 COUNTER_KEYS = ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "dropped", "errors", "latency_us")
 

@@ -1,0 +1,183 @@
+"""`canbridge link ...`: list, show, set up, restart and create SocketCAN links (hw.links does the
+netlink work; this module parses arguments, reads a bridge.toml for --from-config and prints)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from bridge.daemon import config as cfg
+from bridge.errors import ConfigError
+from hw.links import (
+    CAN_MTU,
+    CANFD_MTU,
+    LINK_KEYS,
+    LinkError,
+    LinkInfo,
+    NoSuchLink,
+    Settings,
+    create_vcan,
+    delete,
+    link_value,
+    list_links,
+    restart,
+    set_down,
+    set_up,
+    setup,
+    show,
+)
+
+
+def settings_from_config(path: str) -> dict[str, Settings]:
+    """{interface name: link settings} of every [[interface]] in a bridge.toml (hw.links.LINK_KEYS plus
+    `fd`), in file order. Raises ConfigError for a bad file."""
+    return {i.name: Settings(fd=i.fd, **i.link) for i in cfg.load_toml(path).interfaces}
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="canbridge link", description="Show and set up SocketCAN links (rtnetlink).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("list", help="all CAN links: state, bitrate, sample point, MTU, error counters")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("show", help="one link in detail")
+    s.add_argument("iface")
+    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("setup", help="down, apply settings, up (needs CAP_NET_ADMIN)",
+                       description="Take IFACE down, apply the settings, bring it up. With --from-config and no "
+                                   "IFACE: every [[interface]] in the file. An IFACE the file does not list is "
+                                   "left alone (exit 0), so the udev rule can run this for every CAN link.")
+    s.add_argument("iface", nargs="?")
+    s.add_argument("--from-config", metavar="TOML", help="take the settings from this bridge.toml's [[interface]]")
+    for key, flag, meta, hlp in [
+        ("bitrate", "--bitrate", "BIT/S", "arbitration (classic) bitrate, e.g. 500000"),
+        ("sample_point", "--sample-point", "FRACTION", "e.g. 0.875"),
+        ("dbitrate", "--dbitrate", "BIT/S", "CAN FD data phase bitrate, e.g. 2000000 (implies --fd)"),
+        ("dsample_point", "--dsample-point", "FRACTION", "CAN FD data phase sample point"),
+        ("restart_ms", "--restart-ms", "MS", "automatic restart delay after BUS-OFF, 0 = off"),
+        ("txqueuelen", "--txqueuelen", "FRAMES", "interface TX queue length"),
+    ]:
+        s.add_argument(flag, dest=key, metavar=meta, type=_cli_value(key), help=hlp)
+    s.add_argument("--fd", action=argparse.BooleanOptionalAction, default=None, help="CAN FD on/off (MTU 72/16)")
+    s = sub.add_parser("restart", help="restart a controller in BUS-OFF")
+    s.add_argument("iface")
+    for name, hlp in [("up", "bring a link up"), ("down", "take a link down")]:
+        sub.add_parser(name, help=hlp).add_argument("iface")
+    s = sub.add_parser("vcan", help="create a vcan link (needs the vcan module)")
+    s.add_argument("name")
+    s.add_argument("--mtu", type=int, choices=(CAN_MTU, CANFD_MTU), default=CANFD_MTU)
+    s = sub.add_parser("delete", help="delete a vcan/vxcan link")
+    s.add_argument("iface")
+    return p
+
+
+def _cli_value(key: str):
+    kind = LINK_KEYS[key][0]
+
+    def convert(text: str):
+        try:
+            return link_value(key, kind(text), "--" + key.replace("_", "-"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        except ConfigError as exc:  # argparse names the option itself
+            raise argparse.ArgumentTypeError(str(exc).partition(": ")[2]) from None
+
+    return convert
+
+
+def _fmt_rate(rate: int | None, sp: float | None) -> str:
+    if rate is None:
+        return "-"
+    return f"{rate}" + (f" @{sp:.3f}" if sp else "")
+
+
+def _print_table(links: list[LinkInfo]) -> None:
+    if not links:
+        print("no CAN links in this network namespace (ip link add dev vcan0 type vcan; modprobe mcp251x; ...)")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("link", "kind", "admin", "oper", "state", "bitrate @sp", "dbitrate @sp", "mtu", "txqlen",
+                "tx/rx err", "restart-ms", "ctrlmode"):
+        table.add_column(col)
+    for i in links:
+        berr = "-" if i.txerr is None else f"{i.txerr}/{i.rxerr}"
+        table.add_row(i.name, i.kind or "?", "up" if i.up else "down", i.operstate, i.state or "-",
+                      _fmt_rate(i.bitrate, i.sample_point), _fmt_rate(i.dbitrate, i.dsample_point), str(i.mtu),
+                      str(i.txqueuelen), berr, "-" if i.restart_ms is None else str(i.restart_ms),
+                      ",".join(i.ctrlmode) or "-")
+    # a pipe gets full rows (grep-able names) instead of rich's 80-column default
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def _setup_cli(args, parser) -> int:
+    given = {k: v for k, v in vars(args).items() if k in LINK_KEYS or k == "fd"}
+    if args.from_config:
+        if any(v is not None for v in given.values()):
+            parser.error("setup: give either --from-config or settings on the command line, not both")
+        wanted = settings_from_config(args.from_config)
+        if args.iface:
+            if args.iface not in wanted:
+                print(f"canbridge link: {args.iface} is not in {args.from_config}: left as it is", file=sys.stderr)
+                return 0
+            print(_summary(setup(args.iface, **asdict(wanted[args.iface]))))
+            return 0
+        failed = 0
+        for name, settings in wanted.items():  # every interface: one failure does not stop the others
+            try:
+                print(_summary(setup(name, **asdict(settings))))
+            except NoSuchLink as exc:
+                print(f"canbridge link: {exc}: skipped; 80-canbridge.rules sets it up when it appears", file=sys.stderr)
+            except LinkError as exc:
+                print(f"canbridge link: {exc}", file=sys.stderr)
+                failed += 1
+        return 1 if failed else 0
+    if not args.iface:
+        parser.error("setup: IFACE is required (or --from-config TOML for every interface in it)")
+    print(_summary(setup(args.iface, **given)))
+    return 0
+
+
+def _summary(i: LinkInfo) -> str:
+    parts = [f"{i.name}: {'up' if i.up else 'down'}", f"mtu {i.mtu}", f"txqueuelen {i.txqueuelen}"]
+    if i.bitrate:
+        parts.append(f"bitrate {_fmt_rate(i.bitrate, i.sample_point)}")
+    if i.dbitrate:
+        parts.append(f"dbitrate {_fmt_rate(i.dbitrate, i.dsample_point)}")
+    if i.restart_ms is not None:
+        parts.append(f"restart-ms {i.restart_ms}")
+    return ", ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`canbridge link ...`; returns 0, 1 when the kernel refuses (LinkError), 2 for usage/config errors."""
+    parser = _parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.cmd in ("list", "show"):
+            links = list_links() if args.cmd == "list" else [show(args.iface)]
+            if args.json:
+                print(json.dumps([asdict(i) for i in links], indent=2))
+            else:
+                _print_table(links)
+        elif args.cmd == "setup":
+            return _setup_cli(args, parser)
+        elif args.cmd == "vcan":
+            print(_summary(create_vcan(args.name, args.mtu)))
+        else:
+            {"restart": restart, "up": set_up, "down": set_down, "delete": delete}[args.cmd](args.iface)
+        return 0
+    except ConfigError as exc:
+        print(f"canbridge link: error: {exc}", file=sys.stderr)
+        return 2
+    except LinkError as exc:
+        print(f"canbridge link: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
