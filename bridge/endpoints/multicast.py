@@ -53,7 +53,7 @@ class MulticastPeer:
 
     def __init__(self, reactor: Reactor, router, group: str, port: int, *, iface: str | None = None,
                  hop_limit: int = pycan_multicast.DEFAULT_HOP_LIMIT, channel_name: str | None = None,
-                 filters=(None, None)) -> None:
+                 routing=(None, None, None)) -> None:
         if not ipaddress.ip_address(group).is_multicast:
             raise ValueError(f"{group} is not a multicast address")
         self.reactor = reactor
@@ -76,7 +76,7 @@ class MulticastPeer:
             raise
         self.own = self.tx.getsockname()[:2]
         reactor.add_reader(self.rx.fileno(), self._on_readable)
-        router.add_peer(self, *filters)
+        router.add_peer(self, *routing)
         log.info("%s: joined%s, sending from %s", self.name, f" on {iface}" if iface else "", self.own)
 
     # --- bus -> group ---------------------------------------------------------------------

@@ -52,7 +52,7 @@ class StreamPeer:
         wire,
         on_closed=None,
         owner=None,
-        filters=(None, None),
+        routing=(None, None, None),
         policy: PeerPolicy = DEFAULT_POLICY,
     ):
         self.reactor = reactor
@@ -74,7 +74,7 @@ class StreamPeer:
         # are counted); its connections route as the client. Server connections route as self.
         self.owner = owner or self
         if owner is None:
-            router.add_peer(self, *filters)
+            router.add_peer(self, *routing)
 
     @property
     def closed(self) -> bool:
@@ -300,11 +300,11 @@ class TcpServer:
         self.sock.close()
 
 
-def stream_peers(reactor: Reactor, router, new_wire, filters=(None, None), policy: PeerPolicy = DEFAULT_POLICY):
+def stream_peers(reactor: Reactor, router, new_wire, routing=(None, None, None), policy: PeerPolicy = DEFAULT_POLICY):
     """make_peer for TcpServer: a StreamPeer with a fresh wire from new_wire() per connection."""
 
     def make_peer(sock, name, on_closed):
-        return StreamPeer(reactor, sock, router, name, new_wire(), on_closed, filters=filters, policy=policy)
+        return StreamPeer(reactor, sock, router, name, new_wire(), on_closed, routing=routing, policy=policy)
 
     return make_peer
 
@@ -313,7 +313,7 @@ class TcpClient:
     """`tcp://host:port`: connects, and reconnects after any loss with jittered exponential
     backoff (BACKOFF_MIN_S doubling up to BACKOFF_MAX_S, times a random 0.5..1 factor)."""
 
-    def __init__(self, reactor: Reactor, router, addr: tuple[str, int], new_wire, filters=(None, None), scheme="tcp",
+    def __init__(self, reactor: Reactor, router, addr: tuple[str, int], new_wire, routing=(None, None, None), scheme="tcp",
                  policy: PeerPolicy = DEFAULT_POLICY, tls=None):
         self.reactor = reactor
         self.tls = tls  # bridge.security.tls.Tls: each connection is a TLS client side
@@ -333,7 +333,7 @@ class TcpClient:
         self._sock: socket.socket | None = None
         self._timer = None
         self._closed = False
-        router.add_peer(self, *filters)
+        router.add_peer(self, *routing)
         self._connect()
 
     def send_frames(self, channel: int, frames: list) -> int:

@@ -43,7 +43,7 @@ class UdpPeer:
     wire: a datagram wire (bridge.protocols.wire), which owns the MTU. Raises OSError when the
     bind fails (port in use, bad address)."""
 
-    def __init__(self, reactor: Reactor, router, remote, bind, wire, filters=(None, None), scheme="udp",
+    def __init__(self, reactor: Reactor, router, remote, bind, wire, routing=(None, None, None), scheme="udp",
                  policy: PeerPolicy = DEFAULT_POLICY):
         self.reactor = reactor
         self.router = router
@@ -68,7 +68,7 @@ class UdpPeer:
         self._gated = False  # True once we know the wire has heartbeats (first _tick)
         self._pending: list[tuple[int, list]] = []
         reactor.add_reader(self.sock.fileno(), self._on_readable)
-        router.add_peer(self, *filters)
+        router.add_peer(self, *routing)
         self._timer = reactor.call_every(check_interval(policy.timeout), self._tick, first=0)
 
     # --- bus -> network -----------------------------------------------------------------
