@@ -18,6 +18,10 @@ Systems, each carrying vcan0 -> vcan1 in the VM's root namespace:
                  no batching, no framing beyond the 16-byte can_frame (python_pair() below)
   canbridge-tcp  vcan0 -> bridge A -> TCP 127.0.0.1:29600 -> bridge B -> vcan1
   canbridge-udp  the same over UDP 127.0.0.1:29601 <-> 29602
+  cannelloni-tcp real cannelloni (--cannelloni PATH, built from its public source; see
+                 docs/benchmarks.md): `-C s` on vcan0, `-C c` on vcan1, TCP 127.0.0.1:29622
+  cannelloni-udp the same over UDP 127.0.0.1:29620 <-> 29621 with `-t 1000` (1 ms flush timer,
+                 its lowest-latency setting; its default is 100 ms)
 
 Load is made and counted outside the systems, in C: `cangen vcan0 -L 8 -I i` makes it and
 `candump vcan1` (32 MB receive buffer, -d to report its own drops) counts it. cangen's sleep
@@ -35,7 +39,10 @@ nominal one when the system under test takes CPU from cangen. Figures per system
                    one frame in flight, and for a replay at 2,500 frames/s
   CPU              (utime + stime) of each process across the best zero-loss ladder run, per
                    1,000 frames (and for every run in the CPU section: it falls as the rate rises,
-                   since each wakeup's cost is shared by more frames)
+                   since each wakeup's cost is shared by more frames); also across the 2,500
+                   frames/s replay (the Durango trace's rate)
+  start-up         wall time from spawning the first process to the first frame on vcan1 (a
+                   frame offered every 10 ms; the second process is spawned 0.5 s after the first)
   peak RSS         VmHWM of each process at the end
 Where a run lost frames, the bridges' counter deltas (SIGUSR1 -> `counters:` log line) and the
 kernel's drop counters are printed to show where the frames went. The test VM is emulated (TCG):
@@ -98,6 +105,7 @@ QUICK = {
     "ladder_budget_s": 40,
 }
 REPLAY_RATE = 2500
+DEFAULT_SYSTEMS = "cangw,python-loop,python-pair,canbridge-tcp,canbridge-udp"
 
 
 # --------------------------------------------------------------------------- baseline system
@@ -194,6 +202,7 @@ class System:
     def __init__(self, logdir: Path) -> None:
         self.logdir = logdir
         self.procs: dict[str, subprocess.Popen] = {}
+        self.spawned_at: float | None = None  # monotonic time the first process was spawned
 
     def start(self) -> None:
         raise NotImplementedError
@@ -214,6 +223,8 @@ class System:
         return codes
 
     def _spawn(self, label: str, argv: list[str]) -> None:
+        if not self.procs:
+            self.spawned_at = time.monotonic()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.logdir / f"{self.name}-{label}.log", "ab") as log:
             self.procs[label] = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -304,6 +315,34 @@ class Canbridge(System):
             for line in self.log_tail(label, 1 << 22).splitlines()
             if "counters: " in line
         ]
+
+
+class Cannelloni(System):
+    """Real cannelloni (https://github.com/mguentner/cannelloni), one instance per bus, joined over
+    127.0.0.1 like canbridge's two bridges. UDP with `-t 1000`: a 1 ms flush timer, its best latency
+    (the default 100 ms adds up to 100 ms per frame). TCP: no buffer timer, every frame is sent as read."""
+
+    ARGS: ClassVar[dict[str, tuple[list[str], list[str]]]] = {
+        "tcp": (
+            ["-C", "s", "-L", "127.0.0.1", "-l", "29622"],
+            ["-C", "c", "-R", "127.0.0.1", "-r", "29622"],
+        ),
+        "udp": (
+            ["-L", "127.0.0.1", "-l", "29620", "-R", "127.0.0.1", "-r", "29621", "-t", "1000"],
+            ["-L", "127.0.0.1", "-l", "29621", "-R", "127.0.0.1", "-r", "29620", "-t", "1000"],
+        ),
+    }
+
+    def __init__(self, logdir: Path, transport: str, binary: str) -> None:
+        super().__init__(logdir)
+        self.name = f"cannelloni-{transport}"
+        self.binary = binary
+        self.args = self.ARGS[transport]
+
+    def start(self) -> None:
+        self._spawn("A", [self.binary, "-I", SRC, *self.args[0]])
+        time.sleep(0.5)  # as for canbridge: the server listens before the client connects
+        self._spawn("B", [self.binary, "-I", DST, *self.args[1]])
 
 
 # --------------------------------------------------------------------------- load (C tools)
@@ -433,6 +472,27 @@ def speed_index_ms() -> float:
     start = time.perf_counter()
     sum(i * i for i in range(200_000))
     return (time.perf_counter() - start) * 1e3
+
+
+def first_frame_s(system: System, tx, rx, timeout: float = 60.0) -> float:
+    """Seconds from the system's first spawn to the first MARKER seen on vcan1, MARKER being
+    offered every 10 ms (so the figure is up to 10 ms late). Both sockets are drained after."""
+    start = system.spawned_at or time.monotonic()
+    deadline = time.monotonic() + timeout
+    seen: list = []
+    while time.monotonic() < deadline:
+        probe.send(tx, MARKER)
+        if select.select([rx], [], [], 0.01)[0]:
+            probe.drain(rx, seen)
+            if any(raw == MARKER for _, raw in seen):
+                took = time.monotonic() - start
+                time.sleep(0.3)
+                probe.drain(rx, [])
+                probe.drain(tx, [])
+                return took
+        else:
+            system.check_alive()
+    raise TimeoutError(f"{system.name}: no frame reached {DST} in {timeout:.0f} s")
 
 
 @contextlib.contextmanager
@@ -568,7 +628,14 @@ def measure(system: System, workdir: Path, plan: RatePlan, cfg: dict) -> dict:
     speed = speed_index_ms()
     print(f"\n== {system.name} (speed index {speed:.0f} ms)", flush=True)
     result: dict = {"system": system.name, "speed_index_ms": speed}
-    system.start()
+    tx, rx = probe.open_can(SRC, recv_own=True), probe.open_can(DST)
+    try:
+        system.start()
+        result["startup_s"] = first_frame_s(system, tx, rx)
+        print(f"  start-up to the first forwarded frame: {result['startup_s']:.2f} s", flush=True)
+    finally:
+        tx.close()
+        rx.close()
     try:
         with probe_sockets(system) as (tx, rx):
             latency_in_flight(tx, rx, 50)  # warm-up (TCG translates the hot paths on first use)
@@ -584,8 +651,14 @@ def measure(system: System, workdir: Path, plan: RatePlan, cfg: dict) -> dict:
         print(f"  burst: {b['frames']} frames at {fmt_rate(b['rate'])}/s, lost {b['lost']}", flush=True)
         with probe_sockets(system) as (tx, rx):
             result["latency_in_flight"] = report_dict(latency_in_flight(tx, rx, cfg["pings"]))
+            cpu0 = system.cpu()
             report, prober_cpu = latency_at_rate(tx, rx, cfg["replay"], REPLAY_RATE)
-            result["latency_at_rate"] = {**report_dict(report), "prober_cpu_s": prober_cpu}
+            cpu1 = system.cpu()
+            result["latency_at_rate"] = {
+                **report_dict(report),
+                "prober_cpu_s": prober_cpu,
+                "cpu_s": {k: cpu1[k] - cpu0[k] for k in cpu1},
+            }
         for key in ("latency_in_flight", "latency_at_rate"):
             lat = result[key]["latency_ms"]
             print(
@@ -610,8 +683,11 @@ def fmt_ms(v) -> str:
 
 
 def cpu_per_1k(run: dict | None) -> dict:
-    """{process: CPU seconds per 1,000 frames} over one load run."""
-    return {k: v / run["frames"] * 1000 for k, v in run["cpu_s"].items()} if run else {}
+    """{process: CPU seconds per 1,000 frames} over one load run (or the 2.5k/s replay)."""
+    if not run or not run.get("cpu_s"):
+        return {}
+    frames = run["frames"] if "frames" in run else run["sent"]
+    return {k: v / frames * 1000 for k, v in run["cpu_s"].items()} if frames else {}
 
 
 def figures(result: dict) -> dict:
@@ -630,24 +706,30 @@ def figures(result: dict) -> dict:
         "lat_rate": result["latency_at_rate"]["latency_ms"],
         "cpu_per_1k": cpu,
         "cpu_per_1k_total": sum(cpu.values()) if cpu else None,
+        "cpu_at_rate_per_1k": (at_rate := cpu_per_1k(result["latency_at_rate"])),
+        "cpu_at_rate_per_1k_total": sum(at_rate.values()) if at_rate else None,
+        "startup_s": result.get("startup_s"),
         "rss_mb": result["peak_rss_mb"],
     }
 
 
 def print_table(results: list[dict]) -> None:
-    print("\n" + "=" * 124)
+    print("\n" + "=" * 150)
     print(
         f"{'system':<14} {'zero-loss':>10} {'flat-out burst':>22} {'1 in flight, ms':>20} "
-        f"{'at 2.5k/s, ms':>20} {'CPU s/1k frames':>15} {'peak RSS MB':>12} {'speed':>5}"
+        f"{'at 2.5k/s, ms':>20} {'CPU s/1k frames':>17} {'CPU s/1k @2.5k/s':>17} {'start':>5} "
+        f"{'peak RSS MB':>11} {'speed':>5}"
     )
     print(
         f"{'':<14} {'frames/s':>10} {'rate/s':>9} {'lost':>12} {'p50':>6} {'p99':>6} {'max':>6} "
-        f"{'p50':>6} {'p99':>6} {'max':>6} {'':>15} {'':>12} {'idx':>5}"
+        f"{'p50':>6} {'p99':>6} {'max':>6} {'(best rung)':>17} {'(replay)':>17} {'s':>5} {'':>11} {'idx':>5}"
     )
     for r in results:
         f = figures(r)
-        cpu = " ".join(f"{k}:{v:.3f}" for k, v in f["cpu_per_1k"].items()) or "-"
-        rss = " ".join(f"{k}:{v:.0f}" for k, v in f["rss_mb"].items() if v) or "-"
+        cpu = "+".join(f"{v:.3f}" for v in f["cpu_per_1k"].values()) or "-"
+        cpu_rate = "+".join(f"{v:.3f}" for v in f["cpu_at_rate_per_1k"].values()) or "-"
+        rss = ",".join(f"{v:.0f}" for v in f["rss_mb"].values() if v) or "-"
+        start = "-" if f["startup_s"] is None else f"{f['startup_s']:.2f}"
         lost = f"{r['burst']['lost']} ({f['burst_lost_pct']:.1f}%)"
         rate = (">=" if f["generator_limited"] else "") + fmt_rate(f["zero_loss_rate"])
         print(
@@ -655,7 +737,7 @@ def print_table(results: list[dict]) -> None:
             + " ".join(f"{fmt_ms(f['lat1'][q]):>6}" for q in ("p50", "p99", "max"))
             + " "
             + " ".join(f"{fmt_ms(f['lat_rate'][q]):>6}" for q in ("p50", "p99", "max"))
-            + f" {cpu:>15} {rss:>12} {r['speed_index_ms']:>5.0f}"
+            + f" {cpu:>17} {cpu_rate:>17} {start:>5} {rss:>11} {r['speed_index_ms']:>5.0f}"
         )
 
 
@@ -668,23 +750,43 @@ def ratio(a, b) -> str:
 
 def print_ratios(results: list[dict]) -> None:
     by_name = {r["system"]: figures(r) for r in results}
+    speed = {r["system"]: r["speed_index_ms"] for r in results}
     print(
         "\nratios (row / reference): zero-loss rate, burst frames delivered, latency p50 and p99 "
-        "one in flight, CPU per frame (all processes)"
+        "one in flight and at 2.5k/s, CPU per frame (all processes; best rung, and at 2.5k/s)"
     )
+
+    def line(name: str, ref: str) -> str:
+        f, b = by_name[name], by_name[ref]
+        return (
+            f"  {name:>14} / {ref:<14} rate {ratio(f['zero_loss_rate'], b['zero_loss_rate']):>7}  "
+            f"delivered {ratio(f['burst_delivered'], b['burst_delivered']):>7}  "
+            f"1-in-flight p50 {ratio(f['lat1']['p50'], b['lat1']['p50']):>7} "
+            f"p99 {ratio(f['lat1']['p99'], b['lat1']['p99']):>7}  "
+            f"2.5k p50 {ratio(f['lat_rate']['p50'], b['lat_rate']['p50']):>7} "
+            f"p99 {ratio(f['lat_rate']['p99'], b['lat_rate']['p99']):>7}  "
+            f"CPU {ratio(f['cpu_per_1k_total'], b['cpu_per_1k_total']):>7} "
+            f"@2.5k {ratio(f['cpu_at_rate_per_1k_total'], b['cpu_at_rate_per_1k_total']):>7}  "
+            f"(speed idx {speed[name]:.0f} / {speed[ref]:.0f})"
+        )
+
     for ref in ("cangw", "python-loop", "python-pair"):
+        if ref in by_name:
+            print("\n".join(line(name, ref) for name in by_name if name != ref))
+    for transport in ("tcp", "udp"):
+        ref = f"cannelloni-{transport}"
         if ref not in by_name:
             continue
-        b = by_name[ref]
-        for name, f in by_name.items():
-            if name == ref:
-                continue
+        print(f"canbridge against {ref}:")
+        for name in (f"canbridge-{transport}", *(f"canbridge-{t}" for t in ("tcp", "udp") if t != transport)):
+            if name in by_name:
+                print(line(name, ref))
+    for name in ("canbridge-tcp", "canbridge-udp"):
+        if name in by_name:
+            f = by_name[name]
             print(
-                f"  {name:>14} / {ref:<12} rate {ratio(f['zero_loss_rate'], b['zero_loss_rate']):>7}  "
-                f"delivered {ratio(f['burst_delivered'], b['burst_delivered']):>7}  "
-                f"p50 {ratio(f['lat1']['p50'], b['lat1']['p50']):>7}  "
-                f"p99 {ratio(f['lat1']['p99'], b['lat1']['p99']):>7}  "
-                f"CPU {ratio(f['cpu_per_1k_total'], b['cpu_per_1k_total']):>7}"
+                f"  {name}: p50 at 2.5k/s / its own p50 one in flight "
+                f"{ratio(f['lat_rate']['p50'], f['lat1']['p50'])}"
             )
 
 
@@ -770,15 +872,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--json", metavar="FILE", help="write every figure and run to FILE")
     p.add_argument(
         "--systems",
-        default="cangw,python-loop,python-pair,canbridge-tcp,canbridge-udp",
-        help="comma-separated subset (default: all)",
+        default=DEFAULT_SYSTEMS,
+        help="comma-separated subset (default: all; with --cannelloni also cannelloni-tcp,cannelloni-udp)",
+    )
+    p.add_argument(
+        "--cannelloni",
+        metavar="PATH",
+        help="a cannelloni binary: adds cannelloni-tcp and cannelloni-udp (-t 1000) to the systems",
     )
     p.add_argument("--python-loop", nargs=2, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     p.add_argument("--python-pair", nargs=3, metavar=("SIDE", "SRC", "DST"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
-def make_systems(names: list[str], logdir: Path) -> list[System]:
+def make_systems(names: list[str], logdir: Path, cannelloni: str | None = None) -> list[System]:
     known = {
         "cangw": lambda: Cangw(logdir),
         "python-loop": lambda: PythonLoop(logdir),
@@ -786,6 +893,9 @@ def make_systems(names: list[str], logdir: Path) -> list[System]:
         "canbridge-tcp": lambda: Canbridge(logdir, "tcp"),
         "canbridge-udp": lambda: Canbridge(logdir, "udp"),
     }
+    if cannelloni:
+        known["cannelloni-tcp"] = lambda: Cannelloni(logdir, "tcp", cannelloni)
+        known["cannelloni-udp"] = lambda: Cannelloni(logdir, "udp", cannelloni)
     unknown = set(names) - set(known)
     if unknown:
         sys.exit(f"throughput: unknown system(s) {', '.join(sorted(unknown))}; known: {', '.join(known)}")
@@ -809,6 +919,13 @@ def main(argv: list[str] | None = None) -> int:
     if missing or os.geteuid() != 0:
         sys.exit(f"throughput: needs root and can-utils (missing: {', '.join(missing) or 'root'})")
     cfg = QUICK if args.quick else FULL
+    names = args.systems.split(",")
+    if args.cannelloni:
+        args.cannelloni = str(Path(args.cannelloni).resolve())
+        if not os.access(args.cannelloni, os.X_OK):
+            sys.exit(f"throughput: {args.cannelloni} is not an executable")
+        if args.systems == DEFAULT_SYSTEMS:
+            names += ["cannelloni-tcp", "cannelloni-udp"]
     started = time.monotonic()
     header = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -832,7 +949,8 @@ def main(argv: list[str] | None = None) -> int:
     header["cangen"] = vars(plan)
     print(plan.describe(), flush=True)
     results = []
-    for system in make_systems(args.systems.split(","), workdir):
+    header["systems"] = names
+    for system in make_systems(names, workdir, args.cannelloni):
         try:
             results.append(measure(system, workdir, plan, cfg))
         except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
@@ -854,7 +972,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         print(f"figures written to {args.json}")
-    return 0 if len(results) == len(args.systems.split(",")) else 1
+    return 0 if len(results) == len(names) else 1
 
 
 if __name__ == "__main__":

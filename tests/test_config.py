@@ -70,7 +70,7 @@ def test_toml(tmp_path):
          "interface[0]: unknown key(s) ['colour']"),
         ('[[interface]]\nname = 5\n[[peer]]\nurl="tcp://h:1"\n', "interface[0].name: expected a string"),
         ('[[interface]]\nname = "vcan0"\nfd = "yes"\n[[peer]]\nurl="tcp://h:1"\n', "fd: expected true or false"),
-        ('[[interface]]\nname = "vcan0"\n[[peer]]\nurl="tcp://h:1"\nmtu = "x"\n', "mtu must be an integer"),
+        ('[[interface]]\nname = "vcan0"\n[[peer]]\nurl="udp://h:1"\nmtu = "x"\n', "mtu must be an integer"),
         ('interface = 3\n', "interface must be an array of tables"),
         ('[bridges]\n', "unknown top-level key"),
         ('[[interface]\n', "invalid TOML"),

@@ -8,7 +8,7 @@ import time
 from bridge.codec import native
 from bridge.codec import socketcan as sc
 from bridge.endpoints import pending
-from bridge.protocols import wire
+from bridge.protocols import native as wire
 from bridge.endpoints.liveness import PeerPolicy
 from bridge.endpoints.tcp import TcpClient, TcpServer, stream_peers
 from bridge.endpoints.udp import UdpPeer

@@ -30,7 +30,7 @@ from bridge.codec import cannelloni, native
 from bridge.codec import socketcand as scd
 from bridge.codec.base import events
 from bridge.codec.socketcan import CAN_EFF_FLAG, CAN_ERR_FLAG, CAN_RTR_FLAG, pack_can, pack_canfd, unpack
-from bridge.protocols.wire import NativeDatagram
+from bridge.protocols.native import NativeDatagram
 
 LUA = Path(bridge.__file__).parent / "tools" / "wireshark" / "canbridge.lua"
 T0 = 1_742_339_088_146_472_000  # ns; multiples of 1 us survive pcapng's default microsecond resolution

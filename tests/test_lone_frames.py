@@ -7,7 +7,7 @@ import time
 from types import SimpleNamespace
 
 from bridge.codec import native
-from bridge.protocols import wire
+from bridge.protocols import native as wire
 from bridge.endpoints.udp import UdpPeer
 from bridge.core.reactor import Reactor
 from bridge.core.router import Router

@@ -13,7 +13,7 @@ from bridge.security import tls
 from bridge.codec import native
 from bridge.codec import socketcan as sc
 from bridge.daemon.config import parse_peer_url
-from bridge.protocols import wire
+from bridge.protocols import native as wire
 from bridge.endpoints.tcp import TcpClient, TcpServer, stream_peers
 from bridge.errors import ConfigError
 from bridge.core.reactor import Reactor
@@ -63,13 +63,13 @@ def run_until(reactor, cond, timeout=10.0):
 
 def server_tls(pki, ca=True):
     sec = Security(tls_cert=pki["server_cert"], tls_key=pki["server_key"], tls_ca=pki["ca"] if ca else None)
-    return tls.for_peer(sec, "tcp-listen", "127.0.0.1", "test server")
+    return tls.for_peer(sec, False, "127.0.0.1", "test server")
 
 
 def client_tls(pki, cert="client", ca="ca", server_name=None):
     sec = Security(tls_cert=pki[f"{cert}_cert"] if cert else None, tls_key=pki[f"{cert}_key"] if cert else None,
                    tls_ca=pki[ca], tls_server_name=server_name)
-    return tls.for_peer(sec, "tcp", "127.0.0.1", "test client")
+    return tls.for_peer(sec, True, "127.0.0.1", "test client")
 
 
 def frames(n, start=0x100, fd=False):
@@ -233,16 +233,16 @@ def test_tls_options_in_urls(pki):
     peer = parse_peer_url(f"tcp://10.0.0.1:29600?tls_cert={pki['client_cert']}&tls_key={pki['client_key']}"
                           f"&tls_ca={pki['ca']}&tls_server_name=gw.example")
     assert peer.security.tls and peer.security.tls_server_name == "gw.example"
-    t = tls.for_peer(peer.security, peer.scheme, peer.host, "x")
+    t = tls.for_peer(peer.security, peer.protocol.tls_client, peer.host, "x")
     assert not t.server_side and t.server_hostname == "gw.example"
     assert t.context.minimum_version == ssl.TLSVersion.TLSv1_2
     srv = parse_peer_url(f"tcp-listen://:29600?tls_cert={pki['server_cert']}&tls_key={pki['server_key']}"
                          f"&tls_ca={pki['ca']}")
-    t = tls.for_peer(srv.security, srv.scheme, srv.host, "x")
+    t = tls.for_peer(srv.security, srv.protocol.tls_client, srv.host, "x")
     assert t.server_side and t.context.verify_mode == ssl.CERT_REQUIRED
-    assert tls.for_peer(parse_peer_url("tcp://h:1").security, "tcp", "h", "x") is None
+    assert tls.for_peer(parse_peer_url("tcp://h:1").security, True, "h", "x") is None
     plain_host = parse_peer_url(f"cannelloni+tcp://gw:20000?tls_ca={pki['ca']}")
-    assert tls.for_peer(plain_host.security, plain_host.scheme, plain_host.host, "x").server_hostname == "gw"
+    assert tls.for_peer(plain_host.security, plain_host.protocol.tls_client, plain_host.host, "x").server_hostname == "gw"
 
 
 @pytest.mark.parametrize("url, words", [
@@ -270,7 +270,7 @@ def test_unusable_files_are_config_errors_naming_the_option(pki, tmp_path):
     ]
     for sec, scheme, words in cases:
         with pytest.raises(ConfigError, match=words):
-            tls.for_peer(sec, scheme, "127.0.0.1", "peer")
+            tls.for_peer(sec, scheme == "tcp", "127.0.0.1", "peer")
 
 
 def test_toml_tls_keys(pki, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from bridge.codec import native, sealed
 from bridge.codec import socketcan as sc
-from bridge.protocols import wire
+from bridge.protocols import native as wire
 from bridge.endpoints.liveness import PeerPolicy
 from bridge.endpoints.udp import UdpPeer
 from bridge.errors import ConfigError

@@ -12,7 +12,7 @@ import socket
 import pytest
 
 from bridge.codec import native, sealed
-from bridge.protocols import wire
+from bridge.protocols import native as wire
 from bridge.endpoints.udp import PEER_RESTART, UdpPeer
 from bridge.core.reactor import Reactor
 from bridge.core.router import Router

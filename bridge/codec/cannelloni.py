@@ -33,6 +33,7 @@ from bridge.errors import ProtocolError
 
 BANNER = b"CANNELLONIv1"
 VERSION = 2
+DEFAULT_PORT = 20000  # cannelloni's own default (-l/-r), TCP and UDP
 OP_DATA = 0
 DEFAULT_MTU = 1472  # 1500 - 28 (IPv4 + UDP headers): cannelloni's default payload limit
 MAX_MTU = 65507

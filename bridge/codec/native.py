@@ -30,6 +30,7 @@ from bridge.codec.base import CLOSED, NEED_DATA, StreamInput, pack_datagrams
 from bridge.errors import ProtocolError
 
 VERSION = 1
+DEFAULT_PORT = 29600  # TCP and UDP; docs/protocol.md (the one home of this number)
 MAGIC = b"CNBR"
 MAX_RECORD_BODY = 1024
 UDP_HEADER_LEN = 14

@@ -789,6 +789,7 @@ def _bcm_frame(raw: bytes, ts: int) -> str:
     return f"< frame {_fmt_id(cid)} {sec}.{ns // 1000:06d} {data} >"
 
 
+DEFAULT_PORT = 29536  # socketcand's default listening port (socketcand -p)
 BEACON_PORT = 42000  # socketcand's discovery port (beacon.c); python-can's detect_beacon() listens here
 BEACON_INTERVAL_S = 3.0  # socketcand's period; detect_beacon() waits 3.1 s by default
 MAX_BEACON = 1024  # python-can reads the beacon with one recv(1024)

@@ -16,11 +16,8 @@ from bridge.daemon.config import Config, PeerConfig
 from bridge.daemon.operations import Operations
 from bridge.endpoints.busfaults import BusFaults
 from bridge.endpoints.socketcan import SocketCanEndpoint
-from bridge.endpoints.socketcand_server import Beacon, SocketcandPeer
-from bridge.endpoints.tcp import HEARTBEAT_S, TcpClient, TcpServer, stream_peers
-from bridge.protocols import wire
-from bridge.endpoints.multicast import MulticastPeer
-from bridge.endpoints.udp import UdpPeer
+from bridge.endpoints.liveness import HEARTBEAT_S
+from bridge.protocols.base import PeerContext
 from bridge.core.reactor import Reactor
 from bridge.core.router import Router
 
@@ -92,16 +89,16 @@ class Bridge:
 
     def _add_peer(self, peer: PeerConfig) -> list:
         """Open one configured peer; returns its endpoints (they are also in self.peers)."""
-        start = len(self.peers)
-        self.peers.append(self._open_peer(peer, self.hello))
-        return self.peers[start:]
+        endpoints = self._open_peer(peer, self.hello)
+        self.peers.extend(endpoints)
+        return endpoints
 
-    def apply_reload(self, new: Config, todo) -> None:
+    def apply_reload(self, new: Config, plan) -> None:
         """Apply a bridge.daemon.reload.Plan (SIGHUP): close what changed or went away first (frees ports), then
         open; an endpoint that fails to open is logged and left out (retried on the next reload)."""
-        for i in todo.close_peers:
+        for i in plan.close_peers:
             self._close_endpoints(self.peer_groups[i])
-        for ch in todo.close_buses:
+        for ch in plan.close_buses:
             if (bus := self.router.buses.pop(ch, None)) is not None:
                 self._close_endpoints([bus])
         self.config, self.hello = new, dataclasses.replace(self.hello, channels=tuple(i.name for i in new.interfaces))
@@ -110,7 +107,7 @@ class Bridge:
                 with _logged("reload"):
                     self.buses.append(self._open_bus(ch, iface))
         groups: list[list] = [[] for _ in new.peers]
-        for i, j in todo.keep_peers:
+        for i, j in plan.keep_peers:
             groups[j] = self.peer_groups[i]
         for j, peer in enumerate(new.peers):
             if not groups[j]:  # changed, added, or failed to open last time
@@ -120,7 +117,7 @@ class Bridge:
 
     def _close_endpoints(self, endpoints: list) -> None:
         for ep in endpoints:
-            if ep in self.buses and hasattr(self.faults, "remove"):  # stop watching a bus we close
+            if ep in self.buses:  # stop watching a bus we close: a later link event must not reopen it
                 with _logged("reload"):
                     self.faults.remove(ep)
             with _logged("reload"):
@@ -129,49 +126,18 @@ class Bridge:
                 if ep in owned:
                     owned.remove(ep)
 
-    def _open_peer(self, peer: PeerConfig, hello):
+    def _open_peer(self, peer: PeerConfig, hello) -> list:
+        """The endpoints of one configured peer, opened by its protocol (bridge.protocols.registry)."""
+        protocol = peer.protocol
         gate = peer.access.gate(self.reactor.time())  # one per configured peer: its connections share it
-        filters = (peer.filter, peer.inbound_filter, gate)  # Router.add_peer(peer, out, in, gate)
-        addr = (peer.host, peer.port)
-        protocol, _, transport = peer.scheme.rpartition("+")
-        cannelloni = protocol == "cannelloni"
-        secure = tls.for_peer(peer.security, peer.scheme, peer.host, f"peer {peer.url!r}")  # ConfigError if unusable
+        where = f"peer {peer.url!r}"
+        secure = tls.for_peer(peer.security, protocol.tls_client, peer.host, where)  # ConfigError if unusable
+        ctx = PeerContext(self.reactor, self.router, hello, list(self.buses), tls=secure,
+                          routing=(peer.filter, peer.inbound_filter, gate))
         try:
-            if peer.scheme == "socketcand":
-                return self._socketcand_server(addr, peer.beacon, gate, peer.max_clients, secure)
-            if peer.scheme == "udp-multicast":  # the group is one bus: channel 0, named as python-can would
-                return MulticastPeer(self.reactor, self.router, peer.host, peer.port, iface=peer.iface,
-                                     hop_limit=peer.hop_limit, channel_name=hello.channels[0], filters=filters)
-            if transport == "udp":
-                dgram = (wire.CannelloniDatagram(hello, peer.mtu) if cannelloni
-                         else wire.NativeDatagram(hello, peer.mtu, psk=peer.security.psk))
-                return UdpPeer(self.reactor, self.router, addr, peer.bind, dgram, filters=filters, scheme=peer.scheme,
-                               policy=peer.limits)
-            stream = wire.CannelloniStream if cannelloni else wire.NativeStream
-            new_wire = lambda: stream(hello)  # noqa: E731
-            if transport == "tcp-listen":
-                make_peer = stream_peers(self.reactor, self.router, new_wire, filters, policy=peer.limits)
-                server = TcpServer(self.reactor, self.router, addr, make_peer, max_clients=peer.max_clients,
-                                   scheme=peer.scheme, tls=secure)
-                log.info("listening on %s", server.name)
-                return server
-            return TcpClient(self.reactor, self.router, addr, new_wire, filters=filters, scheme=peer.scheme,
-                             policy=peer.limits, tls=secure)
+            return [protocol.open(ctx, peer), *ctx.also_owned]
         except OSError as exc:
             raise OSError(exc.errno, f"cannot open {peer.url}: {exc.strerror}") from None
-
-    def _socketcand_server(self, addr, beacon: str | None, gate, max_clients: int, secure=None) -> TcpServer:
-        buses = {bus.name: (bus.channel, bus.fd_enabled) for bus in self.buses}
-
-        def make_peer(sock, name, on_closed):
-            return SocketcandPeer(self.reactor, sock, self.router, name, buses, on_closed, gate=gate)
-
-        server = TcpServer(self.reactor, self.router, addr, make_peer, max_clients=max_clients, scheme="socketcand",
-                           tls=secure)
-        log.info("socketcand server on %s, buses %s", server.name, ",".join(buses))
-        if beacon:
-            self.peers.append(Beacon(self.reactor, beacon, server.address, list(buses)))
-        return server
 
     def stats(self) -> dict:
         """{endpoint name: counters snapshot}; TCP servers include their live clients."""

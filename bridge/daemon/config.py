@@ -1,16 +1,8 @@
 """Configuration: endpoint URLs and the TOML file. Errors name the key or argument at fault.
 
-URLs (docs/cli.md):
-    vcan0 | can://vcan0                   a SocketCAN interface (channel = its position)
-    tcp://host:port                       native protocol, client, reconnects
-    tcp-listen://[addr]:port              native protocol, server; addr defaults to 127.0.0.1
-    udp://host:port[?bind=addr:port]      native protocol over UDP; bind defaults to *:port
-    cannelloni+udp://, cannelloni+tcp://, cannelloni+tcp-listen://   the same, cannelloni's format
-    socketcand://[addr]:port[?beacon=BROADCAST]   socketcand server (python-can, SavvyCAN, Kayak
-                                          connect); beacon: announce it every 3 s on UDP 42000
-    udp-multicast://[GROUP]:PORT[?iface=NAME&hop_limit=N]   member of a python-can udp_multicast group;
-                                          udp-multicast:// = python-can's defaults ([ff15:7079:7468:6f6e:
-                                          6465:6d6f:6d63:6173]:43113, hop limit 1)
+URLs (docs/cli.md): `vcan0` or `can://vcan0` is a SocketCAN interface (channel = its position); a peer
+URL's scheme names a protocol of bridge.protocols.registry (tcp, tcp-listen, udp, cannelloni+..., socketcand,
+udp-multicast, and third-party ones), which gives its default host and port and the options it takes.
 Query options on peer URLs: mtu=BYTES (udp), filter=SPEC (bus -> peer), inbound_filter=SPEC;
 access control (bridge/security/access.py): read_only=1, write_allow=SPEC, rate=FRAMES_PER_S, burst=N, and on
 servers max_clients=N; TLS and encrypted UDP (bridge/security/options.py): tls_cert, tls_key, tls_ca,
@@ -20,29 +12,22 @@ tls_server_name=PATH/NAME, psk=HEX, psk_file=PATH; dead peers, queues and stale 
 
 from __future__ import annotations
 
-import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
-from bridge.security import access as policy
+from bridge.security import access as access_control
 from bridge.security import options as security
 from bridge.codec.filters import FilterSet, parse_filters
+from bridge.codec.native import DEFAULT_PORT
 from bridge.endpoints import liveness
+from bridge.protocols import base as proto
+from bridge.protocols import registry
 from bridge.errors import ConfigError
 from bridge.daemon.ops_config import OpsConfig, ops_from_table
 from hw.links import LINK_KEYS, link_value
 
-DEFAULT_PORT = 29600
 DEFAULT_MTU = 1472
-PEER_SCHEMES = ("tcp", "tcp-listen", "udp", "cannelloni+udp", "cannelloni+tcp", "cannelloni+tcp-listen", "socketcand",
-                "udp-multicast")
-SERVER_SCHEMES = ("tcp-listen", "cannelloni+tcp-listen", "socketcand")
-SOCKETCAND_PORT = 29536
-CANNELLONI_PORT = 20000  # cannelloni's own default (-l/-r)
-MULTICAST_GROUP = "ff15:7079:7468:6f6e:6465:6d6f:6d63:6173"  # python-can udp_multicast defaults
-MULTICAST_PORT = 43113
-MULTICAST_OPTIONS = ("iface", "hop_limit", "filter", "inbound_filter", *policy.ACCESS_OPTIONS)
 MAX_CLIENTS = 64  # default max_clients of a server peer (bridge.endpoints.tcp.TcpServer)
 IFNAMSIZ = 16
 
@@ -61,20 +46,23 @@ class InterfaceConfig:
 @dataclass
 class PeerConfig:
     url: str
-    scheme: str  # one of PEER_SCHEMES
+    scheme: str  # a scheme of bridge.protocols.registry
     host: str
     port: int
     bind: tuple[str, int] | None = None
     mtu: int = DEFAULT_MTU
     filter: FilterSet | None = None  # bus -> peer
     inbound_filter: FilterSet | None = None  # peer -> bus
-    beacon: str | None = None  # socketcand: broadcast address for the discovery beacon
-    iface: str | None = None  # udp-multicast: interface to join and send on (None: the group's route)
-    hop_limit: int = 1  # udp-multicast: IPv6 hop limit / IPv4 TTL
-    access: policy.Access = field(default_factory=policy.Access)  # read_only, write_allow, rate, burst
+    extra: dict = field(default_factory=dict)  # the protocol's own options (its extra_options), checked by it
+    access: access_control.Access = field(default_factory=access_control.Access)  # read_only, write_allow, rate, burst
     max_clients: int = MAX_CLIENTS  # servers: connections at once; more are accepted and closed at once
     security: security.Security = field(default_factory=security.Security)  # TLS files, UDP psk
     limits: liveness.PeerPolicy = liveness.DEFAULT_POLICY  # timeout, overflow, max_age, sndbuf (liveness.py)
+
+    @property
+    def protocol(self):
+        """The protocol class of `scheme` (bridge.protocols.registry.get)."""
+        return registry.get(self.scheme)
 
 
 @dataclass
@@ -96,7 +84,7 @@ class Config:
         if len(names) > 255:
             raise ConfigError("at most 255 interfaces (channel index is one byte)")
         for peer in self.peers:
-            policy.check(peer.access, f"peer {peer.url!r}")
+            access_control.check(peer.access, f"peer {peer.url!r}")
         return self
 
 
@@ -113,62 +101,78 @@ def parse_interface(text: str, where: str = "interface") -> InterfaceConfig:
     return InterfaceConfig(name=name, filter=_filters(spec, where) if spec else None)
 
 
-def parse_peer_url(url: str, where: str = "peer") -> PeerConfig:
+def parse_peer_url(url: str, where: str = "peer", options: dict | None = None) -> PeerConfig:
+    """A peer URL -> PeerConfig; `options`: more options (a [[peer]] table's keys), applied after the URL's.
+    The scheme's protocol (bridge.protocols.registry) says its default host and port and which options
+    it takes. ConfigError naming `where` and the part at fault."""
     parts = urlsplit(url)
     scheme = parts.scheme
-    if scheme not in PEER_SCHEMES:
-        raise ConfigError(f"{where}: unknown scheme in {url!r}; expected one of {', '.join(PEER_SCHEMES)}")
+    try:
+        protocol = registry.get(scheme)
+    except LookupError:
+        raise ConfigError(f"{where}: unknown scheme in {url!r}; expected one of "
+                          f"{', '.join(registry.schemes())}") from None
+    except ImportError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     try:
         port = parts.port
     except ValueError as exc:
         raise ConfigError(f"{where}: bad port in {url!r}: {exc}") from None
-    host = parts.hostname or ""
-    if scheme == "udp-multicast":
-        return _multicast_peer(url, host or MULTICAST_GROUP, port or MULTICAST_PORT, parts.query, where)
+    host = parts.hostname or protocol.default_host
     if not host:
-        if scheme not in SERVER_SCHEMES:
-            raise ConfigError(f"{where}: {url!r} needs a host, e.g. {scheme}://127.0.0.1:{DEFAULT_PORT}")
-        host = "127.0.0.1"  # listen on loopback unless an address is given
-    default_port = {"socketcand": SOCKETCAND_PORT}.get(
-        scheme, CANNELLONI_PORT if scheme.startswith("cannelloni+") else DEFAULT_PORT
-    )
-    peer = PeerConfig(url=url, scheme=scheme, host=host, port=port or default_port)
+        raise ConfigError(f"{where}: {url!r} needs a host, e.g. {scheme}://127.0.0.1:{protocol.default_port}")
+    peer = PeerConfig(url=url, scheme=scheme, host=host, port=port or protocol.default_port)
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         _apply_option(peer, key, value, f"{where} {url!r}")
+    for key, value in (options or {}).items():
+        _apply_option(peer, key, value, where)
+    protocol.configure(peer, f"{where} {url!r}")
     return peer
 
 
-def _multicast_peer(url: str, group: str, port: int, query: str, where: str) -> PeerConfig:
+def _extra_options(url) -> tuple[str, ...]:
+    """The extra options of the protocol of `url` (nothing when the URL is not usable: its own error
+    comes from parse_peer_url)."""
     try:
-        multicast = ipaddress.ip_address(group).is_multicast
-    except ValueError:
-        multicast = False
-    if not multicast:
-        raise ConfigError(f"{where}: {group!r} in {url!r} is not a multicast group address "
-                          f"(e.g. [{MULTICAST_GROUP}] or 239.74.163.2)")
-    peer = PeerConfig(url=url, scheme="udp-multicast", host=group, port=port)
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        _apply_option(peer, key, value, f"{where} {url!r}")
-    return peer
+        return registry.get(urlsplit(url).scheme).extra_options if isinstance(url, str) else ()
+    except (LookupError, ImportError):
+        return ()
+
+
+# option -> the group (bridge.protocols.base) a protocol lists in `options` to take it
+OPTION_GROUPS = {
+    "filter": proto.FILTERS, "inbound_filter": proto.FILTERS,
+    **dict.fromkeys(access_control.ACCESS_OPTIONS, proto.ACCESS),
+    **dict.fromkeys(security.TLS_OPTIONS, proto.TLS), **dict.fromkeys(security.PSK_OPTIONS, proto.PSK),
+    **dict.fromkeys(liveness.POLICY_OPTIONS, proto.LIMITS),
+    "mtu": proto.MTU, "bind": proto.BIND, "max_clients": proto.MAX_CLIENTS,
+}
+
+
+def _schemes_taking(key: str) -> str:
+    takes = []
+    for scheme in registry.schemes():
+        p = registry.get(scheme)
+        if OPTION_GROUPS.get(key) in p.options or key in p.extra_options:
+            takes.append(scheme + "://")
+    return ", ".join(takes) or "no scheme"
 
 
 def _apply_option(peer: PeerConfig, key: str, value, where: str) -> None:
-    if peer.scheme == "udp-multicast" and key not in MULTICAST_OPTIONS:
-        raise ConfigError(f"{where}: unknown option {key!r}; expected {', '.join(MULTICAST_OPTIONS)}")
-    if key in ("iface", "hop_limit") and peer.scheme != "udp-multicast":
-        raise ConfigError(f"{where}: {key} is a udp-multicast:// option")
-    if key == "iface":
-        if not isinstance(value, str) or not value or len(value) >= IFNAMSIZ or "/" in value or " " in value:
-            raise ConfigError(f"{where}: iface: {value!r} is not a network interface name (e.g. eth0)")
-        peer.iface = value
-    elif key == "hop_limit":
-        try:
-            peer.hop_limit = int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: hop_limit must be an integer 0..255, got {value!r}") from None
-        if isinstance(value, bool) or not 0 <= peer.hop_limit <= 255:
-            raise ConfigError(f"{where}: hop_limit must be an integer 0..255, got {value!r}")
-    elif key == "bind":
+    protocol = peer.protocol
+    if key in protocol.extra_options:
+        peer.extra[key] = value
+        return
+    group = OPTION_GROUPS.get(key)
+    if group is None:
+        if (takes := _schemes_taking(key)) != "no scheme":  # another protocol's own option
+            raise ConfigError(f"{where}: {key} is an option of {takes}")
+        known = sorted({*OPTION_GROUPS, *protocol.extra_options})
+        raise ConfigError(f"{where}: unknown option {key!r}; expected one of {', '.join(known)}")
+    if group not in protocol.options:
+        why = protocol.option_hints.get(key) or f"{key} is an option of {_schemes_taking(key)}"
+        raise ConfigError(f"{where}: {key}: {why}" if key in protocol.option_hints else f"{where}: {why}")
+    if key == "bind":
         peer.bind = _parse_hostport(str(value), f"{where}: bind")
     elif key == "mtu":
         try:
@@ -177,29 +181,18 @@ def _apply_option(peer: PeerConfig, key: str, value, where: str) -> None:
             raise ConfigError(f"{where}: mtu must be an integer number of bytes, got {value!r}") from None
         if not 98 <= peer.mtu <= 65507:
             raise ConfigError(f"{where}: mtu {peer.mtu} out of range 98..65507")
-    elif key == "beacon":
-        if peer.scheme != "socketcand":
-            raise ConfigError(f"{where}: beacon is a socketcand:// option")
-        peer.beacon = str(value)
-    elif key in ("filter", "inbound_filter"):
+    elif group == proto.FILTERS:
         setattr(peer, key, _filters(str(value), f"{where}: {key}"))
-    elif key in policy.ACCESS_OPTIONS:
-        peer.access = policy.with_option(peer.access, key, value, where)
-    elif key in security.SECURITY_OPTIONS:
-        peer.security = security.with_option(peer.security, peer.scheme, key, value, where)
-    elif key in liveness.POLICY_OPTIONS:
-        peer.limits = liveness.with_option(peer.limits, peer.scheme, key, value, where)
+    elif group == proto.ACCESS:
+        peer.access = access_control.with_option(peer.access, key, value, where)
+    elif group in (proto.TLS, proto.PSK):
+        peer.security = security.with_option(peer.security, key, value, where, tls_client=protocol.tls_client)
+    elif group == proto.LIMITS:
+        peer.limits = liveness.with_option(peer.limits, key, value, where, datagram=protocol.transport == "udp")
     elif key == "max_clients":
-        if peer.scheme not in SERVER_SCHEMES:
-            raise ConfigError(f"{where}: max_clients is an option of {', '.join(SERVER_SCHEMES)}")
         if isinstance(value, bool) or not str(value).isdigit() or not 1 <= int(value) <= 65535:
             raise ConfigError(f"{where}: max_clients: expected a number of connections, 1..65535, got {value!r}")
         peer.max_clients = int(value)
-    else:
-        raise ConfigError(f"{where}: unknown option {key!r}; expected bind, mtu, filter, inbound_filter, beacon, "
-                          "iface, hop_limit, read_only, write_allow, rate, burst, max_clients, "
-                          "tls_cert, tls_key, tls_ca, tls_server_name, psk, psk_file, timeout, overflow, "
-                          "max_age or sndbuf")
 
 
 def _parse_hostport(text: str, where: str) -> tuple[str, int]:
@@ -224,9 +217,6 @@ def from_args(interfaces: list[str], peers: list[str]) -> Config:
 
 
 _INTERFACE_KEYS = {"name", "fd", "error_frames", "filter", "rx_buffer", "max_age"}
-_PEER_KEYS = {"url", "bind", "mtu", "filter", "inbound_filter", "beacon", "iface", "hop_limit", "max_clients",
-              *liveness.POLICY_OPTIONS,
-              *policy.ACCESS_OPTIONS, *security.SECURITY_OPTIONS}
 
 def load_toml(path: str) -> Config:
     """Read a bridge config file (format: docs/cli.md). Raises ConfigError naming the key."""
@@ -267,14 +257,9 @@ def load_toml(path: str) -> Config:
         config.interfaces.append(iface)
     for n, table in enumerate(_tables(doc, "peer", path)):
         where = f"{path}: peer[{n}]"
-        _check_keys(table, _PEER_KEYS, where)
-        peer = parse_peer_url(_str(table, "url", where), where)
-        for key in ("bind", "mtu", "filter", "inbound_filter", "beacon", "iface", "hop_limit", "max_clients",
-                    *liveness.POLICY_OPTIONS,
-                    *policy.ACCESS_OPTIONS, *security.SECURITY_OPTIONS):
-            if key in table:
-                _apply_option(peer, key, table[key], where)
-        config.peers.append(peer)
+        _check_keys(table, {"url", *OPTION_GROUPS, *_extra_options(table.get("url"))}, where)
+        options = {k: v for k, v in table.items() if k != "url"}
+        config.peers.append(parse_peer_url(_str(table, "url", where), where, options))
     try:
         return config.validate()
     except ConfigError as exc:

@@ -37,6 +37,7 @@ class BusWatch:
 
     def __init__(self, reactor: Reactor, links: LinkWatch, bus: SocketCanEndpoint) -> None:
         self.reactor = reactor
+        self.links = links
         self.bus = bus
         self.gauges = bus.counters.gauges
         self.monitor = self._open_monitor()
@@ -117,6 +118,8 @@ class BusWatch:
             self.bus.block_tx(reason)
 
     def close(self) -> None:
+        """Stop watching: no link event or error frame reaches this bus (nor reopens it) any more."""
+        self.links.unwatch(self.bus.name, self._on_link)
         self.reactor.forget(self.monitor.fileno())
         self.monitor.close()
 
@@ -135,6 +138,13 @@ class BusFaults:
         watch = BusWatch(self.reactor, self.links, bus)
         self.watches.append(watch)
         return watch
+
+    def remove(self, bus: SocketCanEndpoint) -> None:
+        """Stop tracking `bus` (a bus closed by a reload): its link watch and monitor socket are closed, so
+        a later link event cannot reopen the closed endpoint. No error if it was not tracked."""
+        for watch in [w for w in self.watches if w.bus is bus]:
+            watch.close()
+            self.watches.remove(watch)
 
     def close(self) -> None:
         for watch in self.watches:

@@ -89,6 +89,14 @@ class LinkWatch:
         self._watchers.setdefault(ifname, []).append(callback)
         return current(ifname)
 
+    def unwatch(self, ifname: str, callback: Callable[[LinkEvent], None]) -> None:
+        """Stop calling `callback` for ifname (no error if it was not registered)."""
+        callbacks = self._watchers.get(ifname, [])
+        if callback in callbacks:
+            callbacks.remove(callback)
+        if not callbacks:
+            self._watchers.pop(ifname, None)
+
     def _on_readable(self) -> None:
         for _ in range(NL_READ_MAX):
             try:

@@ -133,18 +133,16 @@ DEFAULT_POLICY = PeerPolicy()
 
 
 POLICY_OPTIONS = ("timeout", "overflow", "max_age", "sndbuf")
-_POLICY_SCHEMES = ("tcp", "tcp-listen", "udp", "cannelloni+tcp", "cannelloni+tcp-listen", "cannelloni+udp")
 
 
-def with_option(policy: PeerPolicy, scheme: str, key: str, value, where: str) -> PeerPolicy:
-    """`policy` with one URL query / TOML option applied (strings from URLs, numbers from TOML).
+def with_option(policy: PeerPolicy, key: str, value, where: str, datagram: bool = False) -> PeerPolicy:
+    """`policy` with one URL query / TOML option applied (strings from URLs, numbers from TOML);
+    datagram: a UDP peer (it never queues, so overflow=disconnect does not apply).
     Raises ConfigError naming `where` and the key."""
-    if scheme not in _POLICY_SCHEMES:
-        raise ConfigError(f"{where}: {key} is an option of {', '.join(_POLICY_SCHEMES)}")
     if key == "overflow":
         if value not in OVERFLOW_POLICIES:
             raise ConfigError(f"{where}: overflow: expected {' or '.join(OVERFLOW_POLICIES)}, got {value!r}")
-        if value == DISCONNECT and scheme.endswith("udp"):
+        if value == DISCONNECT and datagram:
             raise ConfigError(f"{where}: overflow=disconnect needs a TCP peer (UDP never queues)")
         return replace(policy, overflow=value)
     if key == "sndbuf":

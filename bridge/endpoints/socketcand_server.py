@@ -24,7 +24,6 @@ from bridge.core.transport import StreamTransport
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORT = 29536
 # python-can's client needs "< ok >" alone in one recv() (its _expect_msg compares the whole read):
 # frames wait this long after it (queued, not lost), once per mode change. 5 ms was not enough for
 # a loaded test VM, where the client's recv() came later and got "< ok >" and frames in one read.

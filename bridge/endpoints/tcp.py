@@ -1,6 +1,6 @@
 """Frames over TCP: one connection endpoint per socket, a listening server, and a client that
 reconnects with jittered exponential backoff. The protocol (native, cannelloni) is a stream wire
-from bridge.protocols.wire.
+from bridge.protocols.native.
 
 Frames queued for a connection wait un-encoded in `pending` until the end of the loop pass, then
 leave in one write. While the socket's userspace write buffer is above its high watermark
@@ -35,8 +35,16 @@ log = logging.getLogger(__name__)
 
 MAX_CLIENTS = 64  # default max_clients (config.MAX_CLIENTS): connections a server holds at once; fds, memory
 HEARTBEAT_S = liveness.HEARTBEAT_S  # longest gap between two things we send (HELLO heartbeat_ms)
-BACKOFF_MIN_S = 0.1
-BACKOFF_MAX_S = 5.0
+BACKOFF_MIN_S = 0.1  # first reconnect delay (docs/cli.md: 0.1 s doubling to 5 s, times 0.5..1)
+BACKOFF_MAX_S = 5.0  # cap: a server that is away is tried at least every 5 s
+# A connection counts as a session (and resets the backoff) only if the peer greeted us (for TLS: both
+# sides finished the handshake, since a TLS server sends its greeting only then) and it lasted
+# SESSION_MIN_S: a server that refuses us (TLS failure, max_clients, a greeting it rejects) closes
+# sooner, often after its own greeting, and must not bring back a reconnect every 0.1 s.
+SESSION_MIN_S = 1.0
+STABLE_S = 10.0  # connected this long counts as a session even without a greeting: not a storm
+REFUSAL_KEYS_MAX = 1024  # (address, reason) pairs a server remembers to log once; a scan from more is summarised
+REFUSAL_SUMMARY_S = 60.0  # later refusals: one summary line per this many seconds, not a line per attempt
 SOCKET_BUFFER = 4 << 20  # SO_SNDBUF/SO_RCVBUF for peer sockets
 
 
@@ -64,6 +72,7 @@ class StreamPeer:
         self.policy = policy
         self._pending = PendingFrames(self.counters, max_age=policy.max_age, overflow=policy.overflow)
         self._slow = False  # overflow=disconnect tripped; closing at the next loop step
+        self.on_refused = None  # server connections: on_refused(ProtocolError) logs a bad greeting (rate-limited)
         self._last_rx = self._last_tx = time.monotonic()
         _tune(sock, policy)
         self._ledger = WriteLedger(ledger_horizon(sock))
@@ -155,7 +164,10 @@ class StreamPeer:
             batches = self.wire.feed(data)
         except ProtocolError as exc:
             self.counters.errors[exc.reason] += 1
-            log.warning("%s: closing connection, malformed stream: %s", self.name, exc)
+            if greeted is None and self.on_refused is not None:  # never greeted: a refusal (the server's log)
+                self.on_refused(exc)
+            else:
+                log.warning("%s: closing connection, malformed stream: %s", self.name, exc)
             self.transport.abort()
             return
         if greeted is None and (peer := self.wire.describe_peer()):
@@ -180,7 +192,8 @@ class StreamPeer:
         if isinstance(exc, OSError) and exc.errno:  # ETIMEDOUT: TCP_USER_TIMEOUT or keepalive gave up on the peer
             self.counters.errors[errno.errorcode.get(exc.errno, "oserror")] += 1
         self._ledger.close(self.transport.undelivered_bytes, self.counters, self.name)
-        log.info("%s: connection closed%s", self.name, f" ({exc})" if exc else "")
+        # a connection that never greeted (refused, a scanner) is told by the refusal log, not a line per attempt
+        (log.info if self.identified else log.debug)("%s: connection closed%s", self.name, f" ({exc})" if exc else "")
         if self.on_closed:
             self.on_closed(self)
 
@@ -213,6 +226,63 @@ class StreamPeer:
         self.transport.close()
 
 
+def backoff_delay(attempt: int, rng=random) -> float:
+    """Seconds to wait before reconnect attempt `attempt` (0: the first after a loss or a refusal):
+    BACKOFF_MIN_S doubling per attempt up to BACKOFF_MAX_S, times a random 0.5..1, so that clients that
+    lost the same server do not come back in step."""
+    return min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(attempt, 16)) * rng.uniform(0.5, 1.0)
+
+
+class RefusalLog:
+    """Log lines for connections a server refuses (TLS handshake failed, max_clients, malformed greeting).
+
+    The first refusal of each (address, reason) is logged in full; later ones are counted and told in one
+    summary line at most every `interval` seconds (a misconfigured client retrying for hours, or a scan,
+    cannot flood the log). The counters (errors{...}) count every refusal regardless."""
+
+    def __init__(self, reactor: Reactor, name: str, interval: float = REFUSAL_SUMMARY_S):
+        self.reactor = reactor
+        self.name = name
+        self.interval = interval
+        self._seen: set = set()  # (host, reason) logged once; at most REFUSAL_KEYS_MAX
+        self._pending: dict = {}  # reason -> refusals since the last summary
+        self._hosts: set = set()  # hosts of those, at most REFUSAL_KEYS_MAX (counted, not listed)
+        self._timer = None
+        self.lines = 0  # lines logged (for tests and the curious)
+
+    def refused(self, addr, reason: str, line: str, kind: str | None = None) -> None:
+        """The connection from `addr` (host, port) was refused: `reason` is its counter slug, `line` the
+        log text; `kind` (default: reason) tells refusals apart that deserve a line each (TLS: why)."""
+        host = addr[0]
+        key = (host, kind or reason)
+        if key not in self._seen and len(self._seen) < REFUSAL_KEYS_MAX:
+            self._seen.add(key)
+            self.lines += 1
+            log.warning("%s<-%s: %s (first refusal of this address for this reason; more are summarised every "
+                        "%g s)", self.name, _fmt_addr(addr), line, self.interval)
+            return
+        self._pending[reason] = self._pending.get(reason, 0) + 1
+        if len(self._hosts) < REFUSAL_KEYS_MAX:
+            self._hosts.add(host)
+        if self._timer is None:
+            self._timer = self.reactor.call_later(self.interval, self.summary)
+
+    def summary(self) -> None:
+        """Log the refusals counted since the last summary (if any)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        total = sum(self._pending.values())
+        what = ", ".join(f"{reason} {n}" for reason, n in sorted(self._pending.items()))
+        self.lines += 1
+        log.warning("%s: %d more connections refused (%s) from %d address%s", self.name, total, what,
+                    len(self._hosts), "" if len(self._hosts) == 1 else "es")
+        self._pending.clear()
+        self._hosts.clear()
+
+
 class TcpServer:
     """`tcp-listen://addr:port` (and the other listening schemes): accepts up to MAX_CLIENTS
     connections, each fed independently. make_peer(sock, name, on_closed) builds the endpoint of
@@ -232,6 +302,7 @@ class TcpServer:
         # their counts (frames queued for them and dropped) are kept apart from the bridges' own
         self.unidentified = Counters()
         self.clients: list = []
+        self.refusals = RefusalLog(reactor, self.name)
         family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -258,32 +329,38 @@ class TcpServer:
             # accepted and closed at once: the client sees EOF. TLS handshakes in progress hold a slot too.
             if len(self.clients) + len(self.handshakes) >= self.max_clients:
                 self.counters.errors["refused_max_clients"] += 1
-                refused = self.counters.errors["refused_max_clients"]
-                if refused & (refused - 1) == 0:  # 1st, 2nd, 4th, 8th...: a connection flood cannot flood the log
-                    log.warning("%s: refusing %s: max_clients %d reached (%d refused so far)", self.name,
-                                _fmt_addr(addr), self.max_clients, refused)
+                self.refusals.refused(addr, "refused_max_clients", f"refused: max_clients {self.max_clients} reached")
                 sock.close()
                 continue
             name = f"{self.name}<-{_fmt_addr(addr)}"
-            log.info("%s: client connected", name)
+            # at info once the peer greets ("peer is ..."): a client the server refuses is not a line per attempt
+            log.debug("%s: client connected", name)
             self.counters.gauges["accepted"] = self.counters.gauges.get("accepted", 0) + 1
             if self.tls is not None:
-                self._start_tls(sock, name)
+                self._start_tls(sock, name, addr)
                 continue
-            self.clients.append(self.make_peer(sock, name, self._on_client_closed))
+            self._add_client(sock, name, addr)
 
-    def _start_tls(self, sock: socket.socket, name: str) -> None:
+    def _add_client(self, sock, name: str, addr) -> None:
+        peer = self.make_peer(sock, name, self._on_client_closed)
+        if isinstance(peer, StreamPeer):  # a greeting it cannot parse is a refusal: logged by self.refusals
+            peer.on_refused = lambda why: self.refusals.refused(addr, why.reason, f"closing connection, "
+                                                                f"malformed stream: {why}")
+        self.clients.append(peer)
+
+    def _start_tls(self, sock: socket.socket, name: str, addr) -> None:
         """The peer starts once the handshake succeeds; a failure closes this connection only."""
 
         def done(tls_sock):
             self.handshakes.remove(handshake)
-            self.clients.append(self.make_peer(tls_sock, name, self._on_client_closed))
+            self._add_client(tls_sock, name, addr)
 
-        def failed(reason):  # logged by bridge.security.tls with the address and reason
+        def failed(reason):
             self.handshakes.remove(handshake)
             self.counters.errors["tls_handshake_failed"] += 1
+            self.refusals.refused(addr, "tls_handshake_failed", f"TLS handshake failed: {reason}", kind=reason)
 
-        handshake = self.tls.handshake(self.reactor, sock, name, done, failed)
+        handshake = self.tls.handshake(self.reactor, sock, name, done, failed, quiet=True)
         self.handshakes.append(handshake)
 
     def _on_client_closed(self, peer) -> None:
@@ -292,6 +369,7 @@ class TcpServer:
         _merge(self.counters if getattr(peer, "identified", True) else self.unidentified, peer.counters)
 
     def close(self) -> None:
+        self.refusals.summary()
         for handshake in self.handshakes:
             handshake.cancel()
         for peer in list(self.clients):
@@ -311,7 +389,9 @@ def stream_peers(reactor: Reactor, router, new_wire, routing=(None, None, None),
 
 class TcpClient:
     """`tcp://host:port`: connects, and reconnects after any loss with jittered exponential
-    backoff (BACKOFF_MIN_S doubling up to BACKOFF_MAX_S, times a random 0.5..1 factor)."""
+    backoff (backoff_delay: BACKOFF_MIN_S doubling up to BACKOFF_MAX_S, times a random 0.5..1 factor).
+    The backoff starts again from BACKOFF_MIN_S only after a real session (see SESSION_MIN_S): a
+    connection the server refuses counts as a failed attempt, whatever TCP or our TLS side said."""
 
     def __init__(self, reactor: Reactor, router, addr: tuple[str, int], new_wire, routing=(None, None, None), scheme="tcp",
                  policy: PeerPolicy = DEFAULT_POLICY, tls=None):
@@ -330,6 +410,7 @@ class TcpClient:
         self.peer: StreamPeer | None = None
         self.reconnects = 0
         self._attempt = 0
+        self._connected_at = 0.0  # monotonic time the current connection's wire started
         self._sock: socket.socket | None = None
         self._timer = None
         self._closed = False
@@ -396,7 +477,7 @@ class TcpClient:
 
     def _on_secured(self, sock) -> None:
         self._handshake = None
-        self._attempt = 0
+        self._connected_at = time.monotonic()  # the backoff is reset at the loss if this became a session
         log.info("%s: connected", self.name)
         self.peer = StreamPeer(self.reactor, sock, self.router, self.name, self.new_wire(), self._on_lost, owner=self,
                                policy=self.policy)
@@ -409,13 +490,20 @@ class TcpClient:
     def _on_lost(self, peer) -> None:
         _merge(self.counters, peer.counters)
         self.peer = None
+        lived = time.monotonic() - self._connected_at
+        session = (peer.identified and lived >= SESSION_MIN_S) or lived >= STABLE_S
+        if session:
+            self._attempt = 0
+        else:
+            self.counters.errors["refused_by_peer"] += 1
         if not self._closed:
             self.reconnects += 1
             self.counters.gauges["reconnects"] = self.reconnects
-            self._retry(None)
+            self._retry(None if session else f"closed by the peer after {lived:.2f} s"
+                        f"{'' if peer.identified else ', before its greeting'}: refused")
 
     def _retry(self, exc) -> None:
-        delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * (2**self._attempt)) * random.uniform(0.5, 1.0)
+        delay = backoff_delay(self._attempt)
         self._attempt = min(self._attempt + 1, 16)
         if exc is not None:
             log.info("%s: connect failed (%s), retry in %.2f s", self.name, exc, delay)

@@ -1,5 +1,5 @@
 """Frames over UDP to one unicast peer (`udp://host:port?bind=addr:port`); the protocol (native,
-cannelloni) is a datagram wire from bridge.protocols.wire.
+cannelloni) is a datagram wire from bridge.protocols.native.
 
 Frames queued in a loop pass leave packed into as few datagrams as fit the MTU (1472 bytes
 default: an Ethernet frame without fragmentation). Each datagram has a sequence number; the
@@ -40,7 +40,7 @@ PEER_RESTART = "unconfirmed_peer_restart"  # dropped reason: frames that died wi
 
 class UdpPeer:
     """remote: (host, port) of the peer; bind: local (addr, port), default (wildcard, remote port);
-    wire: a datagram wire (bridge.protocols.wire), which owns the MTU. Raises OSError when the
+    wire: a datagram wire (bridge.protocols.native), which owns the MTU. Raises OSError when the
     bind fails (port in use, bad address)."""
 
     def __init__(self, reactor: Reactor, router, remote, bind, wire, routing=(None, None, None), scheme="udp",

@@ -7,7 +7,8 @@
     psk=HEX, psk_file=PATH        udp:// only: 32-byte pre-shared key, 64 hex digits (in the file: hex, or
                                   32 raw bytes); datagrams are sealed with ChaCha20-Poly1305
 
-TLS options apply to tcp://, tcp-listen://, cannelloni+tcp(-listen):// and socketcand://. The files
+Which schemes take which option is each protocol's to say (bridge.protocols; the config asks it before
+calling with_option). The files
 are loaded when the bridge starts (bridge.security.tls), where a file that cannot be used is a ConfigError
 naming the option; the psk is read here, at configuration time.
 """
@@ -22,8 +23,6 @@ from bridge.errors import ConfigError
 TLS_OPTIONS = ("tls_cert", "tls_key", "tls_ca", "tls_server_name")
 PSK_OPTIONS = ("psk", "psk_file")
 SECURITY_OPTIONS = TLS_OPTIONS + PSK_OPTIONS
-TLS_SCHEMES = ("tcp", "tcp-listen", "cannelloni+tcp", "cannelloni+tcp-listen", "socketcand")
-TLS_CLIENT_SCHEMES = ("tcp", "cannelloni+tcp")
 
 
 @dataclass(frozen=True)
@@ -40,22 +39,15 @@ class Security:
         return any(getattr(self, key) is not None for key in TLS_OPTIONS)
 
 
-def with_option(sec: Security, scheme: str, key: str, value, where: str) -> Security:
-    """`sec` with option `key` (one of SECURITY_OPTIONS) set; ConfigError naming the key if it does not
-    apply to `scheme` or its value is bad."""
+def with_option(sec: Security, key: str, value, where: str, tls_client: bool = False) -> Security:
+    """`sec` with option `key` (one of SECURITY_OPTIONS) set; tls_client: the peer is a TLS client (only a
+    client checks tls_server_name). ConfigError naming the key if its value is bad."""
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: {key}: expected a non-empty string, got {value!r}")
     if key in TLS_OPTIONS:
-        if scheme not in TLS_SCHEMES:
-            raise ConfigError(f"{where}: {key} is an option of {', '.join(s + '://' for s in TLS_SCHEMES)}")
-        if key == "tls_server_name" and scheme not in TLS_CLIENT_SCHEMES:
+        if key == "tls_server_name" and not tls_client:
             raise ConfigError(f"{where}: tls_server_name is a client option (tcp://, cannelloni+tcp://)")
         return replace(sec, **{key: value})
-    if scheme == "cannelloni+udp":
-        raise ConfigError(f"{where}: {key}: cannelloni peers cannot decrypt; encrypted UDP needs udp:// "
-                          "(the native protocol) on both sides")
-    if scheme != "udp":
-        raise ConfigError(f"{where}: {key} is an option of udp://")
     if sec.psk is not None:
         raise ConfigError(f"{where}: {key}: give psk or psk_file, once")
     return replace(sec, psk=_psk_file(value, where) if key == "psk_file" else _psk_hex(value, f"{where}: psk"))

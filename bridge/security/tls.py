@@ -5,7 +5,9 @@ TcpServer and TcpClient take a `Tls`; each connected socket is wrapped with
 `wrap_socket(do_handshake_on_connect=False)` and `do_handshake()` is retried on read/write readiness
 (SSLWantReadError / SSLWantWriteError) until it succeeds, fails, or HANDSHAKE_TIMEOUT_S passes. Only then
 does the wire start (StreamTransport copes with TLS sockets). A failure is logged with the peer's
-address and reason and closes that connection only; the caller counts it ("tls_handshake_failed").
+address and reason (a server logs its refusals itself: the first per address and reason, then a
+summary, bridge.endpoints.tcp.RefusalLog) and closes that connection only; the caller counts it
+("tls_handshake_failed").
 
 Checks: TLS 1.2 at least (1.3 preferred, OpenSSL's default); a client verifies the server's
 certificate against tls_ca (system CAs without it) and its name (tls_server_name, else the URL host);
@@ -20,7 +22,7 @@ import ssl
 
 from bridge.errors import ConfigError
 from bridge.core.reactor import Reactor
-from bridge.security.options import TLS_CLIENT_SCHEMES, Security
+from bridge.security.options import Security
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +38,19 @@ class Tls:
         self.server_side = server_side
         self.server_hostname = server_hostname
 
-    def handshake(self, reactor: Reactor, sock: socket.socket, name: str, on_done, on_failed) -> Handshake:
-        """Start the handshake on connected `sock`; on_done(ssl_socket) or on_failed(reason) follows."""
-        return Handshake(reactor, sock, self, name, on_done, on_failed)
+    def handshake(self, reactor: Reactor, sock: socket.socket, name: str, on_done, on_failed,
+                  quiet: bool = False) -> Handshake:
+        """Start the handshake on connected `sock`; on_done(ssl_socket) or on_failed(reason) follows.
+        quiet: a failure is not logged here (a server logs its refusals itself, rate-limited)."""
+        return Handshake(reactor, sock, self, name, on_done, on_failed, quiet)
 
 
-def for_peer(sec: Security, scheme: str, host: str, where: str) -> Tls | None:
+def for_peer(sec: Security, client: bool, host: str, where: str) -> Tls | None:
     """The Tls of a peer, or None if it has no TLS option. Loads the files now: ConfigError naming the
     option that cannot be applied (missing, unreadable, not PEM, key not matching the certificate)."""
     if not sec.tls:
         return None
-    if scheme in TLS_CLIENT_SCHEMES:
+    if client:
         return Tls(client_context(sec, where), False, sec.tls_server_name or host)
     return Tls(server_context(sec, where), True)
 
@@ -127,9 +131,11 @@ def describe(exc: Exception) -> str:
 class Handshake:
     """One handshake in progress. cancel() closes the socket (the server or client is closing)."""
 
-    def __init__(self, reactor: Reactor, sock: socket.socket, tls: Tls, name: str, on_done, on_failed):
+    def __init__(self, reactor: Reactor, sock: socket.socket, tls: Tls, name: str, on_done, on_failed,
+                 quiet: bool = False):
         self.reactor = reactor
         self.name = name
+        self.quiet = quiet
         self._on_done = on_done
         self._on_failed = on_failed
         sock.setblocking(False)
@@ -161,7 +167,8 @@ class Handshake:
         self._fail(f"no handshake within {HANDSHAKE_TIMEOUT_S:.0f} s")
 
     def _fail(self, reason: str) -> None:
-        log.warning("%s: TLS handshake failed: %s", self.name, reason)
+        if not self.quiet:
+            log.warning("%s: TLS handshake failed: %s", self.name, reason)
         self.cancel()
         self._on_failed(reason)
 

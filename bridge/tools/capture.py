@@ -29,9 +29,17 @@ from hw import rawsock
 
 log = logging.getLogger("canbridge.capture")
 
-# the bridge's well-known ports: native 29600, cannelloni 20000, socketcand 29536 (+ beacon 42000),
-# python-can udp_multicast 43113
-DEFAULT_FILTER = "port 29600 or port 20000 or port 29536 or port 42000 or port 43113"
+
+
+def default_filter() -> str:
+    """The default ports of every protocol in the registry (native 29600, cannelloni 20000, socketcand
+    29536, python-can udp_multicast 43113) and the socketcand beacon (42000), as a BPF expression."""
+    from bridge.codec.socketcand import BEACON_PORT
+    from bridge.protocols import registry
+
+    ports = sorted({*registry.families().values(), BEACON_PORT})
+    return " or ".join(f"port {p}" for p in ports)
+
 WRITE_BUFFER = 1 << 20  # bytes of pcapng buffered before a write(2): few system calls under load
 STOP_DRAIN_S = 5.0  # on stop, keep reading what the kernel already queued for at most this long
 STATS_INTERVAL_S = 1.0  # PACKET_STATISTICS is folded in this often (the counters are per read)
@@ -196,8 +204,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--interface", action="append", required=True, metavar="IFACE[@NETNS]",
                    help="interface to capture (repeat for several); CAN interfaces are detected by type")
     p.add_argument("-w", "--write", required=True, metavar="FILE", help="pcapng output file, '-' for stdout")
-    p.add_argument("-f", "--filter", default=DEFAULT_FILTER, metavar="EXPR",
-                   help=f"BPF filter for network links, libpcap syntax (default: {DEFAULT_FILTER!r}; '' = all)")
+    ports = default_filter()
+    p.add_argument("-f", "--filter", default=ports, metavar="EXPR",
+                   help=f"BPF filter for network links, libpcap syntax (default: {ports!r}; '' = all)")
     p.add_argument("-c", "--count", type=int, default=0, help="stop after this many frames/packets")
     p.add_argument("-a", "--duration", type=float, default=0, metavar="SECONDS", help="stop after this long")
     p.add_argument("-C", "--file-size", type=float, default=0, metavar="MB",

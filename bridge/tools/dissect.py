@@ -58,10 +58,11 @@ from bridge.codec import socketcand as scd
 from bridge.codec.base import events
 from bridge.codec.socketcan import CAN_ERR_FLAG, CAN_RTR_FLAG, pack_can, pack_canfd
 from bridge.errors import ProtocolError
+from bridge.protocols import registry
 
-NATIVE_PORT = 29600
-CANNELLONI_PORT = 20000
-SOCKETCAND_PORT = 29536
+NATIVE_PORT = native.DEFAULT_PORT
+CANNELLONI_PORT = cannelloni.DEFAULT_PORT
+SOCKETCAND_PORT = scd.DEFAULT_PORT
 
 # Per flow direction: bytes of out-of-order segments held until the gap before them is filled. A
 # capture that lost a segment would otherwise buffer the rest of the flow; past this the flow is
@@ -406,7 +407,9 @@ def bind_ports(native=(), cannelloni=(), socketcand=()) -> None:
         bind_layers(l4, layer, sport=port)
 
 
-bind_ports(native=[NATIVE_PORT], cannelloni=[CANNELLONI_PORT], socketcand=[SOCKETCAND_PORT])
+# every protocol family of the registry that these layers decode, on its default port
+bind_ports(**{family: [port] for family, port in registry.families().items() if family in ("native", "cannelloni",
+                                                                                          "socketcand")})
 
 
 # ============================================================================== extraction API

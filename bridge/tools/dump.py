@@ -39,7 +39,6 @@ from bridge.errors import ConfigError
 READ_BATCH = 256  # frames read from one socket per poll round: other sources get their turn
 RECV_CHUNK = 64 << 10  # bytes per TCP read from a remote bridge
 CONNECT_TIMEOUT_S = 5.0
-DEFAULT_PORT = 29600
 MSG_DONTROUTE = 0x04  # set by CAN_RAW on frames sent from this host (candump -x "TX")
 _ANC = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(4)  # SO_TIMESTAMPNS timespec + SO_RXQ_OVFL u32
 _TIMESPEC = struct.Struct("=qq")
@@ -128,7 +127,7 @@ class RemoteSource:
         self.filter = parse_filters(filters)
         parts = urlsplit(url)
         try:
-            port = parts.port or DEFAULT_PORT
+            port = parts.port or native.DEFAULT_PORT
         except ValueError as exc:
             raise ConfigError(f"{url!r}: {exc}") from None
         if parts.scheme != "tcp" or not parts.hostname:

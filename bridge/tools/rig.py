@@ -17,12 +17,13 @@ import time
 import uuid
 from pathlib import Path
 
+from bridge.codec import native
 from bridge.tools import probe
 from hw import netns
 
 GW_ADDR = "10.200.0.1"
 REMOTE_ADDR = "10.200.0.2"
-TCP_PORT = 29600
+TCP_PORT = native.DEFAULT_PORT
 UDP_PORT = 29601
 
 

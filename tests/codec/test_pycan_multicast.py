@@ -238,21 +238,21 @@ def test_url_defaults_are_python_cans():
     from bridge.daemon.config import parse_peer_url
 
     p = parse_peer_url("udp-multicast://")
-    assert (p.scheme, p.host, p.port, p.iface, p.hop_limit) == (
+    assert (p.scheme, p.host, p.port, p.extra.get("iface"), p.extra["hop_limit"]) == (
         "udp-multicast", "ff15:7079:7468:6f6e:6465:6d6f:6d63:6173", 43113, None, 1)
     p = parse_peer_url("udp-multicast://239.74.163.2?iface=eth0&hop_limit=4&filter=123:7FF")
-    assert (p.host, p.port, p.iface, p.hop_limit) == ("239.74.163.2", 43113, "eth0", 4)
+    assert (p.host, p.port, p.extra["iface"], p.extra["hop_limit"]) == ("239.74.163.2", 43113, "eth0", 4)
     assert parse_peer_url("udp-multicast://[ff15::1]:5000").host == "ff15::1"
 
 
 @pytest.mark.parametrize("url,words", [
     ("udp-multicast://10.0.0.1", "not a multicast group"),
-    ("udp-multicast://?mtu=1000", "unknown option 'mtu'"),
-    ("udp-multicast://?bind=0.0.0.0:1", "unknown option 'bind'"),
+    ("udp-multicast://?mtu=1000", "mtu is an option of udp://, cannelloni+udp://"),
+    ("udp-multicast://?bind=0.0.0.0:1", "bind is an option of udp://, cannelloni+udp://"),
     ("udp-multicast://?hop_limit=256", "hop_limit"),
     ("udp-multicast://?hop_limit=x", "hop_limit"),
     ("udp-multicast://?iface=", "iface"),
-    ("udp://127.0.0.1:5?iface=eth0", "iface is a udp-multicast:// option"),
+    ("udp://127.0.0.1:5?iface=eth0", "iface is an option of udp-multicast://"),
 ])
 def test_url_errors_name_the_argument(url, words):
     from bridge.daemon.config import parse_peer_url
@@ -270,7 +270,7 @@ def test_toml_peer_keys(tmp_path):
     conf = tmp_path / "b.toml"
     conf.write_text('[[interface]]\nname = "vcan0"\n[[peer]]\nurl = "udp-multicast://"\niface = "mc0"\nhop_limit = 2\n')
     peer = load_toml(str(conf)).peers[0]
-    assert (peer.iface, peer.hop_limit) == ("mc0", 2)
+    assert (peer.extra["iface"], peer.extra["hop_limit"]) == ("mc0", 2)
     conf.write_text('[[interface]]\nname = "vcan0"\n[[peer]]\nurl = "udp-multicast://"\nhop_limit = true\n')
     with pytest.raises(ConfigError, match=r"peer\[0\].*hop_limit"):
         load_toml(str(conf))

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from bridge.codec import native, sealed
 from bridge.codec import socketcan as sc
-from bridge.protocols.wire import NativeDatagram
+from bridge.protocols.native import NativeDatagram
 from bridge.errors import ConfigError, ProtocolError
 
 KEY = bytes(range(32))

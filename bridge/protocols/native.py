@@ -1,32 +1,17 @@
-"""Wire adapters: one small class per protocol that turns a sans-IO codec into what the TCP and
-UDP endpoints need, so transport, batching, reconnects and counters are written once.
-
-Stream wire (one per TCP connection):
-    greeting() -> bytes                 sent first on every connection
-    encode(channel, frames) -> bytes    frames = [(raw, ts_ns)]; b"" if this wire cannot carry them
-    heartbeat(now_ns) -> bytes          b"" when the protocol has none (has_heartbeat False)
-    feed(data) -> list[(channel, frames)]   b"" = EOF; raises ProtocolError on malformed input
-    describe_peer() -> str | None       after the peer's greeting, for the log
-Datagram wire (one per UDP peer):
-    encode(channel, frames) -> list[bytes]; control() -> bytes | None (heartbeat datagram)
-    decode(data) -> (verdict, [(channel, frames)]); raises ProtocolError; verdict "ok" or a slug
-    of a datagram to drop ("duplicate", "stale", "replayed"); stats() -> dict of sequence counters,
-    with "lost_frames" (frames lost in transit, counted from TX_COUNT) when the protocol can tell;
-    peer_changed(up, queued=0) and closed(): liveness transitions and the end, for the count of frames
-    that died with a restarted peer (RX_COUNT, bridge.codec.frameloss.DeliveryTracker), which stats()
-    reports as "unconfirmed_frames" (total); queued: at a down transition, frames handed to send_frames
-    that still leave in this loop pass
-"""
+"""The native protocol (docs/protocol.md; codec: bridge.codec.native, sealed UDP: bridge.codec.sealed):
+its stream and datagram wires, and the schemes tcp://, tcp-listen:// and udp://."""
 
 from __future__ import annotations
 
 import os
 import time
 
-from bridge.codec import cannelloni, native, sealed
+from bridge.codec import native, sealed
 from bridge.codec.base import events
 from bridge.codec.frameloss import DeliveryTracker, FrameLossTracker
 from bridge.errors import ConfigError
+from bridge.protocols import transports
+from bridge.protocols.base import ACCESS, BIND, FILTERS, LIMITS, MAX_CLIENTS, MTU, PSK, TLS, PeerProtocolBase
 
 
 class NativeStream:
@@ -63,32 +48,6 @@ class NativeStream:
     def describe_peer(self) -> str | None:
         h = self.peer_hello
         return h and f"native v{h.version}, channels {','.join(h.channels)}"
-
-
-class CannelloniStream:
-    """cannelloni TCP (v1.1+): `CANNELLONIv1` both ways, then bare frame records. It has no
-    channels: only channel 0 is carried; frames of other channels are not sent."""
-
-    has_heartbeat = False  # cannelloni is silent while the bus is idle: silence is not death
-
-    def __init__(self, hello=None) -> None:
-        self.decoder = cannelloni.StreamDecoder()
-
-    def greeting(self) -> bytes:
-        return cannelloni.BANNER
-
-    def encode(self, channel: int, frames: list) -> bytes:
-        return cannelloni.encode_frames(frames) if channel == 0 else b""
-
-    def heartbeat(self, now_ns: int) -> bytes:
-        return b""
-
-    def feed(self, data: bytes) -> list:
-        self.decoder.receive_data(data)
-        return [(0, e.frames) for e in events(self.decoder) if isinstance(e, cannelloni.Frames)]
-
-    def describe_peer(self) -> str | None:
-        return "cannelloni" if self.decoder.banner_received else None
 
 
 class NativeDatagram:
@@ -170,31 +129,36 @@ class NativeDatagram:
                 "lost_frames": self.loss.lost, "unconfirmed_frames": self.delivery.counted}
 
 
-class CannelloniDatagram:
-    """cannelloni UDP (version 2 header, u8 sequence). Channel 0 only; no heartbeat (cannelloni
-    sends nothing while the bus is idle), so the peer is "up" only while frames arrive. Its datagrams
-    carry no frame count, so lost datagrams are counted ("lost" gauge), lost frames are not."""
+class NativeTcp(PeerProtocolBase):
+    """`tcp://HOST[:PORT]`: client, reconnects with backoff."""
 
-    def __init__(self, hello, mtu: int) -> None:
-        self.encoder = cannelloni.DatagramEncoder(mtu)
-        self.seq = cannelloni.SeqCounter()
+    scheme, family, transport, tls_client = "tcp", "native", "tcp", True
+    default_port = native.DEFAULT_PORT
+    options = frozenset({FILTERS, ACCESS, TLS, LIMITS})
 
-    def encode(self, channel: int, frames: list) -> list:
-        return self.encoder.encode(frames) if channel == 0 else []
+    @classmethod
+    def open(cls, ctx, peer):
+        return transports.tcp_client(ctx, peer, lambda: NativeStream(ctx.hello))
 
-    def control(self) -> bytes | None:
-        return None
 
-    def peer_changed(self, up: bool, queued: int = 0) -> None:
-        pass  # cannelloni acknowledges nothing
+class NativeTcpListen(NativeTcp):
+    """`tcp-listen://[ADDR][:PORT]`: server, many clients (loopback unless ADDR is given)."""
 
-    def closed(self) -> None:
-        pass
+    scheme, server, tls_client, default_host = "tcp-listen", True, False, "127.0.0.1"
+    options = frozenset({FILTERS, ACCESS, TLS, LIMITS, MAX_CLIENTS})
 
-    def decode(self, data: bytes) -> tuple[str, list]:
-        seq, frames = cannelloni.decode_datagram(data)
-        self.seq.observe(seq)  # statistics only: cannelloni delivers every datagram
-        return "ok", [(0, frames)] if frames else []
+    @classmethod
+    def open(cls, ctx, peer):
+        return transports.tcp_server(ctx, peer, lambda: NativeStream(ctx.hello))
 
-    def stats(self) -> dict:
-        return {"lost": self.seq.lost, "reordered": self.seq.reordered}
+
+class NativeUdp(PeerProtocolBase):
+    """`udp://HOST[:PORT][?bind=ADDR:PORT]`: datagrams both ways, optionally sealed (psk)."""
+
+    scheme, family, transport = "udp", "native", "udp"
+    default_port = native.DEFAULT_PORT
+    options = frozenset({FILTERS, ACCESS, PSK, LIMITS, MTU, BIND})
+
+    @classmethod
+    def open(cls, ctx, peer):
+        return transports.udp_peer(ctx, peer, NativeDatagram(ctx.hello, peer.mtu, psk=peer.security.psk))
