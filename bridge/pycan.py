@@ -126,9 +126,8 @@ class CanBridgeBus(can.BusABC):
         try:
             if not self._queue:
                 self._take(self._remote.read())  # what is already there, without waiting
-            if not self._queue and timeout != 0:
-                if select.select([self._remote.sock], [], [], timeout)[0]:
-                    self._take(self._remote.read())
+            if not self._queue and timeout != 0 and select.select([self._remote.sock], [], [], timeout)[0]:
+                self._take(self._remote.read())
         except RemoteClosed as exc:
             raise can.CanOperationError(f"canbridge: {exc}") from None
         if not self._queue:

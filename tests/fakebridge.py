@@ -44,7 +44,7 @@ class FakeBridge:
         while not self._stop:
             try:
                 conn, _ = self.listener.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -68,7 +68,7 @@ class FakeBridge:
         while not self._stop:
             try:
                 data = conn.recv(65536)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             decoder.receive_data(data)
             for event in events(decoder):

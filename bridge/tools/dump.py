@@ -26,12 +26,11 @@ import struct
 import sys
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from bridge.tools import probe
-from bridge.codec import candump, native
+from bridge.tools.remote import RemoteBridge, RemoteClosed
+from bridge.codec import candump
 from bridge.codec import socketcan as sc
-from bridge.codec.base import events
 from bridge.codec.filters import FilterSet, parse_filters
 from hw.cansock import SO_RXQ_OVFL, SO_TIMESTAMPNS
 from bridge.errors import ConfigError
@@ -90,6 +89,10 @@ class LocalSource:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    @staticmethod
+    def waiting() -> bool:
+        return False  # the kernel socket is readable while frames wait
+
     def read(self) -> list:
         """Up to READ_BATCH Rx (and Drops) in arrival order; [] when nothing is waiting."""
         out: list = []
@@ -118,77 +121,39 @@ class LocalSource:
 
 
 class RemoteSource:
-    """One interface of a remote canbridge (`tcp-listen://` side), native protocol over TCP:
-    "tcp://HOST[:PORT][/IFACE][,FILTERS]" (IFACE: the bridge's first interface when omitted).
-    Raises ConfigError for a bad URL or an unknown interface, OSError when unreachable."""
+    """One interface of a remote canbridge (`tcp-listen://` side), native protocol over TCP (TLS with
+    ?tls_ca=..&tls_cert=..&tls_key=..), through bridge.tools.remote: "tcp://HOST[:PORT][/IFACE][?TLS][,FILTERS]"
+    (IFACE: the bridge's first interface when omitted). Raises ConfigError for a bad URL or an unknown
+    interface, OSError when unreachable."""
 
     def __init__(self, spec: str) -> None:
         url, _, filters = spec.partition(",")
         self.filter = parse_filters(filters)
-        parts = urlsplit(url)
-        try:
-            port = parts.port or native.DEFAULT_PORT
-        except ValueError as exc:
-            raise ConfigError(f"{url!r}: {exc}") from None
-        if parts.scheme != "tcp" or not parts.hostname:
-            raise ConfigError(f"{url!r}: expected tcp://HOST[:PORT][/IFACE]")
-        self.url = url
-        self.decoder = native.StreamDecoder()
-        self.sock = socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S)
-        try:
-            hello = self._read_hello()
-            wanted = parts.path.strip("/")
-            if wanted and wanted not in hello.channels:
-                raise ConfigError(f"{url}: the bridge has no interface {wanted!r} (it has {', '.join(hello.channels)})")
-            if not hello.channels:
-                raise ConfigError(f"{url}: the bridge announced no interface")
-            self.name = wanted or hello.channels[0]
-            self.index = hello.channels.index(self.name)
-            self.sock.sendall(native.STREAM_PREAMBLE + native.encode_hello(native.Hello(channels=hello.channels)))
-            self.sock.setblocking(False)
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def _read_hello(self) -> native.Hello:
-        deadline = time.monotonic() + CONNECT_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                event = self.decoder.next_event()
-            except native.NativeProtocolError as exc:
-                raise ConfigError(f"{self.url}: not a canbridge (native protocol): {exc}") from None
-            if isinstance(event, native.Hello):
-                return event
-            if event is native.CLOSED:
-                break
-            if event is native.NEED_DATA:
-                self.decoder.receive_data(self.sock.recv(RECV_CHUNK))
-        raise ConfigError(f"{self.url}: no HELLO from the bridge")
+        self.remote = RemoteBridge(url)
+        self.url = self.remote.url
+        self.name = self.remote.name
 
     def fileno(self) -> int:
-        return self.sock.fileno()
+        return self.remote.fileno()
+
+    def waiting(self) -> bool:
+        """Frames came with the bridge's HELLO: read() has them although the socket is not readable."""
+        return bool(self.remote.backlog)
 
     def read(self) -> list:
         try:
-            data = self.sock.recv(RECV_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return []
-        except OSError as exc:
-            raise SourceClosed(f"{self.url}: {exc}") from None
-        if not data:
-            raise SourceClosed(f"{self.url}: the bridge closed the connection")
-        self.decoder.receive_data(data)
-        out = []
-        try:
-            for event in events(self.decoder):
-                if isinstance(event, native.Frames) and event.channel == self.index:
-                    out += [Rx(self.name, raw, ts) for raw, ts in self.filter.filter_batch(event.frames)]
-        except native.NativeProtocolError as exc:
-            raise SourceClosed(f"{self.url}: malformed data from the bridge: {exc}") from None
-        return out
+            frames = self.remote.read()
+        except RemoteClosed as exc:
+            raise SourceClosed(str(exc)) from None
+        return [Rx(self.name, raw, ts) for raw, ts in self.filter.filter_batch(frames)]
 
     def close(self) -> None:
-        self.sock.close()
+        self.remote.close()
+
+
+def waiting(sources) -> list:
+    """poll()-style [(fd, POLLIN)] of the sources holding frames their socket no longer signals."""
+    return [(s.fileno(), select.POLLIN) for s in sources if s.waiting()]
 
 
 def open_sources(specs: list[str], prog: str) -> tuple[list, int]:
@@ -348,7 +313,7 @@ def _loop(sources, fmt: Formatter, count: int, timeout_ms: int) -> int:
     n = 0
     try:
         while True:
-            ready = poller.poll(timeout_ms or None)
+            ready = waiting(sources) or poller.poll(timeout_ms or None)
             if not ready:
                 return _flush()  # -T: nothing received for timeout_ms
             for fd, _mask in ready:

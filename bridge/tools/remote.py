@@ -25,7 +25,7 @@ from bridge.errors import ConfigError
 from bridge.security import tls
 from bridge.security.options import TLS_OPTIONS, Security
 
-DEFAULT_PORT = 29600
+DEFAULT_PORT = native.DEFAULT_PORT
 CONNECT_TIMEOUT_S = 5.0
 RECV_CHUNK = 64 << 10  # bytes per read
 
@@ -61,7 +61,8 @@ class RemoteBridge:
     """A connected, HELLO-exchanged, non-blocking connection to one interface of a bridge.
 
     Attributes: host, port, name (the interface), index (its channel number), hello (the bridge's
-    native.Hello), backlog (frames decoded with the HELLO that read() returns first), gateway ("HOST" or "HOST:PORT" when the port is not 29600), sock.
+    native.Hello), backlog (frames decoded with the HELLO that read() returns first), gateway ("HOST",
+    or "HOST:PORT" when the port is not 29600), sock.
     Raises ConfigError (bad URL, TLS files, unknown interface, not a canbridge) or OSError
     (unreachable, TLS handshake refused)."""
 

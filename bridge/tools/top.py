@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from bridge.codec import socketcan as sc
-from bridge.tools.dump import Rx, SourceClosed, open_sources
+from bridge.tools.dump import Rx, SourceClosed, open_sources, waiting
 
 REFRESH_HZ = 4
 PERIOD_SAMPLES = 64  # inter-arrival times kept per ID for mean and jitter: ~0.6 s of a 100 Hz ID
@@ -251,7 +251,7 @@ def _collect(sources, stats: TopStats, end: float | None, keys, refresh=None) ->
             return
         deadlines = [t for t in (next_refresh if refresh else None, end) if t is not None]
         timeout_ms = max(0.0, (min(deadlines) - now) * 1000) if deadlines else None
-        for fd, _ in poller.poll(timeout_ms):
+        for fd, _ in waiting(sources) or poller.poll(timeout_ms):
             if keys and fd == keys.fd:
                 if keys.quit_pressed():
                     return
