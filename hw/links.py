@@ -22,6 +22,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from hw.errors import CanBridgeError, ConfigError
+from hw.linksettings import LINK_KEYS, link_value
 
 ARPHRD_CAN = 280  # linux/if_arp.h: the link type of can, vcan and vxcan devices
 CAN_MTU, CANFD_MTU = 16, 72  # sizeof(struct can_frame), sizeof(struct canfd_frame)
@@ -31,27 +32,6 @@ STATES = {0: "ERROR-ACTIVE", 1: "ERROR-WARNING", 2: "ERROR-PASSIVE", 3: "BUS-OFF
 _PYROUTE2_STATES = {"ERROR_ACTIVE": 0, "ERROR_WARNING": 1, "ERROR_PASSIVE": 2, "BUS_OFF": 3, "STOPPED": 4,
                     "SLEEPING": 5}
 BIT_TIMING_KEYS = ("bitrate", "sample_point", "dbitrate", "dsample_point", "restart_ms")
-
-
-# Link settings of an [[interface]], applied by `canbridge link setup --from-config` (this module), never by
-# the bridge itself (which needs no CAP_NET_ADMIN). key -> (type, min, max, what).
-LINK_KEYS = {
-    "bitrate": (int, 1, 1_000_000, "bit/s (classic CAN and the FD arbitration phase: at most 1 Mbit/s)"),
-    "sample_point": (float, 0.001, 0.999, "fraction of the bit time, e.g. 0.875"),
-    "dbitrate": (int, 1, 20_000_000, "bit/s (CAN FD data phase)"),
-    "dsample_point": (float, 0.001, 0.999, "fraction of the bit time, e.g. 0.75"),
-    "restart_ms": (int, 0, 2**32 - 1, "ms before an automatic restart after BUS-OFF; 0 = never"),
-    "txqueuelen": (int, 1, 2**31 - 1, "frames in the interface TX queue"),
-}
-
-
-def link_value(key: str, value, where: str) -> int | float:
-    """A LINK_KEYS value checked for type and range; ConfigError naming `where` otherwise."""
-    kind, low, high, what = LINK_KEYS[key]
-    ok_type = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-    if not ok_type or not low <= value <= high:
-        raise ConfigError(f"{where}: expected {what}, {low}..{high}, got {value!r}")
-    return kind(value)
 
 
 class LinkError(CanBridgeError):

@@ -48,3 +48,29 @@ def test_link_events_in_order(netns):
     assert collapsed == [DOWN, UP, DOWN, ABSENT, DOWN]
     assert {e.name for e in seen} == {"lwa"}  # lwb's events are not ours
     assert all(e.can_state is None for e in seen)  # not a CAN controller
+
+
+def test_linkstate_decodes_what_pyroute2_encodes():
+    """hw.linkstate (the bridge's own small rtnetlink decoder) against pyroute2's encoder: a CAN controller
+    in BUS-OFF, a vcan without CAN data, and a deleted link, in one datagram; a truncated tail is dropped."""
+    from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    from hw import linkstate
+
+    def encoded(kind, index, flags, attrs):
+        msg = ifinfmsg()
+        msg["header"]["type"] = kind
+        msg["index"], msg["flags"] = index, flags
+        msg["attrs"] = attrs
+        msg.encode()
+        return bytes(msg.data)
+
+    can0 = encoded(RTM_NEWLINK, 7, 1, [("IFLA_IFNAME", "can0"), ("IFLA_MTU", 72), ("IFLA_LINKINFO", {"attrs": [
+        ("IFLA_INFO_KIND", "can"), ("IFLA_INFO_DATA", {"attrs": [("IFLA_CAN_STATE", 3), ("IFLA_CAN_RESTART_MS", 100)]})]})])
+    vcan = encoded(RTM_NEWLINK, 8, 0, [("IFLA_IFNAME", "vcan1"), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "vcan")]})])
+    gone = encoded(RTM_DELLINK, 9, 0, [("IFLA_IFNAME", "can9")])
+    got = linkstate.parse(can0 + vcan + gone + gone[:10])
+    assert got == [linkstate.LinkState("can0", 7, True, False, "BUS-OFF"), linkstate.LinkState("vcan1", 8, False),
+                   linkstate.LinkState("can9", 9, False, True)]
+    assert linkstate.query("lo").up and linkstate.query("no-such-link0") is None

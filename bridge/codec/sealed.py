@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import struct
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
 from bridge.codec import native
 from bridge.errors import ProtocolError
 
@@ -47,7 +44,10 @@ def is_sealed(data) -> bool:
     return len(data) > 5 and data[:4] == native.MAGIC and bool(data[5] & FLAG_SEALED)
 
 
-def _cipher(key: bytes) -> ChaCha20Poly1305:
+def _cipher(key: bytes):
+    """A ChaCha20Poly1305 (cryptography) for `key`; imported here, so a bridge without psk never loads it."""
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
     if len(key) != KEY_LEN:
         raise ValueError(f"key must be {KEY_LEN} bytes, got {len(key)}")
     return ChaCha20Poly1305(key)
@@ -134,6 +134,8 @@ class Opener:
         if len(data) < AAD_LEN + TAG_LEN:
             raise SealedError("auth_failed", f"sealed datagram of {len(data)} bytes is too short")
         aad = data[:AAD_LEN]
+        from cryptography.exceptions import InvalidTag  # loaded already by _cipher: a dict lookup
+
         try:
             plain = self._aead.decrypt(_nonce(aad), data[AAD_LEN:], aad)
         except InvalidTag:

@@ -13,7 +13,7 @@ import errno
 import fcntl
 import logging
 import socket
-import ssl
+import sys
 import struct
 import termios
 from collections import deque
@@ -24,7 +24,21 @@ log = logging.getLogger(__name__)
 
 # A TLS socket (bridge/security/tls.py) raises these where a plain one returns EAGAIN: a record is incomplete, or
 # OpenSSL must read or write first. The caller retries on the next readiness, with the same data for send.
-_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+# ssl is imported only where TLS is configured (bridge.security.tls): a plain bridge never loads it, and
+# without it no socket can be a TLS one.
+_WOULD_BLOCK_PLAIN = (BlockingIOError, InterruptedError)
+
+
+def _is_tls(sock) -> bool:
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(sock, ssl.SSLSocket)
+
+
+def _would_block(sock) -> tuple:
+    if not _is_tls(sock):
+        return _WOULD_BLOCK_PLAIN
+    ssl = sys.modules["ssl"]
+    return (*_WOULD_BLOCK_PLAIN, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 # Watermarks on bytes queued in userspace: above HIGH the producer is paused (the peer endpoint
 # keeps frames un-encoded and drops the oldest), below LOW it resumes. 1 MiB is ~12k FD frames,
@@ -49,6 +63,8 @@ class StreamTransport:
         self.sock = sock
         self.fd = sock.fileno()
         self.protocol = protocol
+        self._tls = _is_tls(sock)
+        self._would_block = _would_block(sock)  # what this socket raises for EAGAIN
         self._buffer: deque[memoryview] = deque()
         self._buffered = 0
         self._paused = False
@@ -68,7 +84,7 @@ class StreamTransport:
         if not self._buffer:
             try:
                 sent = self.sock.send(data)
-            except _WOULD_BLOCK:
+            except self._would_block:
                 sent = 0
             except OSError as exc:
                 self._unsent = len(data)
@@ -102,7 +118,7 @@ class StreamTransport:
             chunk = self._buffer[0]
             try:
                 sent = self.sock.send(chunk)
-            except _WOULD_BLOCK:
+            except self._would_block:
                 return
             except OSError as exc:
                 self._fatal(exc)
@@ -122,7 +138,7 @@ class StreamTransport:
     def _on_readable(self) -> None:
         try:
             data = self.sock.recv(READ_CHUNK)
-        except _WOULD_BLOCK:
+        except self._would_block:
             return
         except OSError as exc:
             self._fatal(exc)
@@ -133,7 +149,7 @@ class StreamTransport:
             return
         self.bytes_in += len(data)
         self.protocol.data_received(data)
-        if not self.closed and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+        if not self.closed and self._tls and self.sock.pending():
             self.reactor.call_soon(self.read_waiting)  # decrypted bytes inside OpenSSL: epoll cannot see them
 
     def read_waiting(self) -> None:
@@ -185,7 +201,7 @@ class StreamTransport:
         bytes, not the plaintext the caller counts) and for non-TCP sockets (AF_UNIX: TIOCOUTQ is
         memory, not bytes)."""
         sock = self.sock
-        if isinstance(sock, ssl.SSLSocket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        if _is_tls(sock) or sock.family not in (socket.AF_INET, socket.AF_INET6):
             return 0
         try:
             if not aborting and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != _TCP_CLOSE \

@@ -10,7 +10,6 @@ import signal
 
 from bridge.daemon import privileges
 from bridge.daemon import sdnotify
-from bridge.security import tls
 from bridge.codec import native
 from bridge.daemon.config import Config, PeerConfig
 from bridge.daemon.operations import Operations
@@ -131,7 +130,11 @@ class Bridge:
         protocol = peer.protocol
         gate = peer.access.gate(self.reactor.time())  # one per configured peer: its connections share it
         where = f"peer {peer.url!r}"
-        secure = tls.for_peer(peer.security, protocol.tls_client, peer.host, where)  # ConfigError if unusable
+        secure = None
+        if peer.security.tls:  # ssl is imported only for a peer that uses TLS
+            from bridge.security import tls
+
+            secure = tls.for_peer(peer.security, protocol.tls_client, peer.host, where)  # ConfigError if unusable
         ctx = PeerContext(self.reactor, self.router, hello, list(self.buses), tls=secure,
                           routing=(peer.filter, peer.inbound_filter, gate))
         try:

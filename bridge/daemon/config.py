@@ -12,7 +12,6 @@ tls_server_name=PATH/NAME, psk=HEX, psk_file=PATH; dead peers, queues and stale 
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
@@ -25,7 +24,7 @@ from bridge.protocols import base as proto
 from bridge.protocols import registry
 from bridge.errors import ConfigError
 from bridge.daemon.ops_config import OpsConfig, ops_from_table
-from hw.links import LINK_KEYS, link_value
+from hw.linksettings import LINK_KEYS, link_value
 
 DEFAULT_MTU = 1472
 MAX_CLIENTS = 64  # default max_clients of a server peer (bridge.endpoints.tcp.TcpServer)
@@ -220,6 +219,8 @@ _INTERFACE_KEYS = {"name", "fd", "error_frames", "filter", "rx_buffer", "max_age
 
 def load_toml(path: str) -> Config:
     """Read a bridge config file (format: docs/cli.md). Raises ConfigError naming the key."""
+    import tomllib  # only for a config file
+
     try:
         with open(path, "rb") as f:
             doc = tomllib.load(f)

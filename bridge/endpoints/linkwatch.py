@@ -2,10 +2,10 @@
 go down, come up, disappear (USB adapter unplugged) or come back (replugged) at once, without polling.
 
 One non-blocking AF_NETLINK socket, bound to the link multicast group; each datagram carries
-RTM_NEWLINK / RTM_DELLINK messages, decoded with pyroute2's rtnl marshal and hw/links.py's
-`link_info()` (which reads IFLA_CAN_STATE on CAN controllers). If events arrive faster than the loop
-reads them the kernel drops some and recv() fails with ENOBUFS: then every watched link is re-read
-with a netlink dump (counted in `overflows`), so a lost event never leaves a stale state.
+RTM_NEWLINK / RTM_DELLINK messages, decoded by hw/linkstate.py (name, ifindex, IFF_UP and a CAN
+controller's IFLA_CAN_STATE; no pyroute2, which would cost ~25 MB of RSS). If events arrive faster than
+the loop reads them the kernel drops some and recv() fails with ENOBUFS: then every watched link is
+re-read with RTM_GETLINK (counted in `overflows`), so a lost event never leaves a stale state.
 """
 
 from __future__ import annotations
@@ -16,18 +16,14 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
-
 from bridge.core.reactor import Reactor
-from hw.links import link_info
+from hw import linkstate
+from hw.linkstate import RTMGRP_LINK
 
 log = logging.getLogger(__name__)
 
 NL_RCVBUF = 1 << 20  # link events waiting for the loop (~1 KB each): bursts of a thousand links changing
 NL_READ_MAX = 64  # datagrams per readable event: bounds the time other fds wait
-IFF_UP = 0x1
 
 UP, DOWN, ABSENT = "up", "down", "absent"
 
@@ -44,23 +40,17 @@ class LinkEvent:
     can_state: str | None = None
 
 
-def event_of(msg) -> LinkEvent:
-    """LinkEvent from a decoded RTM_NEWLINK/RTM_DELLINK message (pyroute2 ifinfmsg)."""
-    name = msg.get_attr("IFLA_IFNAME")
-    if msg["header"]["type"] == RTM_DELLINK:
-        return LinkEvent(name, 0, ABSENT)
-    info = link_info(msg)
-    return LinkEvent(name, info.index, UP if msg["flags"] & IFF_UP else DOWN, info.state)
+def event_of(link: linkstate.LinkState) -> LinkEvent:
+    """LinkEvent from a decoded RTM_NEWLINK/RTM_DELLINK message (hw.linkstate.LinkState)."""
+    if link.deleted:
+        return LinkEvent(link.name, 0, ABSENT)
+    return LinkEvent(link.name, link.index, UP if link.up else DOWN, link.can_state)
 
 
 def current(ifname: str) -> LinkEvent:
-    """The link's state now, from a netlink dump (blocking; start-up and resync only)."""
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            return LinkEvent(ifname, 0, ABSENT)
-        msgs = ipr.get_links(found[0])
-    return event_of(msgs[0]) if msgs else LinkEvent(ifname, 0, ABSENT)
+    """The link's state now, from RTM_GETLINK (blocking; start-up and resync only)."""
+    link = linkstate.query(ifname)
+    return event_of(link) if link is not None else LinkEvent(ifname, 0, ABSENT)
 
 
 class LinkWatch:
@@ -72,7 +62,6 @@ class LinkWatch:
         self.reactor = reactor
         self.overflows = 0  # times the kernel dropped events (ENOBUFS) and the links were re-read
         self._watchers: dict[str, list[Callable[[LinkEvent], None]]] = {}
-        self._marshal = MarshalRtnl()
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, NL_RCVBUF)
@@ -108,11 +97,9 @@ class LinkWatch:
                     self._resync()
                     continue
                 raise
-            for msg in self._marshal.parse(data):
-                if msg["header"]["type"] in (RTM_NEWLINK, RTM_DELLINK):
-                    name = msg.get_attr("IFLA_IFNAME")
-                    if name in self._watchers:
-                        self._notify(event_of(msg))
+            for link in linkstate.parse(data):
+                if link.name in self._watchers:
+                    self._notify(event_of(link))
 
     def _resync(self) -> None:
         self.overflows += 1
