@@ -33,6 +33,11 @@ from bridge.core.stats import Counters
 log = logging.getLogger(__name__)
 
 RX_BATCH_MAX = 256  # datagrams per readable event (each may hold ~46 classic frames)
+# frames per readable event: a pass that takes all that waits in an 8 MiB buffer of big datagrams
+# (mtu up to 65507: ~2,300 frames each) lasts seconds on a slow host, and our heartbeats, which leave
+# from a timer after the pass, stop: the peer marks us down while we are flooded by it (issue 15).
+# 8x socketcan.RX_BATCH_MAX; the rest is read in the next pass (level-triggered epoll).
+RX_FRAMES_MAX = 4096
 SOCKET_BUFFER = 8 << 20  # SO_RCVBUF/SO_SNDBUF; bursts from a busy peer land here, not on the floor
 MAX_DATAGRAM = 65535
 PEER_RESTART = "unconfirmed_peer_restart"  # dropped reason: frames that died with a killed receiver (RX_COUNT)
@@ -107,7 +112,10 @@ class UdpPeer:
     # --- network -> bus -----------------------------------------------------------------
     def _on_readable(self) -> None:
         recvfrom = self.sock.recvfrom
+        frames = 0
         for _ in range(RX_BATCH_MAX):
+            if frames >= RX_FRAMES_MAX:  # bounded work per pass: timers (heartbeats) and other fds run
+                return
             try:
                 data, addr = recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
@@ -118,26 +126,30 @@ class UdpPeer:
             if addr[0] != self.remote[0]:
                 self.counters.errors["unknown_sender"] += 1
                 continue
-            self._on_datagram(data)
+            frames += self._on_datagram(data)
 
-    def _on_datagram(self, data: bytes) -> None:
+    def _on_datagram(self, data: bytes) -> int:
+        """Decode and route one datagram of the peer; -> the frames it carried."""
         self.counters.rx_bytes += len(data)
         try:
             verdict, batches = self.wire.decode(data)
         except ProtocolError as exc:
             self.counters.errors[exc.reason] += 1
             log.warning("%s: dropped malformed datagram (%d bytes): %s", self.name, len(data), exc)
-            return
+            return 0
         if verdict != "ok":  # duplicate, or stale: far outside the window or an old session
             self.counters.errors[f"{verdict}_datagram"] += 1
-            return
+            return 0
         if not self.state.up:  # down -> up: a restarted peer makes final what died with it
             self.wire.peer_changed(True)
             self._publish_unconfirmed(self.wire.stats())
-        self.state.heard(time.monotonic())
+        self.state.heard(time.monotonic())  # any datagram of the peer, data or heartbeat: it is alive
+        n = 0
         for channel, frames in batches:
-            self.counters.rx_frames += len(frames)
+            n += len(frames)
             self.router.from_peer(self, channel, frames)
+        self.counters.rx_frames += n
+        return n
 
     # --- heartbeat --------------------------------------------------------------------------
     def _tick(self) -> None:
