@@ -1,23 +1,30 @@
 """`canbridge dump`: candump-compatible live output of local CAN interfaces and remote bridges.
 
-    canbridge dump [-t a|d|z|A] [-L] [-n COUNT] [-e] [-a] [-x] [-T MSECS] SOURCE...
-    SOURCE: IFACE[,FILTERS] (`any` = every CAN interface) or tcp://HOST[:PORT][/IFACE][,FILTERS]
+    canbridge dump [-t a|d|z|A] [-H] [-L] [-l] [-f FILE] [-s 0|1|2] [-n COUNT] [-r SIZE] [-D] [-e] [-a] [-x]
+                   [-T MSECS] SOURCE...
+    SOURCE: IFACE[,FILTERS] (`any` = every CAN interface) or tcp://HOST[:PORT][/IFACE][?TLS][,FILTERS]
 
 Output is byte-identical to can-utils candump (2023.03, checked in the test VM): the screen
 format, `-t` timestamps, `-L` log lines (readable by canplayer, python-can and
-bridge.codec.candump), `-e` error-frame text, `-a`, `-x`. Local interfaces are read from CAN_RAW
-sockets whose filters are applied in the kernel; timestamps are kernel RX times (SO_TIMESTAMPNS).
-A remote source is a canbridge serving `tcp-listen://`: frames arrive in the native protocol
-with the gateway's kernel RX timestamps, and the filters are applied here.
+bridge.codec.candump), `-l` log files (candump-DATE_TIME.log) and their stderr notices, `-s` silent
+modes, `-H` hardware timestamps, `-r` receive buffer, `-D`, `-e` error-frame text, `-a`, `-x`.
+`-f FILE` (can-utils after 2023.03) logs into FILE, in any python-can format chosen by its extension
+(bridge/tools/logfiles.py). Not implemented: `-c` (colour), `-i` (binary), `-S` (swap).
+Local interfaces are read from CAN_RAW sockets whose filters are applied in the kernel; timestamps
+are kernel RX times (SO_TIMESTAMPNS). A remote source is a canbridge serving `tcp-listen://`
+(bridge/tools/remote.py): frames arrive in the native protocol with the gateway's kernel RX
+timestamps, and the filters are applied here.
 
 Kernel drops (SO_RXQ_OVFL: our receive queue was full) are always reported, in candump -d's
 words, before the frame that revealed them: on stdout in the screen format as candump does, on
-stderr with -L so that the log stays readable by python-can (whose reader rejects the line).
+stderr with -L so that the log stays readable by python-can (whose reader rejects the line), and
+in a -l/-f .log file as candump writes them.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import select
 import signal
@@ -27,19 +34,20 @@ import sys
 import time
 from dataclasses import dataclass
 
-from bridge.tools import probe
+from bridge.tools import logfiles, probe
 from bridge.tools.remote import RemoteBridge, RemoteClosed
 from bridge.codec import candump
 from bridge.codec import socketcan as sc
 from bridge.codec.filters import FilterSet, parse_filters
-from hw.cansock import SO_RXQ_OVFL, SO_TIMESTAMPNS
+from hw.cansock import SO_RCVBUFFORCE, SO_RXQ_OVFL, SO_TIMESTAMPNS
 from bridge.errors import ConfigError
 
 READ_BATCH = 256  # frames read from one socket per poll round: other sources get their turn
-RECV_CHUNK = 64 << 10  # bytes per TCP read from a remote bridge
-CONNECT_TIMEOUT_S = 5.0
 MSG_DONTROUTE = 0x04  # set by CAN_RAW on frames sent from this host (candump -x "TX")
-_ANC = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(4)  # SO_TIMESTAMPNS timespec + SO_RXQ_OVFL u32
+_ANC = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(4) + socket.CMSG_SPACE(48)  # TIMESTAMPNS, RXQ_OVFL, TIMESTAMPING
+SO_TIMESTAMPING = 37  # linux/net_tstamp.h; also the control message type (SCM_TIMESTAMPING)
+_TIMESTAMPING_FLAGS = (1 << 4) | (1 << 3) | (1 << 6)  # SOF_TIMESTAMPING_SOFTWARE | RX_SOFTWARE | RAW_HARDWARE
+ANIMATION = "|/-\\"  # candump -s 1
 _TIMESPEC = struct.Struct("=qq")
 _U32 = struct.Struct("=I")
 
@@ -65,7 +73,11 @@ class Drops:
 
 
 class SourceClosed(Exception):
-    """A remote bridge closed the connection or sent malformed data."""
+    """A remote bridge closed the connection or sent malformed data; a local socket failed."""
+
+
+class InterfaceDown(SourceClosed):
+    """ENETDOWN on a local interface (candump exits with "IFACE: interface down" unless -D)."""
 
 
 def split_spec(spec: str) -> tuple[str, FilterSet]:
@@ -80,11 +92,25 @@ class LocalSource:
     """A CAN_RAW socket on IFACE (`any`: every CAN interface) with its filters in the kernel.
     Raises OSError when the interface is missing or AF_CAN is not supported."""
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, hw_timestamps: bool = False, down_exits: bool = True) -> None:
         self.name, rx_filter = split_spec(spec)
         self.any = self.name == "any"
         self.sock = probe.open_can("" if self.any else self.name, rx_filter=rx_filter, rxq_ovfl=True)
         self.drops = 0
+        self.hw = hw_timestamps
+        self.down_exits = down_exits
+        if hw_timestamps:  # candump -H: the third timespec of SCM_TIMESTAMPING (0 where there is no hardware clock)
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, _TIMESTAMPING_FLAGS)
+
+    def set_rcvbuf(self, size: int) -> str | None:
+        """candump -r: SO_RCVBUFFORCE, else SO_RCVBUF; -> candump's warning when the kernel capped it."""
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+        except PermissionError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+            if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < size * 2:
+                return "The socket receive buffer size was adjusted due to /proc/sys/net/core/rmem_max."
+        return None
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -102,10 +128,19 @@ class LocalSource:
                 raw, anc, flags, addr = recvmsg(sc.CANFD_MTU, _ANC)
             except (BlockingIOError, InterruptedError):
                 break
+            except OSError as exc:
+                if exc.errno != errno.ENETDOWN:
+                    raise SourceClosed(f"{self.name}: {exc.strerror}") from None
+                if self.down_exits:
+                    raise InterfaceDown(f"{self.name}: interface down") from None
+                break  # -D: wait for the interface to come back
             ts, ovfl = 0, None
             for level, kind, data in anc:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and not self.hw:
                     sec, nsec = _TIMESPEC.unpack_from(data)
+                    ts = sec * 1_000_000_000 + nsec
+                elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING and self.hw:
+                    sec, nsec = _TIMESPEC.unpack_from(data, 2 * _TIMESPEC.size)  # [2]: raw hardware
                     ts = sec * 1_000_000_000 + nsec
                 elif level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL:
                     ovfl = _U32.unpack_from(data)[0]
@@ -156,13 +191,14 @@ def waiting(sources) -> list:
     return [(s.fileno(), select.POLLIN) for s in sources if s.waiting()]
 
 
-def open_sources(specs: list[str], prog: str) -> tuple[list, int]:
+def open_sources(specs: list[str], prog: str, **local) -> tuple[list, int]:
     """Open every source of `canbridge dump`/`top`: (sources, 0), or ([], exit status) after printing
-    why (2: a bad spec, 1: the interface or bridge cannot be opened); nothing is left open on failure."""
+    why (2: a bad spec, 1: the interface or bridge cannot be opened); nothing is left open on failure.
+    local: keyword arguments of LocalSource (hw_timestamps, down_exits)."""
     sources: list = []
     try:
         for spec in specs:
-            sources.append(open_source(spec))
+            sources.append(open_source(spec, **local))
         return sources, 0
     except ConfigError as exc:
         print(f"canbridge {prog}: error: {exc}", file=sys.stderr)
@@ -175,9 +211,9 @@ def open_sources(specs: list[str], prog: str) -> tuple[list, int]:
     return [], status
 
 
-def open_source(spec: str):
-    """IFACE[,FILTERS] -> LocalSource; tcp://... -> RemoteSource."""
-    return RemoteSource(spec) if "://" in spec else LocalSource(spec)
+def open_source(spec: str, **local):
+    """IFACE[,FILTERS] -> LocalSource(spec, **local); tcp://... -> RemoteSource."""
+    return RemoteSource(spec) if "://" in spec else LocalSource(spec, **local)
 
 
 class Formatter:
@@ -217,8 +253,7 @@ class Formatter:
         if len(rx.iface) > self.width:
             self.width = len(rx.iface)
         if self.log:
-            line = candump.format_line(rx.ts_ns, rx.iface, rx.raw, iface_width=self.width, fd_flags_nibble=True)
-            return (line + (" T" if rx.tx else " R")) if self.extra else line, None
+            return self.log_line(rx), None
         can_id = sc.HEADER.unpack_from(rx.raw)[0]
         if can_id & sc.CAN_EFF_FLAG:
             self.indent = True
@@ -239,6 +274,12 @@ class Formatter:
             line += "\n\t" + (described or text)
         return line, warning
 
+    def log_line(self, rx: Rx) -> str:
+        """candump -L / -l: "(%010lu.%06lu) %*s FRAME[ T| R]" (the interface right-aligned to the longest name)."""
+        sec, us = divmod(rx.ts_ns // 1000, 1_000_000)
+        line = f"({sec:010d}.{us:06d}) {rx.iface:>{self.width}} {candump.format_frame(rx.raw, fd_flags_nibble=True)}"
+        return (line + (" T" if rx.tx else " R")) if self.extra else line
+
     @staticmethod
     def drops(d: Drops) -> str:
         return candump.format_dropcount(d.dropped, d.iface, d.total)
@@ -257,16 +298,30 @@ def _parser() -> argparse.ArgumentParser:
         prog="canbridge dump",
         description="candump-compatible live output of CAN interfaces and remote bridges.",
         epilog="examples:\n  canbridge dump vcan0,123:7FF -t a\n  canbridge dump -L any > trace.log\n"
+               "  canbridge dump -l vcan0              # candump-2026-12-03_091500.log, nothing on stdout\n"
+               "  canbridge dump -f trace.blf vcan0    # any python-can format: .log .asc .blf .csv .db .mf4 .trc\n"
                "  canbridge dump tcp://gateway:29600/can0,100:700\n"
                "filters (candump): ID:MASK, ID~MASK (inverse), #ERRMASK (error frames), j (join)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="IFACE[,FILTERS] (any = all CAN interfaces) or tcp://HOST[:PORT][/IFACE][,FILTERS]")
+                   help="IFACE[,FILTERS] (any = all CAN interfaces) or tcp://HOST[:PORT][/IFACE][?TLS][,FILTERS]")
     p.add_argument("-t", dest="timestamps", choices="adzA",
                    help="timestamp: (a)bsolute / (d)elta / (z)ero / (A)bsolute with date")
+    p.add_argument("-H", dest="hw_timestamps", action="store_true",
+                   help="hardware timestamps instead of system timestamps (0 where the device has none, e.g. vcan)")
     p.add_argument("-L", dest="log", action="store_true", help="log file format on stdout (candump -L)")
+    p.add_argument("-l", dest="logfile", action="store_true",
+                   help="log frames into candump-YYYY-MM-DD_HHMMSS.log (sets -s 2 unless -s is given)")
+    p.add_argument("-f", dest="filename", metavar="FILE",
+                   help="log into FILE (implies -l; format from the extension: .log candump, or .asc .blf .csv "
+                        ".db .mf4 .trc through python-can)")
+    p.add_argument("-s", dest="silent", type=int, choices=(0, 1, 2),
+                   help="silent mode: 0 off (default), 1 animation, 2 silent")
     p.add_argument("-n", dest="count", type=int, default=0, help="exit after COUNT frames")
+    p.add_argument("-r", dest="rcvbuf", type=int, default=0, metavar="SIZE", help="socket receive buffer in bytes")
+    p.add_argument("-D", dest="keep_on_down", action="store_true",
+                   help="don't exit when an interface goes down")
     p.add_argument("-e", dest="errors", action="store_true",
                    help="describe error frames (receive them with a #ERRMASK filter, e.g. vcan0,#FFFFFFFF)")
     p.add_argument("-a", dest="ascii", action="store_true", help="ASCII column behind the data")
@@ -277,22 +332,95 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class FileLog:
+    """candump -l / -f: frames into a log file. .log: candump's log lines, byte for byte (with DROPCOUNT
+    notices, as candump writes them); other extensions: python-can's writer (bridge/tools/logfiles.py).
+    Raises LogFileError."""
+
+    def __init__(self, path: str, names, extra: bool) -> None:
+        self.path = path
+        self.candump = logfiles.suffix(path) == logfiles.CANDUMP_SUFFIX and not path.endswith(".gz")
+        self.fmt = Formatter(names, log=True, extra=extra)
+        if self.candump:
+            try:
+                self.file = open(path, "w", encoding="ascii")
+            except OSError as exc:
+                raise logfiles.LogFileError(f"{path}: {exc.strerror}") from None
+        else:
+            self.writer = logfiles.LogWriter(path)
+
+    def frame(self, rx: Rx) -> None:
+        if self.candump:
+            self.file.write(self.fmt.frame(rx)[0] + "\n")
+        else:
+            self.writer.write(rx.ts_ns, rx.iface, rx.raw, rx.tx)
+
+    def drops(self, d: Drops) -> None:
+        if self.candump:
+            self.file.write(self.fmt.drops(d) + "\n")
+
+    def close(self) -> None:
+        """Flush and close; a format that could not hold some frames says so on stderr."""
+        if self.candump:
+            self.file.close()
+            return
+        self.writer.close()
+        if self.writer.dropped:
+            print(f"canbridge dump: {self.path}: {self.writer.dropped} frames not written: python-can's "
+                  f"{logfiles.suffix(self.path)} writer takes no RTR or CAN FD frames", file=sys.stderr)
+
+
+def _open_log(args, names) -> FileLog | None:
+    """candump's messages about logging on stderr, then the log file (None without -l/-f)."""
+    if not (args.logfile or args.filename):
+        return None
+    path = args.filename or time.strftime("candump-%Y-%m-%d_%H%M%S.log", time.localtime())
+    if args.silent != 2:
+        print("Warning: Console output active while logging!", file=sys.stderr)
+    print(f"Enabling Logfile '{path}'", file=sys.stderr)
+    return FileLog(path, names, args.extra)
+
+
+def _check_args(args) -> str | None:
+    """candump's refusals, or None."""
+    if args.log and (args.ascii or args.errors):
+        return "Log file format selected: Please disable ASCII/BINARY/SWAP options!"
+    if args.count < 0 or args.timeout_ms < 0 or args.rcvbuf < 0:
+        return "canbridge dump: -n, -r and -T must be >= 0"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    if args.log and (args.ascii or args.errors):
-        print("Log file format selected: Please disable ASCII/BINARY/SWAP options!", file=sys.stderr)
+    if (problem := _check_args(args)) is not None:
+        print(problem, file=sys.stderr)
         return 2
-    if args.count < 0 or args.timeout_ms < 0:
-        print("canbridge dump: -n and -T must be >= 0", file=sys.stderr)
-        return 2
-    sources, status = open_sources(args.sources, "dump")
+    if args.silent is None:
+        if args.logfile or args.filename:
+            print("Disabled standard output while logging.", file=sys.stderr)
+        args.silent = 2 if (args.logfile or args.filename) else 0
+    sources, status = open_sources(args.sources, "dump", hw_timestamps=args.hw_timestamps,
+                                   down_exits=not args.keep_on_down)
     if status:
         return status
-    fmt = Formatter([s.name for s in sources], log=args.log, timestamps=args.timestamps,
+    if args.rcvbuf:
+        for s in sources:
+            warning = s.set_rcvbuf(args.rcvbuf) if isinstance(s, LocalSource) else None
+            if warning and s is sources[0]:
+                print(warning, file=sys.stderr)
+    names = [s.name for s in sources]
+    fmt = Formatter(names, log=args.log, timestamps=args.timestamps,
                     ascii=args.ascii, extra=args.extra, errors=args.errors)
+    try:
+        filelog = _open_log(args, names)
+    except logfiles.LogFileError as exc:
+        print(f"canbridge dump: {exc}", file=sys.stderr)
+        for s in sources:
+            s.close()
+        return 2
     old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _loop(sources, fmt, args.count, args.timeout_ms)
+        return _loop(sources, Output(fmt, filelog, args.silent), args.count, args.timeout_ms)
     except _Stop:
         return _flush()
     finally:
@@ -300,16 +428,46 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, handler)
         for s in sources:
             s.close()
+        if filelog is not None:
+            filelog.close()
 
 
-def _loop(sources, fmt: Formatter, count: int, timeout_ms: int) -> int:
+class Output:
+    """Where a received item goes: stdout (silent 0), an animation character (silent 1) or nothing
+    (silent 2); and the log file of -l/-f."""
+
+    def __init__(self, fmt: Formatter, filelog: FileLog | None, silent: int) -> None:
+        self.fmt = fmt
+        self.filelog = filelog
+        self.silent = silent
+        self.ani = 0
+
+    def frame(self, rx: Rx) -> None:
+        if self.filelog is not None:
+            self.filelog.frame(rx)
+        if self.silent == 1:
+            sys.stdout.write(ANIMATION[self.ani % 4] + "\b")
+            self.ani += 1
+            sys.stdout.flush()
+        elif self.silent == 0:
+            text, warning = self.fmt.frame(rx)
+            if warning:
+                sys.stderr.write(warning + "\n")
+            sys.stdout.write(text + "\n")
+
+    def drops(self, d: Drops) -> None:
+        if self.filelog is not None:
+            self.filelog.drops(d)
+        if self.silent == 0:
+            (sys.stderr if self.fmt.log else sys.stdout).write(self.fmt.drops(d) + "\n")
+
+
+def _loop(sources, output: Output, count: int, timeout_ms: int) -> int:
     poller = select.poll()
     by_fd = {}
     for s in sources:
         poller.register(s.fileno(), select.POLLIN)
         by_fd[s.fileno()] = s
-    out, err = sys.stdout, sys.stderr
-    drops_to = err if fmt.log else out
     n = 0
     try:
         while True:
@@ -319,15 +477,16 @@ def _loop(sources, fmt: Formatter, count: int, timeout_ms: int) -> int:
             for fd, _mask in ready:
                 for item in by_fd[fd].read():
                     if isinstance(item, Drops):
-                        drops_to.write(fmt.drops(item) + "\n")
+                        output.drops(item)
                         continue
-                    text, warning = fmt.frame(item)
-                    if warning:
-                        err.write(warning + "\n")
-                    out.write(text + "\n")
+                    output.frame(item)
                     n += 1
                     if n == count:
                         return _flush()
+    except InterfaceDown as exc:
+        _flush()
+        print(exc, file=sys.stderr)
+        return 1
     except SourceClosed as exc:
         _flush()
         print(f"canbridge dump: {exc}", file=sys.stderr)
