@@ -24,6 +24,8 @@ BUILTIN: dict[str, str] = {
     "cannelloni+udp": "bridge.protocols.cannelloni:CannelloniUdp",
     "socketcand": "bridge.protocols.socketcand:SocketcandServer",
     "udp-multicast": "bridge.protocols.udp_multicast:UdpMulticast",
+    "mqtt": "bridge.protocols.mqtt:Mqtt",
+    "mqtts": "bridge.protocols.mqtt:Mqtts",
 }
 
 _added: dict[str, str | type] = {}  # register() at run time (tests, embedding programs)

@@ -1,0 +1,389 @@
+"""An MQTT 5 fleet peer: frames read from our buses are published to a broker, frames from the broker
+(commands on our `tx` topics, remote gateways' `rx` topics named by `source=`) go to our buses.
+paho-mqtt 2.x (callback API 2) does the MQTT protocol; our reactor does its I/O (no paho thread):
+the client's socket is registered with add_reader / add_writer (on_socket_open/close/register_write/
+unregister_write), loop_read() on readable, loop_write() on writable, loop_misc() once a second.
+
+Topic tree (docs/mqtt.md), PREFIX from the URL path, GATEWAY from `gateway=` (default: host name):
+    PREFIX/GATEWAY/IFACE/rx        frames read from bus IFACE, one message per interface per loop pass
+                                   (at most MAX_MESSAGE_FRAMES frames each); topics=per-id: one message
+                                   per frame on PREFIX/GATEWAY/IFACE/rx/ID (ID as candump prints it)
+    PREFIX/GATEWAY/IFACE/tx        frames to write to bus IFACE (subscribed only with read_only=0)
+    PREFIX/GATEWAY/status          retained JSON {"status": "online"|"offline", ...}; the will sets offline
+
+Store and forward: frames wait in a PendingFrames queue (bounded in frames and bytes, max_age) while
+the broker is away; what cannot wait is counted: queue_full (bound), stale (older than max_age),
+publish_failed (paho refused the message, or the broker answered a PUBACK with an error), closed (held
+at close). With qos=1 a frame counts in tx_frames when the broker has acknowledged its message; paho
+resends unacknowledged messages after a reconnect (so a consumer may see a message twice, never lose
+one the broker acknowledged while it was subscribed). With qos=0 tx_frames counts frames written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import socket
+import time
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from bridge.codec import mqtt_payload as mp
+from bridge.core.reactor import Reactor
+from bridge.core.stats import Counters
+from bridge.endpoints.pending import PendingFrames
+from bridge.endpoints.tcp import backoff_delay
+
+log = logging.getLogger(__name__)
+
+MQTT_QUEUE_FRAMES = 200_000  # frames held while the broker is away: 60 s of a gateway at ~3k frames/s
+MQTT_QUEUE_BYTES = 8 << 20  # raw struct bytes of those: bounds memory to ~8 MB (+ tuples) in an outage
+DEFAULT_MAX_AGE_S = 60.0  # a vehicle in a tunnel: frames up to a minute old are still worth sending
+PAHO_MAX_MESSAGES = 256  # messages handed to paho and not yet acknowledged: beyond, frames wait in ours
+PAHO_MAX_INFLIGHT = 64  # qos 1 PUBLISH packets on the wire without PUBACK (paho's inflight window)
+MAX_PACKET_BYTES = 1 << 20  # CONNECT Maximum Packet Size: the broker sends us nothing bigger (paho buffers whole packets)
+MISC_INTERVAL_S = 1.0  # loop_misc (keepalive PINGREQ, timeouts) and the stale sweep of our queue
+CONNECT_TIMEOUT_S = 3.0  # paho's blocking TCP connect (+ TLS handshake) may stall the loop at most this long
+DEFAULT_KEEPALIVE_S = 30
+DEFAULT_SESSION_EXPIRY_S = 3600  # the broker keeps our subscriptions and queued tx commands this long
+
+
+class MqttPeer:
+    """One MQTT client. channels: our bus names by channel index (the HELLO's); sources: the
+    `GATEWAY/IFACE` patterns whose rx topics we mirror; tls: an ssl.SSLContext or None;
+    read_only: subscribe to nothing (frames from the broker never reach a bus)."""
+
+    def __init__(self, reactor: Reactor, router, *, host: str, port: int, prefix: str, gateway: str,
+                 channels: list, client_id: str, username: str | None = None, password: str | None = None,
+                 qos: int = 1, fmt: str = "native", per_id: bool = False, keepalive: int = DEFAULT_KEEPALIVE_S,
+                 session_expiry: int = DEFAULT_SESSION_EXPIRY_S, share: str | None = None,
+                 sources: tuple = (), read_only: bool = True, max_age: float = DEFAULT_MAX_AGE_S,
+                 tls=None, tls_server_name: str | None = None, fd: bool = False, version: str = "",
+                 routing=(None, None, None), name: str | None = None) -> None:
+        self.reactor = reactor
+        self.router = router
+        self.name = name or f"mqtt://{host}:{port}/{prefix}"
+        self.counters = Counters()
+        self.prefix, self.gateway, self.channels = prefix, gateway, list(channels)
+        self.qos, self.fmt, self.per_id = qos, fmt, per_id
+        self.share, self.sources, self.read_only = share, tuple(sources), read_only
+        self.max_age = max_age
+        self.status_topic = f"{prefix}/{gateway}/status"
+        self._tx_topics = {f"{prefix}/{gateway}/{iface}/tx": ch for ch, iface in enumerate(self.channels)}
+        self._pending = PendingFrames(self.counters, MQTT_QUEUE_FRAMES, MQTT_QUEUE_BYTES, max_age)
+        self._unacked: dict[int, int] = {}  # mid -> frames in that message (acknowledged: tx_frames)
+        self._connected = False
+        self._closing = False
+        self._attempt = 0
+        self._retry = None
+        self._fd = -1
+        self._last_error = ""
+        self._started = time.time()
+        self._fd_capable, self._version = fd, version
+
+        self.client = c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                      protocol=paho.MQTTv5, reconnect_on_failure=False)
+        c.max_queued_messages_set(PAHO_MAX_MESSAGES)
+        c.max_inflight_messages_set(PAHO_MAX_INFLIGHT)
+        c.connect_timeout = CONNECT_TIMEOUT_S
+        if username is not None:
+            c.username_pw_set(username, password)
+        if tls is not None:
+            c.tls_set_context(tls)
+        c.will_set(self.status_topic, self._status("offline"), qos=1, retain=True,
+                   properties=self._props("json"))
+        c.on_socket_open = self._on_socket_open
+        c.on_socket_close = self._on_socket_close
+        c.on_socket_register_write = self._on_register_write
+        c.on_socket_unregister_write = self._on_unregister_write
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
+        c.on_message = self._on_message
+        connect_props = Properties(PacketTypes.CONNECT)
+        if session_expiry:
+            connect_props.SessionExpiryInterval = session_expiry
+        connect_props.MaximumPacketSize = MAX_PACKET_BYTES
+        c.connect_async(host, port, keepalive, clean_start=not session_expiry, properties=connect_props)
+        self._misc = reactor.call_every(MISC_INTERVAL_S, self._tick)
+        self._gauges()
+        router.add_peer(self, *routing)
+        self._connect()
+
+    # ------------------------------------------------------------------ paho socket <-> our reactor
+    def _on_socket_open(self, client, userdata, sock) -> None:
+        self._fd = sock.fileno()
+        self.reactor.add_reader(self._fd, self._readable)
+
+    def _on_socket_close(self, client, userdata, sock) -> None:
+        if self._fd >= 0:
+            self.reactor.forget(self._fd)
+            self._fd = -1
+
+    def _on_register_write(self, client, userdata, sock) -> None:
+        if self._fd >= 0:
+            self.reactor.add_writer(self._fd, self._writable)
+
+    def _on_unregister_write(self, client, userdata, sock) -> None:
+        if self._fd >= 0:
+            self.reactor.remove_writer(self._fd)
+
+    def _readable(self) -> None:
+        self.client.loop_read()  # on a lost connection paho closes the socket and calls on_disconnect
+
+    def _writable(self) -> None:
+        self.client.loop_write()
+
+    def _tick(self) -> None:
+        if self._fd >= 0:
+            self.client.loop_misc()
+        self._pending.drop_stale()  # count frames going stale in an outage as they do, not at reconnect
+        self._gauges()
+
+    # ---------------------------------------------------------------------------- connection state
+    def _connect(self) -> None:
+        self._retry = None
+        if self._closing:
+            return
+        try:
+            self.client.reconnect()  # blocking TCP connect, at most CONNECT_TIMEOUT_S; CONNECT queued
+        except (OSError, ValueError) as exc:  # refused, unreachable, TLS failure, timeout
+            self._failed("connect_failed", f"cannot connect: {exc}")
+
+    def _failed(self, slug: str, message: str) -> None:
+        self.counters.errors[slug] += 1
+        if message != self._last_error:
+            log.warning("%s: %s", self.name, message)
+        self._last_error = message
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        if self._closing or self._retry is not None:
+            return
+        delay = backoff_delay(self._attempt)
+        self._attempt += 1
+        self._retry = self.reactor.call_later(delay, self._connect)
+        self._gauges()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:  # bad user name or password, not authorized, ...
+            self._failed("connect_refused", f"broker refused the connection: {reason_code}")
+            return  # paho closes the socket: on_disconnect follows
+        self._connected = True
+        self._attempt = 0
+        self._last_error = ""
+        log.info("%s: connected (session present: %s)", self.name, flags.session_present)
+        client.publish(self.status_topic, self._status("online"), qos=1, retain=True, properties=self._props("json"))
+        subs = []
+        if not self.read_only:
+            subs += [(topic, SubscribeOptions(qos=self.qos)) for topic in self._tx_topics]
+            for source in self.sources:
+                topic = f"{self.prefix}/{source}/rx" + ("/+" if self.per_id else "")
+                if self.share:  # MQTT 5 forbids no-local on a shared subscription
+                    subs.append((f"$share/{self.share}/{topic}", SubscribeOptions(qos=self.qos)))
+                else:
+                    subs.append((topic, SubscribeOptions(qos=self.qos, noLocal=True)))
+        if subs:
+            client.subscribe(subs)
+        self.flush()
+        self._gauges()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self._connected
+        self._connected = False
+        if self._closing:
+            return
+        if was:
+            self.counters.errors["disconnected"] += 1
+            log.warning("%s: connection lost (%s); frames wait in the queue (max_age %s s)",
+                        self.name, reason_code, self.max_age)
+        self._schedule_retry()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        for rc in reason_codes:
+            if rc.is_failure:  # an ACL refused one of our topics
+                self.counters.errors["subscribe_refused"] += 1
+                log.warning("%s: broker refused a subscription: %s", self.name, rc)
+
+    def _status(self, state: str) -> bytes:
+        return json.dumps({"status": state, "gateway": self.gateway, "version": self._version,
+                           "interfaces": self.channels, "fd": self._fd_capable, "format": self.fmt,
+                           "tx": not self.read_only, "started": round(self._started, 3)},
+                          separators=(",", ":")).encode()
+
+    def _props(self, fmt: str) -> Properties:
+        props = Properties(PacketTypes.PUBLISH)
+        props.PayloadFormatIndicator = 1 if fmt in mp.UTF8_FORMATS else 0
+        props.ContentType = mp.CONTENT_TYPES[fmt]
+        return props
+
+    # ---------------------------------------------------------------------------- bus -> broker
+    def send_frames(self, channel: int, frames: list) -> bool:
+        """Queue a batch read from bus `channel`; published at the end-of-pass flush."""
+        self._pending.append(channel, frames)
+        return True
+
+    def flush(self) -> None:
+        """Publish what waits: one message per interface (per MAX_MESSAGE_FRAMES frames) if connected
+        and paho has room; otherwise the frames stay queued (bounded, max_age)."""
+        if not self._connected or not self._pending or len(self._unacked) >= PAHO_MAX_MESSAGES:
+            return
+        batches = self._pending.take()  # stale ones dropped and counted here
+        by_channel: dict[int, list] = {}
+        for channel, frames in batches:
+            by_channel.setdefault(channel, []).extend(frames)
+        props = self._props(self.fmt)
+        if self.max_age:  # the broker drops the message once it is older than a frame may be
+            props.MessageExpiryInterval = max(1, math.ceil(self.max_age))
+        for channel, frames in by_channel.items():
+            if channel >= len(self.channels):
+                self.counters.drop("no_such_channel", len(frames))
+                continue
+            iface = self.channels[channel]
+            base = f"{self.prefix}/{self.gateway}/{iface}/rx"
+            if self.per_id:
+                messages = [(f"{base}/{mp.id_topic(f[0])}", [f]) for f in frames]
+            else:
+                messages = [(base, part) for part in mp.chunks(frames)]
+            for i, (topic, part) in enumerate(messages):
+                if len(self._unacked) >= PAHO_MAX_MESSAGES:  # paho is full: keep the rest for later
+                    rest = [f for _t, p in messages[i:] for f in p]
+                    self._pending.append(channel, rest)
+                    break
+                self._publish(topic, part, iface, props)
+        self._gauges()
+
+    def _publish(self, topic: str, frames: list, iface: str, props: Properties) -> None:
+        try:
+            payload = mp.encode(self.fmt, self.gateway, iface, frames)
+        except ValueError:
+            self.counters.drop("unencodable", len(frames))
+            return
+        info = self.client.publish(topic, payload, qos=self.qos, properties=props)
+        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+            self.counters.drop("queue_full", len(frames))
+        elif info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            self.counters.drop("publish_failed", len(frames))
+        else:
+            self.counters.tx_bytes += len(payload)
+            self._unacked[info.mid] = len(frames)  # NO_CONN: paho keeps it and sends it after the reconnect
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        n = self._unacked.pop(mid, None)
+        if n is None:
+            return  # the status message
+        if reason_code.is_failure:  # e.g. "Not authorized": an ACL refused our rx topic
+            self.counters.drop("publish_failed", n)
+            self.counters.errors["publish_refused"] += 1
+            if self._last_error != str(reason_code):
+                log.warning("%s: broker refused a publish: %s", self.name, reason_code)
+                self._last_error = str(reason_code)
+        else:
+            self.counters.tx_frames += n
+        if self._pending and len(self._unacked) < PAHO_MAX_MESSAGES // 2:
+            self.flush()  # room again: what waited for paho goes now
+
+    # ---------------------------------------------------------------------------- broker -> bus
+    def _on_message(self, client, userdata, msg) -> None:
+        topic = msg.topic
+        channel = self._tx_topics.get(topic)
+        if channel is None:
+            channel = self._source_channel(topic)
+            if channel is None:
+                return
+        if msg.retain:  # a retained command would be replayed on every subscribe
+            self.counters.errors["retained_message"] += 1
+            return
+        try:
+            frames = mp.decode(self.fmt, msg.payload)
+        except mp.MqttPayloadError as exc:
+            self.counters.errors["bad_payload"] += 1
+            self.counters.errors[f"bad_payload_{exc.reason}"] += 1
+            log.warning("%s: dropped a malformed message on %s: %s", self.name, topic, exc)
+            return
+        self.counters.rx_frames += len(frames)
+        self.counters.rx_bytes += len(msg.payload)
+        if frames:
+            self.router.from_peer(self, channel, frames)
+
+    def _source_channel(self, topic: str) -> int | None:
+        """PREFIX/GW/IFACE/rx[/ID] of a mirrored source -> our channel: the bus of the same name, or our
+        only bus; None (counted) for our own gateway or a topic that is not a source's."""
+        parts = topic[len(self.prefix) + 1 :].split("/") if topic.startswith(self.prefix + "/") else []
+        if len(parts) < 3 or parts[2] != "rx":
+            self.counters.errors["unexpected_topic"] += 1
+            return None
+        gw, iface = parts[0], parts[1]
+        if gw == self.gateway:  # our own frames (no-local cannot tell another client of the same gateway)
+            self.counters.errors["own_gateway"] += 1
+            return None
+        if iface in self.channels:
+            return self.channels.index(iface)
+        if len(self.channels) == 1:
+            return 0
+        self.counters.errors["no_such_channel"] += 1
+        return None
+
+    # ---------------------------------------------------------------------------- the rest
+    def _gauges(self) -> None:
+        self.counters.gauges.update(self._pending.gauges(), state="up" if self._connected else "down",
+                                    unacked_messages=len(self._unacked),
+                                    **({"last_error": self._last_error} if self._last_error else {}))
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def close(self) -> None:
+        """Publish offline (retained), disconnect cleanly (no will), count what is still held as closed."""
+        if self._closing:
+            return
+        self._closing = True
+        self._misc.cancel()
+        if self._retry is not None:
+            self._retry.cancel()
+        self.router.remove_peer(self)
+        if self._connected:
+            self.client.publish(self.status_topic, self._status("offline"), qos=0, retain=True,
+                                properties=self._props("json"))
+            self.client.disconnect()
+            for _ in range(8):  # the socket is non-blocking: push the last packets out if they fit
+                if self.client.loop_write() != paho.MQTT_ERR_SUCCESS or not self.client.want_write():
+                    break
+        self._pending.discard("closed")
+        self.counters.drop("closed", sum(self._unacked.values()))
+        self._unacked.clear()
+        if self._fd >= 0:
+            self.reactor.forget(self._fd)
+            self._fd = -1
+        sock = self.client.socket()
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+def default_gateway() -> str:
+    """The host name, as a topic level (no '/', '+', '#')."""
+    name = socket.gethostname().split(".")[0] or "gateway"
+    return "".join("_" if c in "/+#" else c for c in name)
+
+
+def default_client_id(gateway: str, prefix: str) -> str:
+    """Stable across restarts (a persistent session needs the same id), distinct per gateway and prefix."""
+    return f"canbridge-{gateway}-{abs(hash_prefix(prefix)):08x}"[:64]
+
+
+def hash_prefix(prefix: str) -> int:
+    """A stable 32-bit hash (not Python's salted hash())."""
+    h = 2166136261
+    for b in prefix.encode():
+        h = ((h ^ b) * 16777619) & 0xFFFFFFFF
+    return h
+
