@@ -20,15 +20,15 @@ import termios
 import time
 from types import SimpleNamespace
 
-from bridge.core import transport as tr
 from bridge.codec import native
 from bridge.codec import socketcan as sc
-from bridge.endpoints import ledger, socketcand_server
-from hw.cansock import SO_SNDBUFFORCE, set_buffer
-from bridge.endpoints.socketcand_server import SocketcandPeer
-from bridge.endpoints.liveness import PeerPolicy
+from bridge.core import transport as tr
 from bridge.core.reactor import Reactor
 from bridge.core.router import Router
+from bridge.endpoints import ledger, socketcand_server
+from bridge.endpoints.liveness import PeerPolicy
+from bridge.endpoints.socketcand_server import SocketcandPeer
+from hw.cansock import SO_SNDBUFFORCE, set_buffer
 from tests import test_deadpeer
 from tests.test_deadpeer import RawClient, _server, counter_of, fd_batch, run_until
 from tests.test_transport import Proto

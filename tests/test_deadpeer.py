@@ -7,25 +7,15 @@ import time
 
 from bridge.codec import native
 from bridge.codec import socketcan as sc
-from bridge.endpoints import pending
-from bridge.protocols import native as wire
-from bridge.endpoints.liveness import PeerPolicy
-from bridge.endpoints.tcp import TcpClient, TcpServer, stream_peers
-from bridge.endpoints.udp import UdpPeer
 from bridge.core.reactor import Reactor
 from bridge.core.router import Router
 from bridge.core.transport import WRITE_BUFFER_MAX
-
-HELLO = native.Hello(version=native.VERSION, capabilities=native.CAP_FD, heartbeat_ms=1000, channels=("vcan0",))
-
-
-def run_until(reactor, cond, timeout=15.0, also=None):
-    deadline = time.monotonic() + timeout
-    while not cond() and time.monotonic() < deadline:
-        reactor.run_once(0.02)
-        if also:
-            also()
-    return cond()
+from bridge.endpoints import pending
+from bridge.endpoints.liveness import PeerPolicy
+from bridge.endpoints.tcp import TcpClient, TcpServer, stream_peers
+from bridge.endpoints.udp import UdpPeer
+from bridge.protocols import native as wire
+from tests.helpers import HELLO, run_until  # noqa: F401 (other test modules import them from here too)
 
 
 def fd_batch(start, n=256):

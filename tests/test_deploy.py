@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
+from bridge.cli import link as link_cli
 from bridge.daemon import config as cfg
 from bridge.daemon import sdnotify
 from bridge.errors import ConfigError
 from hw import links
-from bridge.cli import link as link_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 UDEV = ROOT / "udev"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.tools import inspect
 from bridge.codec import pcapng
 from bridge.codec import socketcan as sc
+from bridge.tools import inspect
 
 MS = 1_000_000
 

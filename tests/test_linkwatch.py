@@ -4,8 +4,8 @@ down, away and comes back; the watcher sees each change from the reactor, withou
 import subprocess
 import time
 
-from bridge.endpoints.linkwatch import ABSENT, DOWN, UP, LinkWatch, current
 from bridge.core.reactor import Reactor
+from bridge.endpoints.linkwatch import ABSENT, DOWN, UP, LinkWatch, current
 from hw import netns as hwnetns
 
 

@@ -7,12 +7,12 @@ import time
 from types import SimpleNamespace
 
 from bridge.codec import native
-from bridge.protocols import native as wire
-from bridge.endpoints.udp import UdpPeer
 from bridge.core.reactor import Reactor
 from bridge.core.router import Router
-from bridge.endpoints.liveness import DEFAULT_POLICY
 from bridge.core.stats import Counters
+from bridge.endpoints.liveness import DEFAULT_POLICY
+from bridge.endpoints.udp import UdpPeer
+from bridge.protocols import native as wire
 from tests.test_deadpeer import HELLO, RawClient, _server, counter_of, fd_batch, run_until
 
 BUS = SimpleNamespace(counters=Counters())  # what Router.from_bus needs of the bus a batch came from

@@ -11,14 +11,13 @@ import threading
 
 import pytest
 
-from bridge.daemon import config as cfg
-from bridge.daemon import control
-from bridge.daemon import reload
-from bridge.errors import ConfigError
-from bridge.daemon.logfmt import JsonFormatter, setup_logging
-from bridge.daemon.metrics import snapshot_metrics
 from bridge.core.reactor import Reactor
 from bridge.core.stats import HISTOGRAM_BUCKETS, Counters, Log2Histogram, quantile_us
+from bridge.daemon import config as cfg
+from bridge.daemon import control, reload
+from bridge.daemon.logfmt import JsonFormatter, setup_logging
+from bridge.daemon.metrics import snapshot_metrics
+from bridge.errors import ConfigError
 from bridge.tools.stats_client import main as stats_main
 from bridge.tools.stats_client import render
 

@@ -6,10 +6,10 @@ import socket
 import pytest
 
 from bridge.codec import socketcan as sc
+from bridge.core.stats import Counters
 from bridge.endpoints import liveness
 from bridge.endpoints.pending import AgeStamps, PendingFrames
 from bridge.errors import ConfigError
-from bridge.core.stats import Counters
 
 
 def classic(*ids):

@@ -12,15 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.daemon import config as cfg
-from bridge.security import access as policy
 from bridge.codec import socketcan as sc
-from bridge.endpoints.tcp import TcpServer
-from bridge.errors import ConfigError
-from bridge.daemon.privileges import capabilities, drop_privileges
 from bridge.core.reactor import Reactor
 from bridge.core.router import Router
 from bridge.core.stats import Counters
+from bridge.daemon import config as cfg
+from bridge.daemon.privileges import capabilities, drop_privileges
+from bridge.endpoints.tcp import TcpServer
+from bridge.errors import ConfigError
+from bridge.security import access as policy
 
 
 def batch(*ids):

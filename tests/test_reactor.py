@@ -102,3 +102,24 @@ def test_call_every_outlives_a_failing_run_and_stops_when_cancelled(reactor):
     for _ in range(5):
         reactor.run_once(timeout=0.02)
     assert len(runs) == 4
+
+
+def test_injected_clock_runs_timers_without_sleeping():
+    """Reactor(clock=...): timers follow the given clock, so a test advances time instead of sleeping."""
+    now = [1000.0]
+    reactor = Reactor(clock=lambda: now[0])
+    fired = []
+    reactor.call_later(30.0, lambda: fired.append("once"))
+    handle = reactor.call_every(10.0, lambda: fired.append(now[0]))
+    reactor.run_once(0)
+    assert fired == [] and reactor.time() == 1000.0
+    now[0] += 10.0
+    reactor.run_once(0)
+    now[0] += 20.0
+    reactor.run_once(0)
+    assert fired == [1010.0, 1030.0, "once"]  # the series' overdue run (due 1020) first, once per pass
+    handle.cancel()
+    now[0] += 100.0
+    reactor.run_once(0)
+    assert fired == [1010.0, 1030.0, "once"]
+    reactor.close()

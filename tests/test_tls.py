@@ -5,24 +5,22 @@ from __future__ import annotations
 
 import socket
 import ssl
-import time
 
 import pytest
 
-from bridge.security import tls
 from bridge.codec import native
 from bridge.codec import socketcan as sc
-from bridge.daemon.config import parse_peer_url
-from bridge.protocols import native as wire
-from bridge.endpoints.tcp import TcpClient, TcpServer, stream_peers
-from bridge.errors import ConfigError
 from bridge.core.reactor import Reactor
 from bridge.core.router import Router
+from bridge.daemon.config import parse_peer_url
+from bridge.endpoints.tcp import TcpClient, TcpServer, stream_peers
+from bridge.errors import ConfigError
+from bridge.protocols import native as wire
+from bridge.security import tls
 from bridge.security.options import Security
+from tests.helpers import HELLO, run_until  # noqa: E402
 from tests.pki import make_pki
 from tests.test_transport import Proto  # the recording protocol object
-
-HELLO = native.Hello(version=1, capabilities=native.CAP_FD, heartbeat_ms=1000, channels=("vcan0",))
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +52,6 @@ def new_wire():
     return wire.NativeStream(HELLO)
 
 
-def run_until(reactor, cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        reactor.run_once(0.05)
 
 
 def server_tls(pki, ca=True):
@@ -107,7 +100,7 @@ def test_mutual_tls_carries_frames_both_ways_in_order(pki, pair):
     reactor, start, connect = pair
     srv, server = start(server_tls(pki))
     cli, client = connect(server, client_tls(pki))
-    run_until(reactor, lambda: server.clients and client.peer is not None)
+    assert run_until(reactor, lambda: server.clients and client.peer is not None)
     peer = server.clients[0]
     assert peer.transport.sock.version() in ("TLSv1.3", "TLSv1.2")
     assert peer.transport.sock.getpeercert()["subject"] == ((("commonName", "canbridge client"),),)
@@ -115,7 +108,7 @@ def test_mutual_tls_carries_frames_both_ways_in_order(pki, pair):
     cli.router.from_bus(cli.bus, 0, up)
     srv.router.from_bus(srv.bus, 0, down)
     reactor.run_once(0)
-    run_until(reactor, lambda: len(srv.bus.frames) >= len(up) and len(cli.bus.frames) >= len(down))
+    assert run_until(reactor, lambda: len(srv.bus.frames) >= len(up) and len(cli.bus.frames) >= len(down))
     assert srv.bus.frames == up
     assert cli.bus.frames == down
     assert server.counters.errors["tls_handshake_failed"] == 0
@@ -125,10 +118,10 @@ def test_server_without_tls_ca_accepts_a_client_without_certificate(pki, pair):
     reactor, start, connect = pair
     srv, server = start(server_tls(pki, ca=False))
     cli, client = connect(server, client_tls(pki, cert=None))
-    run_until(reactor, lambda: server.clients and client.peer is not None)
+    assert run_until(reactor, lambda: server.clients and client.peer is not None)
     cli.router.from_bus(cli.bus, 0, frames(5))
     reactor.run_once(0)
-    run_until(reactor, lambda: len(srv.bus.frames) == 5)
+    assert run_until(reactor, lambda: len(srv.bus.frames) == 5)
 
 
 @pytest.mark.parametrize("who", ["no_certificate", "rogue_ca", "plain_tcp"])
@@ -140,12 +133,12 @@ def test_unauthenticated_client_cannot_connect_nor_inject(pki, pair, who):
     bad, bad_client = connect(server, bad_tls)
     good, good_client = connect(server, client_tls(pki))
     for _ in range(3):  # let the bad one fail and retry a few times while it keeps sending frames
-        run_until(reactor, lambda n=server.counters.errors["tls_handshake_failed"]:
+        assert run_until(reactor, lambda n=server.counters.errors["tls_handshake_failed"]:
                   server.counters.errors["tls_handshake_failed"] > n)
         bad.router.from_bus(bad.bus, 0, frames(10, start=0x666))
         good.router.from_bus(good.bus, 0, frames(10))
         reactor.run_once(0)
-    run_until(reactor, lambda: len(srv.bus.frames) >= 30)
+    assert run_until(reactor, lambda: len(srv.bus.frames) >= 30)
     reactor.run_once(0.2)
     assert {sc.can_id_of(raw) for raw, _ in srv.bus.frames} == set(range(0x100, 0x10A))  # none of 0x666..
     assert len(server.clients) == 1 and server.clients[0].counters.rx_frames >= 30  # only the good client
@@ -155,7 +148,7 @@ def test_client_refuses_a_server_signed_by_another_ca(pki, pair):
     reactor, start, connect = pair
     srv, server = start(server_tls(pki))
     cli, client = connect(server, client_tls(pki, ca="rogue_ca"))
-    run_until(reactor, lambda: client.counters.errors["tls_handshake_failed"] >= 1)
+    assert run_until(reactor, lambda: client.counters.errors["tls_handshake_failed"] >= 1)
     assert client.peer is None
 
 
@@ -163,9 +156,9 @@ def test_client_checks_the_server_name(pki, pair):
     reactor, start, connect = pair
     srv, server = start(server_tls(pki))
     cli, client = connect(server, client_tls(pki, server_name="not-the-server.example"))
-    run_until(reactor, lambda: client.counters.errors["tls_handshake_failed"] >= 1)
+    assert run_until(reactor, lambda: client.counters.errors["tls_handshake_failed"] >= 1)
     _, ok_client = connect(server, client_tls(pki, server_name="localhost"))  # a name in the certificate
-    run_until(reactor, lambda: ok_client.peer is not None)
+    assert run_until(reactor, lambda: ok_client.peer is not None)
 
 
 def test_silent_connection_is_closed_after_the_handshake_timeout(pki, pair, monkeypatch):
@@ -174,8 +167,8 @@ def test_silent_connection_is_closed_after_the_handshake_timeout(pki, pair, monk
     srv, server = start(server_tls(pki))
     silent = socket.create_connection(tuple(server.address))
     try:
-        run_until(reactor, lambda: server.handshakes)
-        run_until(reactor, lambda: server.counters.errors["tls_handshake_failed"] == 1)
+        assert run_until(reactor, lambda: server.handshakes)
+        assert run_until(reactor, lambda: server.counters.errors["tls_handshake_failed"] == 1)
         assert not server.handshakes and not server.clients
         silent.settimeout(5)
         assert silent.recv(100) == b""  # the server closed it
@@ -188,7 +181,7 @@ def test_garbage_instead_of_client_hello_is_counted(pki, pair):
     srv, server = start(server_tls(pki))
     with socket.create_connection(tuple(server.address)) as s:
         s.sendall(native.STREAM_PREAMBLE + native.encode_hello(HELLO) + native.encode_frames(0, frames(3)))
-        run_until(reactor, lambda: server.counters.errors["tls_handshake_failed"] == 1)
+        assert run_until(reactor, lambda: server.counters.errors["tls_handshake_failed"] == 1)
     assert srv.bus.frames == []
 
 
@@ -208,10 +201,10 @@ def test_stdlib_ssl_client_talks_to_the_server(pki, pair):
                 return True
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 return False
-        run_until(reactor, handshake_done)
+        assert run_until(reactor, handshake_done)
         s.setblocking(True)
         s.sendall(native.STREAM_PREAMBLE + native.encode_hello(HELLO) + native.encode_frames(0, frames(2)))
-        run_until(reactor, lambda: len(srv.bus.frames) == 2)
+        assert run_until(reactor, lambda: len(srv.bus.frames) == 2)
         s.setblocking(False)
         got = b""
 
@@ -222,7 +215,7 @@ def test_stdlib_ssl_client_talks_to_the_server(pki, pair):
             except ssl.SSLWantReadError:
                 pass
             return len(got) >= len(native.STREAM_PREAMBLE)
-        run_until(reactor, greeting_arrived)
+        assert run_until(reactor, greeting_arrived)
         assert got.startswith(native.STREAM_PREAMBLE)
     finally:
         s.close()
@@ -307,18 +300,18 @@ def test_transport_over_tls_with_tiny_socket_buffers(pki, monkeypatch, read_chun
     done = {}
     server_tls(pki).handshake(reactor, a, "server", lambda s: done.setdefault("a", s), pytest.fail)
     client_tls(pki).handshake(reactor, b, "client", lambda s: done.setdefault("b", s), pytest.fail)
-    run_until(reactor, lambda: len(done) == 2)
+    assert run_until(reactor, lambda: len(done) == 2)
     pa, pb = Proto(), Proto()
     ta, tb = StreamTransport(reactor, done["a"], pa), StreamTransport(reactor, done["b"], pb)
     blob = bytes(range(256)) * 4096  # 1 MiB
     for i in range(3):
         ta.write(bytes([i]) + blob)
         tb.write(bytes([i]) + blob[:1000])
-    run_until(reactor, lambda: len(pb.data) == 3 * (len(blob) + 1) and len(pa.data) == 3 * 1001, timeout=30)
+    assert run_until(reactor, lambda: len(pb.data) == 3 * (len(blob) + 1) and len(pa.data) == 3 * 1001, timeout=30)
     assert pb.data == b"".join(bytes([i]) + blob for i in range(3))
     assert pa.data == b"".join(bytes([i]) + blob[:1000] for i in range(3))
     assert not ta.closed and not tb.closed and "pause" in pa.events
     ta.close()
-    run_until(reactor, lambda: tb.closed)
+    assert run_until(reactor, lambda: tb.closed)
     assert pb.events[-2:] == ["eof", ("lost", None)]  # a close without close_notify is still a clean EOF
     reactor.close()

@@ -4,6 +4,7 @@ and never a control one. The receiver's dropped["lost_in_transit"] must equal th
 datagrams, and rx_frames + lost_in_transit the frames the sender sent. Plain and sealed (psk) datagrams.
 """
 
+import dataclasses
 import os
 import socket
 import time
@@ -12,30 +13,20 @@ import pytest
 
 from bridge.codec import native, sealed
 from bridge.codec import socketcan as sc
-from bridge.protocols import native as wire
+from bridge.core.reactor import Reactor
+from bridge.core.router import Router
 from bridge.endpoints.liveness import PeerPolicy
 from bridge.endpoints.udp import UdpPeer
 from bridge.errors import ConfigError
-from bridge.core.reactor import Reactor
-from bridge.core.router import Router
+from bridge.protocols import native as wire
+from tests import helpers
 
-HELLO = native.Hello(version=native.VERSION, capabilities=native.CAP_FD, heartbeat_ms=100, channels=("vcan0",))
+HELLO = dataclasses.replace(helpers.HELLO, heartbeat_ms=100)  # fast ticks: short tests
 POLICY = PeerPolicy(timeout=0.4)  # ticks (heartbeats, counter updates) every 0.1 s
 KEY = bytes(range(32))
 
 
-def run_until(reactor, cond, timeout=10.0):
-    """Drive the reactor until cond() or the bound (a bound for lost wakeups, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not cond() and time.monotonic() < deadline:
-        reactor.run_once(0.02)
-    return cond()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port, run_until  # noqa: E402,F401 (test_udp_peer_restart imports them from here)
 
 
 class LossyRelay:

@@ -12,11 +12,11 @@ import socket
 import pytest
 
 from bridge.codec import native, sealed
-from bridge.protocols import native as wire
-from bridge.endpoints.udp import PEER_RESTART, UdpPeer
 from bridge.core.reactor import Reactor
 from bridge.core.router import Router
 from bridge.endpoints.liveness import PeerPolicy
+from bridge.endpoints.udp import PEER_RESTART, UdpPeer
+from bridge.protocols import native as wire
 from tests.test_udp_frame_loss import HELLO, KEY, batch, free_port, run_until
 
 BATCH = 5  # frames per loop pass while pumping

@@ -45,9 +45,11 @@ class TimerHandle:
 
 
 class Reactor:
-    """Event loop. Times are `time.monotonic()` seconds."""
+    """Event loop. Times are seconds of `clock` (default time.monotonic); a test passes its own clock
+    (a function returning seconds) to run timers without sleeping: advance it, then run_once(0)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.time = clock  # reactor.time() -> now, in the clock's seconds
         self._epoll = select.epoll()
         self._handlers: dict[int, list] = {}  # fd -> [reader, writer, epoll mask]
         self._timers: list[tuple[float, int, TimerHandle]] = []
@@ -107,11 +109,8 @@ class Reactor:
         self._update(fd, None, None)
 
     # --- timers and hooks --------------------------------------------------------------------
-    def time(self) -> float:
-        return time.monotonic()
-
     def call_later(self, delay: float, callback: Callback) -> TimerHandle:
-        handle = TimerHandle(time.monotonic() + max(0.0, delay), callback)
+        handle = TimerHandle(self.time() + max(0.0, delay), callback)
         heapq.heappush(self._timers, (handle.when, next(self._seq), handle))
         return handle
 
@@ -189,7 +188,7 @@ class Reactor:
             heapq.heappop(self._timers)
         if not self._timers:
             return None
-        return max(0.0, self._timers[0][0] - time.monotonic())
+        return max(0.0, self._timers[0][0] - self.time())
 
     def run_once(self, timeout: float | None = None) -> None:
         """One pass: wait for I/O (bounded by the next timer), run ready callbacks, due timers,
@@ -227,7 +226,7 @@ class Reactor:
         self.passes += 1
 
     def _run_timers(self) -> None:
-        now = time.monotonic()
+        now = self.time()
         timers = self._timers
         while timers and (timers[0][2].cancelled or timers[0][0] <= now):
             _, _, handle = heapq.heappop(timers)

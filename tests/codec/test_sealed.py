@@ -9,12 +9,12 @@ from hypothesis import strategies as st
 
 from bridge.codec import native, sealed
 from bridge.codec import socketcan as sc
-from bridge.protocols.native import NativeDatagram
 from bridge.errors import ConfigError, ProtocolError
+from bridge.protocols.native import NativeDatagram
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(32)
-HELLO = native.Hello(version=1, capabilities=native.CAP_FD, heartbeat_ms=1000, channels=("vcan0",))
+from tests.helpers import HELLO  # noqa: E402
 
 
 def plain(n=3, session=0x1234, mtu=1472 - sealed.OVERHEAD):

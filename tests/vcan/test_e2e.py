@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from bridge.tools import probe
 from bridge.codec import native
 from bridge.codec import socketcan as sc
 from bridge.codec.candump import read_log
-from hw import netns
-from bridge.tools.rig import GW_ADDR, REMOTE_ADDR, TCP_PORT, UDP_PORT, Rig
+from bridge.tools import probe
 from bridge.tools.demo import DEFAULT_TRACE
+from bridge.tools.rig import GW_ADDR, REMOTE_ADDR, TCP_PORT, UDP_PORT, Rig
+from hw import netns
 
 pytestmark = pytest.mark.vcan
 

@@ -12,10 +12,11 @@ import time
 
 import pytest
 
+from bridge.codec import candump
+from bridge.codec import socketcan as sc
 from bridge.tools import probe
-from bridge.codec import candump, socketcan as sc
-from bridge.tools.rig import Rig
 from bridge.tools.demo import DEFAULT_TRACE
+from bridge.tools.rig import Rig
 
 pytestmark = pytest.mark.vcan
 DURANGO = DEFAULT_TRACE

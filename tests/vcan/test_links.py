@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hw import links
 from bridge.cli import link as link_cli
+from hw import links
 
 pytestmark = pytest.mark.vcan
 RULES = Path(__file__).resolve().parents[2] / "udev" / "80-canbridge.rules"

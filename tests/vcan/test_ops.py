@@ -14,9 +14,9 @@ import urllib.request
 
 import pytest
 
+from bridge.codec import socketcan as sc
 from bridge.daemon import control
 from bridge.tools import probe
-from bridge.codec import socketcan as sc
 
 pytestmark = pytest.mark.vcan
 
@@ -233,6 +233,41 @@ def test_sighup_reload_keeps_the_unaffected_connection(bridges, vcan0, vcan1, tm
         assert send_and_receive(tx, rx, batch) == batch
         remote_stats = bridges.stats(remote)
         assert remote_stats[f"tcp://127.0.0.1:{PORT_A}"].get("reconnects", 0) == 0 and link in remote_stats
+    finally:
+        tx.close()
+        rx.close()
+    assert bridges.stop() == {"gateway": 0, "remote": 0}
+
+
+def test_reload_away_a_bus_then_flap_its_link_keeps_it_closed(bridges, vcan0, vcan1, vcan2, tmp_path):
+    """A bus closed by a SIGHUP reload stops being watched (BusFaults.remove): deleting and re-creating its
+    interface afterwards (a new ifindex, which makes a watched bus re-open its sockets) and taking it down
+    and up leave it closed; the bus that stayed keeps forwarding."""
+    conf = tmp_path / "gw.toml"
+    peer = f'[[peer]]\nurl = "tcp-listen://127.0.0.1:{PORT_A}"\n'
+    conf.write_text(f'[[interface]]\nname = "{vcan0}"\n[[interface]]\nname = "{vcan2}"\n{peer}')
+    gw = bridges.start("gateway", ["run", "-c", str(conf)])
+    bridges.start("remote", [vcan1, f"tcp://127.0.0.1:{PORT_A}"])
+    tx, rx = probe.open_can(vcan0), probe.open_can(vcan1)
+    try:
+        wait_path_up(bridges, tx, rx)
+        assert vcan2 in bridges.stats(gw)
+        conf.write_text(f'[[interface]]\nname = "{vcan0}"\n{peer}')
+        bridges.procs["gateway"].send_signal(signal.SIGHUP)
+        bridges.wait_stats(gw, lambda s: vcan2 not in s, "reload closing the bus")
+        mark = len(bridges.log("gateway"))
+        ip = lambda *args: subprocess.run(["ip", "link", *args], check=True)  # noqa: E731
+        ip("del", vcan2)
+        ip("add", vcan2, "type", "vcan")
+        ip("set", vcan2, "mtu", "72")
+        ip("set", vcan2, "up")
+        ip("set", vcan2, "down")
+        ip("set", vcan2, "up")
+        batch = frames(50, 0x323)
+        assert send_and_receive(tx, rx, batch) == batch  # vcan0 still forwards; the link events were read
+        assert vcan2 not in bridges.stats(gw)
+        after = bridges.log("gateway")[mark:]
+        assert vcan2 not in after, after  # no "bus vcan2: link ..." nor "interface is back ... re-opened"
     finally:
         tx.close()
         rx.close()

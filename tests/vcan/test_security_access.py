@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from bridge.tools import probe
 from bridge.codec import native
 from bridge.codec import socketcan as sc
 from bridge.codec.base import events
 from bridge.codec.filters import parse_filters
 from bridge.daemon.privileges import capabilities, drop_privileges
+from bridge.tools import probe
 
 pytestmark = pytest.mark.vcan
 

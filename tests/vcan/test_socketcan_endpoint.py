@@ -9,10 +9,10 @@ import pytest
 
 from bridge.codec import socketcan as sc
 from bridge.codec.filters import parse_filters
-from bridge.endpoints.socketcan import SocketCanEndpoint
-from hw.cansock import SO_RCVBUFFORCE
-from bridge.frame import CanFrame
 from bridge.core.reactor import Reactor
+from bridge.endpoints.socketcan import SocketCanEndpoint
+from bridge.frame import CanFrame
+from hw.cansock import SO_RCVBUFFORCE
 
 pytestmark = pytest.mark.vcan
 

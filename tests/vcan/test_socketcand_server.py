@@ -8,9 +8,9 @@ import time
 import can
 import pytest
 
-from bridge.tools import probe
 from bridge.codec.candump import read_log
 from bridge.frame import CanFrame
+from bridge.tools import probe
 from bridge.tools.demo import DEFAULT_TRACE
 
 pytestmark = pytest.mark.vcan
