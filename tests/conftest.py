@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 NEEDS_VCAN = "needs vcan: run scripts/test.sh or `canbridge testvm -- pytest -m vcan`"
+NEEDS_ROOT = "needs root (network namespaces, raw sockets, links): run as root, or deselect with -m 'not privileged'"
 _VCAN_FIXTURES = {"vcan0", "vcan1", "vcan2", "vcan3"}  # vcan2/3: tests/vcan/conftest.py
+_PRIVILEGED_FIXTURES = {"netns", "run_in_netns"}  # `ip netns add` needs CAP_SYS_ADMIN
 
 
 def _iface_exists(name: str) -> bool:
@@ -23,15 +25,20 @@ def _iface_exists(name: str) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    for item in items:  # so that `-m vcan` / `-m "not vcan"` select them correctly
-        if _VCAN_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("vcan"):
+    for item in items:  # so that `-m vcan` / `-m "not vcan"` (and privileged) select them correctly
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if _VCAN_FIXTURES & fixtures and not item.get_closest_marker("vcan"):
             item.add_marker(pytest.mark.vcan)
+        if _PRIVILEGED_FIXTURES & fixtures and not item.get_closest_marker("privileged"):
+            item.add_marker(pytest.mark.privileged)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     if item.get_closest_marker("vcan") and not _iface_exists("vcan0"):
         pytest.fail(NEEDS_VCAN, pytrace=False)
+    if item.get_closest_marker("privileged") and os.geteuid() != 0:  # fail, never skip: CI runs as root
+        pytest.fail(NEEDS_ROOT, pytrace=False)
 
 
 def _vcan(name: str) -> str:

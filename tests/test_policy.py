@@ -268,6 +268,7 @@ except ConfigError as exc:
 """
 
 
+@pytest.mark.privileged
 def test_drop_to_nobody_in_a_subprocess():
     """Runs as root here (the test VM and CI run as root); without root the first drop must fail cleanly."""
     r = subprocess.run([sys.executable, "-c", DROP_THEN], capture_output=True, text=True, timeout=60,
