@@ -25,12 +25,12 @@ from scapy.packet import Raw
 from scapy.utils import PcapNgWriter, PcapWriter
 
 import bridge
-from bridge.tools import dissect
 from bridge.codec import cannelloni, native
 from bridge.codec import socketcand as scd
 from bridge.codec.base import events
 from bridge.codec.socketcan import CAN_EFF_FLAG, CAN_ERR_FLAG, CAN_RTR_FLAG, pack_can, pack_canfd, unpack
 from bridge.protocols.native import NativeDatagram
+from bridge.tools import dissect
 
 LUA = Path(bridge.__file__).parent / "tools" / "wireshark" / "canbridge.lua"
 T0 = 1_742_339_088_146_472_000  # ns; multiples of 1 us survive pcapng's default microsecond resolution
@@ -526,12 +526,51 @@ def test_tshark_lua_native_and_cannelloni(tmp_path):
 
 
 def test_tshark_lua_decode_as_preference(tmp_path):
-    """Another port via the Lua preference (the same as Preferences > Protocols > CANBRIDGE)."""
+    """Another port via the Lua preference (the same as Preferences > Protocols > CANBRIDGE), with the
+    heuristic off."""
     gram = native.DatagramEncoder(1).encode(0, CLASSIC)[0]
     path = _write(tmp_path / "p.pcapng", [(Ether() / IP() / UDP(sport=1, dport=39999) / gram, T0, None)])
-    assert _tshark_frames(path, "udp") == []
-    out = _tshark(path, ["-o", "canbridge.udp_ports:29600,39999", "-e", "canbridge.id"])
+    off = ["-o", "canbridge.heuristic:FALSE"]
+    assert _tshark(path, [*off, "-Y", "canbridge", "-e", "frame.number"]) == []
+    out = _tshark(path, [*off, "-o", "canbridge.udp_ports:29600,39999", "-e", "canbridge.id"])
     assert [int(x, 16) for x in out[0].split(",")] == [unpack(raw)[0] & 0x1FFFFFFF for raw, _ in CLASSIC]
+
+
+def _other_port_capture(tmp_path: Path) -> tuple[Path, list]:
+    """Native TCP (segmented, out of order, retransmitted) between ports 41000 and 41001 and a UDP datagram
+    to 39999: no port of ours. -> (pcapng, expected CAN frames of TCP then UDP)."""
+    pkts, _ = _native_tcp_packets(TcpConn(41000, 41001), T0)
+    gram = native.DatagramEncoder(1).encode(0, CLASSIC)[0]
+    pkts.append((Ether() / IP(src=CLIENT, dst=SERVER) / UDP(sport=39998, dport=39999) / gram, T0 + 10**9, "eth0"))
+    return _write(tmp_path / "other_port.pcapng", pkts), [*BATCH, LEN8, *CLASSIC[:2], *CLASSIC]
+
+
+def test_tshark_lua_heuristic_any_port(tmp_path):
+    """The native protocol on ports without any preference: found by its magic (TCP: the whole
+    conversation, both directions, records split across segments; UDP: each datagram)."""
+    path, frames = _other_port_capture(tmp_path)
+    assert _tshark_frames(path, "tcp") + _tshark_frames(path, "udp") == _expected(frames)
+    hello = _tshark(path, ["-Y", "canbridge.hello.channel", "-e", "canbridge.hello.channel"])
+    assert hello and all(line for line in hello)
+    off = _tshark(path, ["-o", "canbridge.heuristic:FALSE", "-Y", "canbridge", "-e", "frame.number"])
+    assert off == []  # the preference turns it off
+
+
+def test_tshark_plugin_install_and_info(tmp_path):
+    """The install step of docs/dissectors.md (copy into the personal Lua plugin folder): tshark lists
+    the plugin with its version (set_plugin_info) and dissects without -X lua_script."""
+    home = tmp_path / "home"
+    plugins = home / ".local" / "lib" / "wireshark" / "plugins"
+    plugins.mkdir(parents=True)
+    shutil.copy(LUA, plugins)
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+    listed = subprocess.run(["tshark", "-G", "plugins"], capture_output=True, text=True, env=env, timeout=60)
+    row = next(line.split("\t") for line in listed.stdout.splitlines() if line.startswith("canbridge.lua"))
+    assert row[1:3] == [bridge.__version__, "lua script"], row
+    path, frames = _other_port_capture(tmp_path)
+    out = subprocess.run(["tshark", "-n", "-r", str(path), "-o", "tcp.reassemble_out_of_order:TRUE", "-Y", "udp",
+                          "-T", "fields", "-e", "canbridge.id"], capture_output=True, text=True, env=env, timeout=60)
+    assert [int(x, 16) for x in out.stdout.split()[0].split(",")] == [unpack(raw)[0] & 0x1FFFFFFF for raw, _ in CLASSIC]
 
 
 # ------------------------------------------------------------------------------------ real loopback

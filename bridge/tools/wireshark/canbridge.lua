@@ -1,6 +1,8 @@
 -- Wireshark / tshark dissectors for canbridge traffic (Wireshark >= 3.x, checked with tshark 4.0.17).
 --
---   canbridge   native protocol v1 (docs/protocol.md): TCP and UDP, default port 29600
+--   canbridge   native protocol v1 (docs/protocol.md): TCP and UDP, default port 29600, plus a
+--               heuristic on every port: a UDP datagram or the first bytes of a TCP stream that start
+--               with the magic "CNBR" and version 1 (then the whole TCP conversation is canbridge)
 --   cannelloni  cannelloni (wire-formats 2a): UDP and TCP (with the "CANNELLONIv1" banner),
 --               default port 20000, plus a UDP heuristic (len >= 5, version 2, op 0, count consistent)
 --
@@ -13,6 +15,16 @@
 -- or copy this file to ~/.local/lib/wireshark/plugins/. Ports: Preferences > Protocols > CANBRIDGE /
 -- CANNELLONI, or "Decode As..." (tcp.port / udp.port). All lengths are checked against the packet:
 -- malformed input shows an expert info, never a Lua error.
+
+local PLUGIN_VERSION = "0.1.0"  -- the canbridge release (bridge.__version__)
+if set_plugin_info then  -- Wireshark >= 3.0: shown in About > Plugins and `tshark -G plugins`
+    set_plugin_info({
+        version = PLUGIN_VERSION,
+        description = "canbridge native protocol and cannelloni, with CAN frames for the SocketCAN dissectors",
+        author = "canbridge developers",
+        repository = "https://github.com/canbridge/canbridge",
+    })
+end
 
 local NATIVE_PORT = 29600
 local CANNELLONI_PORT = 20000
@@ -143,6 +155,8 @@ local ne_malformed = ProtoExpert.new("canbridge.malformed", "Malformed canbridge
 p_native.experts = { ne_malformed }
 p_native.prefs.tcp_ports = Pref.range("TCP ports", tostring(NATIVE_PORT), "TCP ports of canbridge", 65535)
 p_native.prefs.udp_ports = Pref.range("UDP ports", tostring(NATIVE_PORT), "UDP ports of canbridge", 65535)
+p_native.prefs.heuristic = Pref.bool("Heuristic (any port)", true,
+    "Recognise canbridge on any TCP or UDP port by its magic CNBR and version 1")
 p_native.prefs.call_can = Pref.bool("Call the CAN dissector", true,
     "Hand each frame to Wireshark's SocketCAN dissector (can.* fields)")
 
@@ -488,4 +502,24 @@ end
 
 p_cnl:register_heuristic("udp", function(tvb, pinfo, tree)
     return p_cnl.prefs.heuristic and cnl_heuristic(tvb, pinfo, tree)
+end)
+
+-- canbridge on any port: the magic "CNBR" and version 1 start every UDP datagram and every TCP stream
+-- (the preamble). A TCP match makes the conversation canbridge, so the stream's later segments (records
+-- without the magic) come to p_native too.
+local function native_magic(tvb, min_len)
+    return tvb:len() >= min_len and tvb(0, 4):string() == "CNBR" and tvb(4, 1):uint() == 1
+end
+
+p_native:register_heuristic("udp", function(tvb, pinfo, tree)
+    if not (p_native.prefs.heuristic and native_magic(tvb, 14)) then return false end
+    native_udp(tvb, pinfo, tree)
+    return true
+end)
+
+p_native:register_heuristic("tcp", function(tvb, pinfo, tree)
+    if not (p_native.prefs.heuristic and native_magic(tvb, 6)) then return false end
+    pinfo.conversation = p_native
+    native_tcp(tvb, pinfo, tree)
+    return true
 end)
