@@ -71,13 +71,13 @@ def reload(bridge) -> Plan | None:
     if new.ops != bridge.config.ops:  # also when command-line flags override the file
         log.info("reload: [bridge] control/metrics differ from the running ones; they change only at a restart")
     new.ops = bridge.config.ops
-    todo = plan(bridge.config, new)
-    if todo.empty:
+    changes = plan(bridge.config, new)
+    if changes.empty:
         log.info("reload: %s: no change", path)
         bridge.config = new
-        return todo
+        return changes
     log.info("reload: %s: closing %d peer(s) and %d bus(es), opening %d peer(s) and %d bus(es), keeping %d peer(s)",
-             path, len(todo.close_peers), len(todo.close_buses), len(todo.open_peers), len(todo.open_buses),
-             len(todo.keep_peers))
-    bridge.apply_reload(new, todo)
-    return todo
+             path, len(changes.close_peers), len(changes.close_buses), len(changes.open_peers), len(changes.open_buses),
+             len(changes.keep_peers))
+    bridge.apply_reload(new, changes)
+    return changes
