@@ -27,7 +27,7 @@ examples:
   canbridge testvm --vcan 2 -- pytest -m vcan         run a command in a kernel with vcan0, vcan1
   canbridge replay bridge/tools/data/durango_mapswitch.log vcan0 --speed 4
 
-subcommands: run, demo, replay, testvm, capture, inspect, dump, top, link, stats (each has --help)
+subcommands: run, demo, replay, testvm, capture, inspect, dump, top, link, stats, completion (each has --help)
 URLs: tcp://HOST:PORT, tcp-listen://[ADDR]:PORT (ADDR defaults to 127.0.0.1), udp://HOST:PORT[?bind=ADDR:PORT&mtu=N];
       options on any peer URL: filter=SPEC (bus -> peer), inbound_filter=SPEC (peer -> bus).
 """
@@ -119,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv else ""
     try:
+        if command == "completion":  # bash/zsh scripts generated from every parser (bridge/tools/completion.py)
+            from bridge.tools.completion import main as completion
+
+            return completion(argv[1:], SUBCOMMANDS, _bridge_parser(), _run_parser())
         if command in SUBCOMMANDS:
             module, _, func = SUBCOMMANDS[command].partition(":")
             return getattr(importlib.import_module(module), func)(argv[1:])
