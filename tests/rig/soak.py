@@ -32,10 +32,11 @@ import time
 from dataclasses import dataclass, field
 
 from bridge.tools import probe
-from hw import netns
 from bridge.tools.rig import GW_ADDR, TCP_PORT, UDP_PORT, Rig
+from hw import netns
 
 FAULTS = ("kill", "link", "blackhole", "slow", "scan")
+READY_LINE = "bus vcan0: channel"  # a bridge's first line once its bus is open (bridge/daemon/app.py)
 RSS_SAMPLE_S = 5.0
 FAULT_GAP_S = 15.0  # quiet time between faults: the bridges recover, the window closes
 RECOVERY_MAX_S = 90.0  # a fault's window stays open until frames flow again, at most this long
@@ -53,6 +54,9 @@ class SoakResult:
     exit_codes: dict = field(default_factory=dict)
     crashed: list = field(default_factory=list)
     recovery_s: list = field(default_factory=list)  # (fault, seconds from its end until frames flowed, None = never)
+    # kill faults, split: (seconds from the restart until the new remote had opened its bus (its start-up),
+    # then until the gateway heard it (UDP "peer up", TCP "peer is"), then until frames flowed); None = not seen
+    kill_phases: list = field(default_factory=list)
 
     @property
     def lost(self) -> int:
@@ -95,8 +99,14 @@ class SoakResult:
             lines.append(f"  RSS {side}: {samples[0][1]:.1f} -> {samples[-1][1]:.1f} MB "
                          f"(growth after warm-up {self.rss_growth_mb(side):.1f} MB)")
         lines.append(f"  recovery (s after the fault ended until frames flowed): {self.recovery_s}")
+        lines.append(f"  kill recovery phases (start-up, +heard by the gateway, +frames flowed; s): {self.kill_phases}")
         lines.append(f"  exit codes {self.exit_codes}; crashed: {self.crashed or 'none'}")
         return "\n".join(lines)
+
+
+def _heard_count(gateway_log: str) -> int:
+    """Times the gateway logged hearing the remote: UDP "peer up", TCP "peer is" (its greeting)."""
+    return gateway_log.count("peer up") + gateway_log.count(": peer is ")
 
 
 def _rss_mb(pid: int) -> float | None:
@@ -135,6 +145,7 @@ class Soak:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         self._wait(2.0)
+        self._marks = (self.rig.log_text("remote").count(READY_LINE), _heard_count(self.rig.log_text("gateway")))
         new = self._start_side("remote")  # start_bridge appends it; it replaces the killed one
         self.rig.procs.remove(new)
         self.rig.procs[self._remote_index()] = new
@@ -283,13 +294,25 @@ class Soak:
             self._remote_gen += 1
         # the window closes once frames flow again (reconnect, restart) and what was in flight has landed
         ended, deadline = time.monotonic(), time.monotonic() + RECOVERY_MAX_S
+        ready = heard = None
         while time.monotonic() < deadline:
             before = self.delivered
-            self._replay_some(0.5)
+            self._replay_some(0.1 if name == "kill" else 0.5)
+            if name == "kill":  # where the time goes: the new process's start-up, or the path after it
+                if ready is None and self.rig.log_text("remote").count(READY_LINE) > self._marks[0]:
+                    ready = time.monotonic()
+                if heard is None and _heard_count(self.rig.log_text("gateway")) > self._marks[1]:
+                    heard = time.monotonic()
             if self.delivered > before:
                 break
-        recovered = self.delivered > d0 and time.monotonic() < deadline
-        self.result.recovery_s.append((name, round(time.monotonic() - ended, 1) if recovered else None))
+        flowed = time.monotonic()
+        recovered = self.delivered > d0 and flowed < deadline
+        self.result.recovery_s.append((name, round(flowed - ended, 1) if recovered else None))
+        if name == "kill":
+            self.result.kill_phases.append(tuple(
+                None if t is None else round(t - t_prev, 1)
+                for t, t_prev in ((ready, ended), (heard, ready or ended), (flowed if recovered else None,
+                                                                           heard or ready or ended))))
         self._replay_some(2.0)
         # counters first: frames sent while they are read belong to the next stretch, not this window
         counted = sum(self._drops().values()) - c0
