@@ -7,8 +7,8 @@ Each round starts, for each tree in turn, a plain TCP pair in the VM's root name
 from that tree) and reports:
   start-up     seconds from spawning both bridges to the first frame crossing vcan0 -> vcan1
                (a frame is offered every 20 ms until one arrives)
-  import       seconds `python -X importtime -c "import bridge.cli.main, bridge.daemon.app"` reports
-               for its total (the command-line entry and the daemon; no sockets)
+  import       seconds of imports in the gateway process, from its own `-X importtime` report (every
+               module the running bridge imported, summed over the top-level imports)
   RSS          VmHWM of each bridge after 2,000 more frames have crossed, in MB
 Trees are alternated within a round, so a slow VM minute hits them alike. Needs vcan0/vcan1 and root.
 """
@@ -40,13 +40,11 @@ def _vmhwm_mb(pid: int) -> float:
     return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1)) / 1024
 
 
-def _import_s(tree: Path) -> float:
-    r = subprocess.run([sys.executable, "-X", "importtime", "-c", "import bridge.cli.main, bridge.daemon.app"],
-                       cwd=tree, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(tree)))
+def _import_s(stderr: str) -> float:
     total = 0
-    for line in r.stderr.splitlines():  # "import time: self | cumulative | name"; top-level lines sum up
+    for line in stderr.splitlines():  # "import time: self | cumulative | name"; top-level lines sum up
         m = re.match(r"import time:\s+\d+ \|\s+(\d+) \| (\S.*)$", line)
-        if m and not m.group(2).startswith(" "):
+        if m:
             total += int(m.group(1))
     return total / 1e6
 
@@ -54,9 +52,14 @@ def _import_s(tree: Path) -> float:
 def _run_pair(tree: Path, tx, rx) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree))
     start = time.monotonic()
-    procs = [subprocess.Popen([sys.executable, "-m", "bridge", *args], cwd=tree, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for args in (["vcan0", f"tcp-listen://127.0.0.1:{PORT}"], ["vcan1", f"tcp://127.0.0.1:{PORT}"])]
+    log = tree / "out" / "footprint-gateway.log"
+    log.parent.mkdir(exist_ok=True)
+    with open(log, "w") as gw_err:
+        procs = [subprocess.Popen([sys.executable, *flags, "-m", "bridge", *args], cwd=tree, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=err)
+                 for flags, args, err in (
+                     (["-X", "importtime"], ["vcan0", f"tcp-listen://127.0.0.1:{PORT}"], gw_err),
+                     ([], ["vcan1", f"tcp://127.0.0.1:{PORT}"], subprocess.DEVNULL))]
     try:
         marker = sc.pack_can(0x7FF, b"up")
         got: list = []
@@ -77,7 +80,8 @@ def _run_pair(tree: Path, tx, rx) -> dict:
         while len(got) < FRAMES and time.monotonic() < deadline:
             time.sleep(0.05)
             probe.drain(rx, got)
-        return {"startup": startup, "rss": [_vmhwm_mb(p.pid) for p in procs], "frames": len(got)}
+        return {"startup": startup, "rss": [_vmhwm_mb(p.pid) for p in procs], "frames": len(got),
+                "import": _import_s(log.read_text(errors="replace"))}
     finally:
         for p in procs:
             p.terminate()
@@ -96,12 +100,10 @@ def main() -> int:
     tx, rx = probe.open_can("vcan0"), probe.open_can("vcan1")
     for _ in range(args.rounds):
         for tree in trees:
-            r = _run_pair(tree, tx, rx)
-            r["import"] = _import_s(tree)
-            results[tree].append(r)
+            results[tree].append(_run_pair(tree, tx, rx))
     print(f"{'tree':<40}{'start-up s':>12}{'import s':>10}{'RSS MB gw':>11}{'RSS MB remote':>15}{'frames':>8}")
     for tree, rs in results.items():
-        med = lambda key, i=None: statistics.median(r[key] if i is None else r[key][i] for r in rs)  # noqa: E731
+        med = lambda key, i=None, rs=rs: statistics.median(r[key] if i is None else r[key][i] for r in rs)  # noqa: E731
         print(f"{str(tree):<40}{med('startup'):>12.2f}{med('import'):>10.3f}{med('rss', 0):>11.1f}"
               f"{med('rss', 1):>15.1f}{min(r['frames'] for r in rs):>8}")
     return 0

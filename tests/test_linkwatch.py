@@ -66,9 +66,11 @@ def test_linkstate_decodes_what_pyroute2_encodes():
         msg.encode()
         return bytes(msg.data)
 
+    can_data = {"attrs": [("IFLA_CAN_STATE", 3), ("IFLA_CAN_RESTART_MS", 100)]}
     can0 = encoded(RTM_NEWLINK, 7, 1, [("IFLA_IFNAME", "can0"), ("IFLA_MTU", 72), ("IFLA_LINKINFO", {"attrs": [
-        ("IFLA_INFO_KIND", "can"), ("IFLA_INFO_DATA", {"attrs": [("IFLA_CAN_STATE", 3), ("IFLA_CAN_RESTART_MS", 100)]})]})])
-    vcan = encoded(RTM_NEWLINK, 8, 0, [("IFLA_IFNAME", "vcan1"), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "vcan")]})])
+        ("IFLA_INFO_KIND", "can"), ("IFLA_INFO_DATA", can_data)]})])
+    vcan_info = {"attrs": [("IFLA_INFO_KIND", "vcan")]}
+    vcan = encoded(RTM_NEWLINK, 8, 0, [("IFLA_IFNAME", "vcan1"), ("IFLA_LINKINFO", vcan_info)])
     gone = encoded(RTM_DELLINK, 9, 0, [("IFLA_IFNAME", "can9")])
     got = linkstate.parse(can0 + vcan + gone + gone[:10])
     assert got == [linkstate.LinkState("can0", 7, True, False, "BUS-OFF"), linkstate.LinkState("vcan1", 8, False),

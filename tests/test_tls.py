@@ -235,7 +235,8 @@ def test_tls_options_in_urls(pki):
     assert t.server_side and t.context.verify_mode == ssl.CERT_REQUIRED
     assert tls.for_peer(parse_peer_url("tcp://h:1").security, True, "h", "x") is None
     plain_host = parse_peer_url(f"cannelloni+tcp://gw:20000?tls_ca={pki['ca']}")
-    assert tls.for_peer(plain_host.security, plain_host.protocol.tls_client, plain_host.host, "x").server_hostname == "gw"
+    plain = tls.for_peer(plain_host.security, plain_host.protocol.tls_client, plain_host.host, "x")
+    assert plain.server_hostname == "gw"
 
 
 @pytest.mark.parametrize("url, words", [

@@ -168,7 +168,7 @@ class Bridge:
         self.reactor.add_signal_handler(signal.SIGUSR1, self.log_stats)
         self.reactor.call_soon(self._notify_ready)
         try:
-            self.ops = Operations(self)  # control socket, Prometheus endpoint, SIGHUP reload (bridge/daemon/operations.py)
+            self.ops = Operations(self)  # control socket, Prometheus endpoint, SIGHUP reload (daemon/operations.py)
             if self.config.user:  # after every socket is open, before the first frame is handled
                 privileges.drop_privileges(self.config.user)
             self.reactor.run()

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 from bridge.security import access as access_control
 from bridge.security import options as security
 from bridge.codec.filters import FilterSet, parse_filters
-from bridge.codec.native import DEFAULT_PORT
+from bridge.codec.native import DEFAULT_PORT  # noqa: F401 (config.DEFAULT_PORT: the native protocol's port)
 from bridge.endpoints import liveness
 from bridge.protocols import base as proto
 from bridge.protocols import registry
@@ -69,7 +69,7 @@ class Config:
     interfaces: list[InterfaceConfig] = field(default_factory=list)
     peers: list[PeerConfig] = field(default_factory=list)
     user: str | None = None  # drop privileges to this user once every socket is open (bridge/daemon/privileges.py)
-    ops: OpsConfig = field(default_factory=lambda: OpsConfig())  # [bridge] control/metrics (bridge/daemon/operations.py)
+    ops: OpsConfig = field(default_factory=lambda: OpsConfig())  # [bridge] control/metrics (daemon/operations.py)
     source: str | None = None  # the TOML file it came from (SIGHUP re-reads it)
 
     def validate(self) -> Config:

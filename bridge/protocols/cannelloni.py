@@ -6,7 +6,7 @@ from __future__ import annotations
 from bridge.codec import cannelloni
 from bridge.codec.base import events
 from bridge.protocols import transports
-from bridge.protocols.base import ACCESS, BIND, FILTERS, LIMITS, MAX_CLIENTS, MTU, PSK, TLS, PeerProtocolBase
+from bridge.protocols.base import ACCESS, BIND, FILTERS, LIMITS, MAX_CLIENTS, MTU, TLS, PeerProtocolBase
 
 _NO_PSK = ("cannelloni peers cannot decrypt; encrypted UDP needs udp:// (the native protocol) on both sides")
 
