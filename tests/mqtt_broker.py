@@ -10,6 +10,7 @@ Broker(tmp_path, ...).start() / .kill() (SIGKILL) / .restart() (same port) / .st
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -44,6 +45,8 @@ class Broker:
         lines = ["per_listener_settings false", "persistence false", f"listener {self.port} 127.0.0.1",
                  "log_dest stderr", "log_type error", "log_type warning", "log_type notice",
                  "max_queued_messages 100000", "max_inflight_messages 64"]
+        if os.geteuid() == 0:  # as root mosquitto switches to user mosquitto, who cannot read pytest's tmp_path
+            lines.append(f"user {pwd.getpwuid(0).pw_name}")
         if users:
             pw = self.dir / "passwd"
             pw.write_text("")

@@ -151,3 +151,261 @@ def test_status_retained_online_and_will_offline(mosquitto):
         watcher.loop_stop()
         watcher.disconnect()
         gw.close()
+
+
+def counted(n, start=0):
+    return [(sc.pack_can(0x100, i.to_bytes(4, "big")), time.time_ns()) for i in range(start, start + n)]
+
+
+def unique(frames):
+    return {int.from_bytes(raw[8:12], "big") for raw, _ts in frames}
+
+
+def dropped(side):
+    return sum(side.peer.counters.dropped.values())
+
+
+def raw_client(broker, **kw):
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, **kw)
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    return c
+
+
+def publish(client, topic, payload, expiry=None, retain=False):
+    props = Properties(PacketTypes.PUBLISH)
+    if expiry is not None:
+        props.MessageExpiryInterval = expiry
+    client.publish(topic, payload, qos=1, retain=retain, properties=props).wait_for_publish(5)
+
+
+def test_broker_sigkill_mid_stream_delivered_plus_counted_is_sent(mosquitto):
+    gw = Side(url(mosquitto, gateway="gw1"))
+    mirror = Side(url(mosquitto, gateway="backend", source="gw1/can0", read_only=0))
+    assert pump([gw, mirror], connected(gw, mirror))
+    pump([gw, mirror], lambda: False, timeout=0.3)
+    sent = 0
+    for _ in range(20):  # part 1: a stream, both sides running
+        feed(gw, counted(100, sent))
+        sent += 100
+        pump([gw, mirror], lambda: False, timeout=0.01)
+    feed(gw, counted(500, sent))  # part 2: in paho's queue, on the wire or in the broker when it dies
+    sent += 500
+    mosquitto.kill()
+    pump([mirror], lambda: not mirror.peer.connected, timeout=5)
+    assert pump([gw], lambda: not gw.peer.connected, timeout=5)
+    feed(gw, counted(1000, sent))  # part 3: while the broker is away: our store-and-forward queue
+    sent += 1000
+    assert gw.peer.counters.gauges["queued_frames"] >= 1000
+    mosquitto.start()
+    assert pump([mirror], lambda: mirror.peer.connected, timeout=15)  # the consumer subscribes first
+    pump([mirror], lambda: False, timeout=0.3)
+    for _ in range(10):  # part 4: after the restart
+        feed(gw, counted(100, sent))
+        sent += 100
+        pump([gw, mirror], lambda: False, timeout=0.01)
+    after = set(range(2500, sent))  # queued while the broker was away, or sent after its restart
+    done = lambda: gw.peer.counters.tx_frames + dropped(gw) >= sent and after <= unique(mirror.bus.frames)  # noqa: E731
+    assert pump([gw, mirror], done, timeout=30), (gw.peer.counters.snapshot(), len(unique(mirror.bus.frames)))
+    # the gateway's account is exact: every frame acknowledged by a broker (qos 1) or counted with a reason
+    assert gw.peer.counters.tx_frames + dropped(gw) == sent, gw.peer.counters.snapshot()
+    delivered = unique(mirror.bus.frames)
+    assert set(range(2000)) <= delivered and after <= delivered
+    # only part 2 may be missing: messages the killed broker had acknowledged but not yet forwarded
+    # (a non-persistent single broker loses what it holds in memory; docs/mqtt.md)
+    assert delivered >= set(range(sent)) - set(range(2000, 2500))
+    assert gw.peer.counters.errors["disconnected"] >= 1
+    gw.close()
+    mirror.close()
+
+
+def test_broker_absent_at_start_frames_wait_then_arrive_and_stale_ones_are_counted(tmp_path):
+    broker = Broker(tmp_path / "late")
+    gw = Side(f"mqtt://127.0.0.1:{broker.port}/fleet?gateway=gw1&max_age=1.5")
+    feed(gw, counted(200))  # will be older than max_age when the broker comes
+    pump([gw], lambda: False, timeout=2.0)
+    assert not gw.peer.connected and gw.peer.counters.errors["connect_failed"] >= 1
+    assert gw.peer.counters.dropped["stale"] == 200  # the stale sweep counted them while the broker was away
+    feed(gw, counted(300, 200))
+    broker.start()
+    try:
+        mirror = Side(url(broker, gateway="backend", source="gw1/can0", read_only=0))
+        assert pump([mirror], connected(mirror))
+        pump([mirror], lambda: False, timeout=0.3)
+        assert pump([gw, mirror], lambda: len(mirror.bus.frames) >= 300, timeout=20)
+        assert unique(mirror.bus.frames) == set(range(200, 500))
+        assert pump([gw, mirror], lambda: gw.peer.counters.tx_frames == 300)
+        mirror.close()
+    finally:
+        gw.close()
+        broker.stop()
+
+
+def test_wrong_password_is_refused_clearly_and_counted(tmp_path):
+    broker = Broker(tmp_path / "auth", users={"gw1": "right"}).start()
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_text("right\n")
+    bad.write_text("wrong\n")
+    try:
+        refused = Side(f"mqtt://gw1@127.0.0.1:{broker.port}/fleet?gateway=gw1&password_file={bad}")
+        feed(refused, counted(10))
+        assert pump([refused], lambda: refused.peer.counters.errors["connect_refused"] >= 1)
+        assert not refused.peer.connected
+        assert "refused" in refused.peer.counters.gauges["last_error"]
+        assert refused.peer.counters.gauges["queued_frames"] == 10 and refused.peer.counters.tx_frames == 0
+        refused.close()
+        assert refused.peer.counters.dropped["closed"] == 10  # every frame accounted for at the end
+        ok = Side(f"mqtt://gw1@127.0.0.1:{broker.port}/fleet?gateway=gw1&password_file={good}")
+        assert pump([ok], connected(ok))
+        ok.close()
+    finally:
+        broker.stop()
+
+
+ACL = """user gw1
+topic write fleet/gw1/+/rx
+topic write fleet/gw1/status
+topic read fleet/gw1/+/tx
+"""
+
+
+def test_acl_refusal_of_publish_and_subscribe_is_counted(tmp_path):
+    broker = Broker(tmp_path / "acl", users={"gw1": "pw"}, acl=ACL).start()
+    pw = tmp_path / "pw"
+    pw.write_text("pw")
+    try:
+        # allowed: its own topics
+        ok = Side(f"mqtt://gw1@127.0.0.1:{broker.port}/fleet?gateway=gw1&password_file={pw}&read_only=0")
+        assert pump([ok], connected(ok))
+        feed(ok, counted(50))
+        assert pump([ok], lambda: ok.peer.counters.tx_frames == 50)
+        assert not ok.peer.counters.errors["subscribe_refused"]
+        ok.close()
+        # refused: another gateway's name (the ACL does not let gw1 write or read there)
+        other = Side(f"mqtt://gw1@127.0.0.1:{broker.port}/fleet?gateway=gw9&password_file={pw}&read_only=0")
+        assert pump([other], connected(other))
+        feed(other, counted(50))
+        assert pump([other], lambda: other.peer.counters.dropped["publish_failed"] == 50), \
+            other.peer.counters.snapshot()
+        assert other.peer.counters.tx_frames == 0 and other.peer.counters.errors["publish_refused"] >= 1
+        # (Mosquitto grants a SUBSCRIBE its ACL does not allow and filters on delivery: no SUBACK refusal here)
+        assert other.peer.connected  # refusals do not cost the connection
+        other.close()
+    finally:
+        broker.stop()
+
+
+def test_tls_verified_broker_and_wrong_certificates(tmp_path):
+    from tests.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    broker = Broker(tmp_path / "tls", tls=pki, require_cert=True).start()
+    base = f"mqtts://localhost:{broker.port}/fleet?gateway=gw1"
+    try:
+        ok = Side(f"{base}&tls_ca={pki['ca']}&tls_cert={pki['client_cert']}&tls_key={pki['client_key']}")
+        assert pump([ok], connected(ok))
+        feed(ok, counted(20))
+        assert pump([ok], lambda: ok.peer.counters.tx_frames == 20)
+        ok.close()
+        rogue_ca = Side(f"{base}&tls_ca={pki['rogue_ca']}&tls_cert={pki['client_cert']}&tls_key={pki['client_key']}")
+        assert pump([rogue_ca], lambda: rogue_ca.peer.counters.errors["connect_failed"] >= 1)
+        assert "certificate" in rogue_ca.peer.counters.gauges["last_error"]
+        assert not rogue_ca.peer.connected
+        rogue_ca.close()
+        rogue_client = Side(f"{base}&tls_ca={pki['ca']}&tls_cert={pki['rogue_cert']}&tls_key={pki['rogue_key']}")
+        fails = lambda: sum(rogue_client.peer.counters.errors.values()) >= 1  # noqa: E731
+        assert pump([rogue_client], fails)
+        assert not pump([rogue_client], lambda: rogue_client.peer.connected, timeout=1)
+        rogue_client.close()
+    finally:
+        broker.stop()
+
+
+def test_garbage_oversize_wrong_format_and_retained_tx_messages_are_counted_not_written(mosquitto):
+    c = raw_client(mosquitto)
+    topic = "fleet/gw1/can0/tx"
+    publish(c, topic, mp.encode_native(counted(1, 7)), retain=True)  # replayed on every subscribe: refused
+    gw = Side(url(mosquitto, gateway="gw1", read_only=0))
+    try:
+        assert pump([gw], connected(gw))
+        assert pump([gw], lambda: gw.peer.counters.errors["retained_message"] == 1)
+        publish(c, topic, b"garbage")
+        publish(c, topic, b"CNBR\x01\x00" + bytes(mp.MAX_PAYLOAD_BYTES + 10))
+        publish(c, topic, mp.encode_json("x", "can0", counted(1)))  # json to a native gateway
+        assert pump([gw], lambda: gw.peer.counters.errors["bad_payload"] == 3)
+        assert gw.peer.counters.errors["bad_payload_oversize"] == 1
+        assert gw.peer.counters.errors["bad_payload_bad_magic"] == 2
+        publish(c, topic, mp.encode_native(counted(2, 100)))  # the connection stays: good frames still come
+        assert pump([gw], lambda: len(gw.bus.frames) == 2)
+        assert unique(gw.bus.frames) == {100, 101} and gw.peer.connected
+        assert not gw.peer.counters.errors["disconnected"]
+    finally:
+        publish(c, topic, b"", retain=True)  # clear the retained message
+        c.loop_stop()
+        c.disconnect()
+        gw.close()
+
+
+@pytest.mark.parametrize("read_only", [None, "0"])
+def test_read_only_is_the_default(mosquitto, read_only):
+    opts = {"gateway": "gw1"} | ({"read_only": read_only} if read_only else {})
+    gw = Side(url(mosquitto, **opts))
+    assert gw.config.access.read_only == (read_only is None)
+    assert pump([gw], connected(gw))
+    pump([gw], lambda: False, timeout=0.3)
+    c = raw_client(mosquitto)
+    try:
+        publish(c, "fleet/gw1/can0/tx", mp.encode_native(counted(3)))
+        pump([gw], lambda: gw.bus.frames, timeout=1.0)
+        assert len(gw.bus.frames) == (0 if read_only is None else 3)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+        gw.close()
+
+
+def test_stale_tx_message_is_not_replayed_after_the_gateway_was_away(mosquitto):
+    link = url(mosquitto, gateway="gw1", read_only=0, client_id="gw1-fixed")
+    gw = Side(link)
+    assert pump([gw], connected(gw))
+    pump([gw], lambda: False, timeout=0.3)  # subscribed: the persistent session holds the subscription
+    gw.close()
+    c = raw_client(mosquitto)
+    try:
+        publish(c, "fleet/gw1/can0/tx", mp.encode_native(counted(1, 1)), expiry=1)  # stale by the time we're back
+        publish(c, "fleet/gw1/can0/tx", mp.encode_native(counted(1, 2)), expiry=60)
+        time.sleep(2.2)
+        back = Side(link)
+        assert pump([back], lambda: back.bus.frames)
+        pump([back], lambda: False, timeout=0.5)
+        assert unique(back.bus.frames) == {2}
+        back.close()
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+@pytest.mark.parametrize("link, message", [
+    ("mqtt://u:secret@127.0.0.1/fleet", "no password in the URL"),
+    ("mqtt://127.0.0.1/fleet?source=gw1/can0", "needs read_only=0"),
+    ("mqtt://127.0.0.1/fleet?format=xml", "format must be one of"),
+    ("mqtt://127.0.0.1/fleet?qos=2", "qos must be an integer 0..1"),
+    ("mqtt://127.0.0.1/fl+eet", "not a topic level"),
+    ("mqtt://127.0.0.1/fleet?gateway=a/b", "not a topic level"),
+    ("mqtt://127.0.0.1/fleet?source=gw1", "expected GATEWAY/IFACE"),
+    ("mqtt://127.0.0.1/fleet?share=g", "give a source="),
+    ("mqtt://127.0.0.1/fleet?password_file=/nonexistent", "needs a user name"),
+    ("mqtt://127.0.0.1/fleet?timeout=3", "keepalive"),
+    ("mqtt://127.0.0.1/fleet?tls_ca=/x", "mqtts://"),
+])
+def test_config_errors_are_clear(link, message):
+    with pytest.raises(ConfigError, match=message.replace("+", r"\+").replace(".", r"\.")):
+        parse_peer_url(link)
+
+
+def test_config_defaults():
+    peer = parse_peer_url("mqtt://broker.example/fleet/eu")
+    assert (peer.port, peer.extra["prefix"], peer.extra["qos"], peer.extra["format"]) == (1883, "fleet/eu", 1, "native")
+    assert peer.access.read_only and peer.extra["max_age"] == 60.0 and peer.limits.max_age == 60.0
+    assert parse_peer_url("mqtts://broker.example/").port == 8883
+    assert parse_peer_url("mqtt://ops@b/x?source=%2B/can0&read_only=0&share=rec").extra["source"] == ("+/can0",)

@@ -78,6 +78,7 @@ class MqttPeer:
         self._unacked: dict[int, int] = {}  # mid -> frames in that message (acknowledged: tx_frames)
         self._connected = False
         self._closing = False
+        self._refused = False  # the broker's CONNACK refused us: on_disconnect does not count it again
         self._attempt = 0
         self._retry = None
         self._fd = -1
@@ -172,6 +173,7 @@ class MqttPeer:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:  # bad user name or password, not authorized, ...
+            self._refused = True
             self._failed("connect_refused", f"broker refused the connection: {reason_code}")
             return  # paho closes the socket: on_disconnect follows
         self._connected = True
@@ -198,10 +200,13 @@ class MqttPeer:
         self._connected = False
         if self._closing:
             return
+        refused, self._refused = self._refused, False
         if was:
             self.counters.errors["disconnected"] += 1
             log.warning("%s: connection lost (%s); frames wait in the queue (max_age %s s)",
                         self.name, reason_code, self.max_age)
+        elif not refused:  # e.g. the broker's TLS refused our certificate after the handshake (TLS 1.3)
+            self._failed("connect_failed", f"connection closed before the broker accepted it ({reason_code})")
         self._schedule_retry()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
@@ -232,6 +237,7 @@ class MqttPeer:
         """Publish what waits: one message per interface (per MAX_MESSAGE_FRAMES frames) if connected
         and paho has room; otherwise the frames stay queued (bounded, max_age)."""
         if not self._connected or not self._pending or len(self._unacked) >= PAHO_MAX_MESSAGES:
+            self._gauges()
             return
         batches = self._pending.take()  # stale ones dropped and counted here
         by_channel: dict[int, list] = {}
