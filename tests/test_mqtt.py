@@ -409,3 +409,30 @@ def test_config_defaults():
     assert peer.access.read_only and peer.extra["max_age"] == 60.0 and peer.limits.max_age == 60.0
     assert parse_peer_url("mqtts://broker.example/").port == 8883
     assert parse_peer_url("mqtt://ops@b/x?source=%2B/can0&read_only=0&share=rec").extra["source"] == ("+/can0",)
+
+
+def test_the_daemon_opens_it_from_a_toml_peer_table(mosquitto):
+    """bridge.daemon.app.Bridge._open_peer (the daemon's code, unchanged) with [[peer]] keys as TOML
+    gives them (source as a list, numbers as numbers): the registry line is all the daemon needs."""
+    from types import SimpleNamespace
+
+    from bridge.daemon.app import Bridge
+
+    reactor = Reactor()
+    host = SimpleNamespace(reactor=reactor, router=Router(reactor), buses=[])
+    bus = Bus()
+    host.router.add_bus(bus)
+    cfg = parse_peer_url(f"mqtt://127.0.0.1:{mosquitto.port}/fleet", "[[peer]] 1",
+                         {"gateway": "backend", "source": ["gw1/can0", "gw2/+"], "read_only": False, "qos": 0,
+                          "format": "json", "max_age": 5})
+    assert cfg.extra["source"] == ("gw1/can0", "gw2/+") and cfg.extra["qos"] == 0 and cfg.limits.max_age == 5
+    (peer,) = Bridge._open_peer(host, cfg, SimpleNamespace(channels=("can0",), capabilities=native.CAP_FD))
+    gw = Side(url(mosquitto, gateway="gw2", format="json"))
+    side = SimpleNamespace(reactor=reactor)
+    assert pump([side, gw], lambda: peer.connected and gw.peer.connected)
+    pump([side, gw], lambda: False, timeout=0.3)
+    feed(gw, counted(10))
+    assert pump([side, gw], lambda: len(bus.frames) == 10)
+    peer.close()
+    gw.close()
+    reactor.close()
