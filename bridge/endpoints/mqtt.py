@@ -11,8 +11,10 @@ Topic tree (docs/mqtt.md), PREFIX from the URL path, GATEWAY from `gateway=` (de
     PREFIX/GATEWAY/IFACE/tx        frames to write to bus IFACE (subscribed only with read_only=0)
     PREFIX/GATEWAY/status          retained JSON {"status": "online"|"offline", ...}; the will sets offline
 
-Store and forward: frames wait in a PendingFrames queue (bounded in frames and bytes, max_age) while
-the broker is away; what cannot wait is counted: queue_full (bound), stale (older than max_age),
+Store and forward: frames that cannot be published at once (the broker is away, or paho already holds
+PAHO_MAX_MESSAGES unacknowledged messages) wait in a FrameStore, encoded as native FRAME records (28 bytes
+for an 8-byte classic frame, no per-frame Python objects), bounded in bytes, dropped after max_age; what
+cannot wait is counted: queue_full (bound), stale (older than max_age),
 publish_failed (paho refused the message, or the broker answered a PUBACK with an error), closed (held
 at close). With qos=1 a frame counts in tx_frames when the broker has acknowledged its message; paho
 resends unacknowledged messages after a reconnect (so a consumer may see a message twice, never lose
@@ -26,6 +28,7 @@ import logging
 import math
 import socket
 import time
+from collections import deque
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -35,21 +38,100 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from bridge.codec import mqtt_payload as mp
 from bridge.core.reactor import Reactor
 from bridge.core.stats import Counters
-from bridge.endpoints.pending import PendingFrames
+from bridge.codec import native
 from bridge.endpoints.tcp import backoff_delay
 
 log = logging.getLogger(__name__)
 
-MQTT_QUEUE_FRAMES = 200_000  # frames held while the broker is away: 60 s of a gateway at ~3k frames/s
-MQTT_QUEUE_BYTES = 8 << 20  # raw struct bytes of those: bounds memory to ~8 MB (+ tuples) in an outage
+STORE_MAX_BYTES = 4_500_000  # encoded frames held while the broker is away: ~160k 8-byte classic frames (28 B
+#                             each) = 64 s of a Durango bus (2.5k frames/s); the issue's bound is 5 MB of RSS
+SEGMENT_SPAN_S = 1.0  # a stored segment takes frames of one channel for at most this long (then a new one):
+#                      stale frames are dropped per segment, so a frame may outlive max_age by this much
 DEFAULT_MAX_AGE_S = 60.0  # a vehicle in a tunnel: frames up to a minute old are still worth sending
 PAHO_MAX_MESSAGES = 256  # messages handed to paho and not yet acknowledged: beyond, frames wait in ours
+PAHO_QUEUE_LIMIT = PAHO_MAX_MESSAGES + mp.MAX_MESSAGE_FRAMES  # paho's own bound: one more segment always fits
 PAHO_MAX_INFLIGHT = 64  # qos 1 PUBLISH packets on the wire without PUBACK (paho's inflight window)
 MAX_PACKET_BYTES = 1 << 20  # CONNECT Maximum Packet Size: the broker sends us nothing bigger (paho buffers whole packets)
 MISC_INTERVAL_S = 1.0  # loop_misc (keepalive PINGREQ, timeouts) and the stale sweep of our queue
 CONNECT_TIMEOUT_S = 3.0  # paho's blocking TCP connect (+ TLS handshake) may stall the loop at most this long
 DEFAULT_KEEPALIVE_S = 30
 DEFAULT_SESSION_EXPIRY_S = 3600  # the broker keeps our subscriptions and queued tx commands this long
+
+
+class FrameStore:
+    """Frames waiting for the broker, oldest first: segments [last_append (monotonic s), channel, frames,
+    bytearray of native FRAME records (bridge.codec.native, channel 0)], each <= MAX_MESSAGE_FRAMES frames
+    of one channel, appended to for at most SEGMENT_SPAN_S. Bounded by max_bytes of records (the oldest
+    segments go, counted queue_full); segments whose last frame is older than max_age go (stale)."""
+
+    def __init__(self, counters: Counters, max_bytes: int = STORE_MAX_BYTES, max_age: float = DEFAULT_MAX_AGE_S,
+                 clock=time.monotonic) -> None:
+        self._segments: deque = deque()
+        self._tails: dict[int, list] = {}  # channel -> the segment still taking frames
+        self._counters = counters
+        self.max_bytes, self.max_age, self._clock = max_bytes, max_age, clock
+        self.frames = 0
+        self.bytes = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._segments)
+
+    def add(self, channel: int, frames: list) -> None:
+        """Store a batch of (raw, ts_ns) of one channel (any length: cut at MAX_MESSAGE_FRAMES)."""
+        if len(frames) > mp.MAX_MESSAGE_FRAMES:
+            for part in mp.chunks(frames):
+                self.add(channel, part)
+            return
+        try:
+            records = native.encode_frames(0, frames)
+        except ValueError:
+            self._counters.drop("unencodable", len(frames))
+            return
+        now = self._clock()
+        tail = self._tails.get(channel)
+        if tail is None or tail[2] + len(frames) > mp.MAX_MESSAGE_FRAMES or now - tail[4] > SEGMENT_SPAN_S:
+            tail = [now, channel, 0, bytearray(), now]  # last append, channel, frames, records, created
+            self._segments.append(tail)
+            self._tails[channel] = tail
+        tail[0] = now
+        tail[2] += len(frames)
+        tail[3] += records
+        self.frames += len(frames)
+        self.bytes += len(records)
+        while self.bytes > self.max_bytes and self._segments:
+            self._counters.drop("queue_full", self._popleft()[2])
+
+    def _popleft(self) -> list:
+        seg = self._segments.popleft()
+        if self._tails.get(seg[1]) is seg:
+            del self._tails[seg[1]]
+        self.frames -= seg[2]
+        self.bytes -= len(seg[3])
+        return seg
+
+    def drop_stale(self) -> None:
+        if not self.max_age:
+            return
+        horizon = self._clock() - self.max_age
+        while self._segments and self._segments[0][0] < horizon:
+            self._counters.drop("stale", self._popleft()[2])
+
+    def pop(self):
+        """The oldest fresh segment as (channel, frames, records bytes, age s), or None (stale ones counted)."""
+        self.drop_stale()
+        if not self._segments:
+            return None
+        seg = self._popleft()
+        return seg[1], seg[2], bytes(seg[3]), self._clock() - seg[0]
+
+    def discard(self, reason: str) -> None:
+        self._counters.drop(reason, self.frames)
+        self._segments.clear()
+        self._tails.clear()
+        self.frames = self.bytes = 0
+
+    def gauges(self) -> dict:
+        return {"queued_frames": self.frames, "queued_bytes": self.bytes}
 
 
 class MqttPeer:
@@ -74,7 +156,8 @@ class MqttPeer:
         self.max_age = max_age
         self.status_topic = f"{prefix}/{gateway}/status"
         self._tx_topics = {f"{prefix}/{gateway}/{iface}/tx": ch for ch, iface in enumerate(self.channels)}
-        self._pending = PendingFrames(self.counters, MQTT_QUEUE_FRAMES, MQTT_QUEUE_BYTES, max_age)
+        self._pass: dict[int, list] = {}  # channel -> frames handed over in this loop pass
+        self._store = FrameStore(self.counters, STORE_MAX_BYTES, max_age)
         self._unacked: dict[int, int] = {}  # mid -> frames in that message (acknowledged: tx_frames)
         self._connected = False
         self._closing = False
@@ -88,7 +171,7 @@ class MqttPeer:
 
         self.client = c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
                                       protocol=paho.MQTTv5, reconnect_on_failure=False)
-        c.max_queued_messages_set(PAHO_MAX_MESSAGES)
+        c.max_queued_messages_set(PAHO_QUEUE_LIMIT)
         c.max_inflight_messages_set(PAHO_MAX_INFLIGHT)
         c.connect_timeout = CONNECT_TIMEOUT_S
         if username is not None:
@@ -143,7 +226,7 @@ class MqttPeer:
     def _tick(self) -> None:
         if self._fd >= 0:
             self.client.loop_misc()
-        self._pending.drop_stale()  # count frames going stale in an outage as they do, not at reconnect
+        self._store.drop_stale()  # count frames going stale in an outage as they do, not at reconnect
         self._gauges()
 
     # ---------------------------------------------------------------------------- connection state
@@ -192,7 +275,7 @@ class MqttPeer:
                     subs.append((topic, SubscribeOptions(qos=self.qos, noLocal=True)))
         if subs:
             client.subscribe(subs)
-        self.flush()
+        self._drain()
         self._gauges()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -229,55 +312,71 @@ class MqttPeer:
 
     # ---------------------------------------------------------------------------- bus -> broker
     def send_frames(self, channel: int, frames: list) -> bool:
-        """Queue a batch read from bus `channel`; published at the end-of-pass flush."""
-        self._pending.append(channel, frames)
+        """Take a batch read from bus `channel`; published at the end-of-pass flush."""
+        held = self._pass.get(channel)
+        if held is None:
+            self._pass[channel] = list(frames)
+        else:
+            held.extend(frames)
         return True
 
+    def _room(self) -> bool:
+        return self._connected and len(self._unacked) < PAHO_MAX_MESSAGES
+
     def flush(self) -> None:
-        """Publish what waits: one message per interface (per MAX_MESSAGE_FRAMES frames) if connected
-        and paho has room; otherwise the frames stay queued (bounded, max_age)."""
-        if not self._connected or not self._pending or len(self._unacked) >= PAHO_MAX_MESSAGES:
-            self._gauges()
-            return
-        batches = self._pending.take()  # stale ones dropped and counted here
-        by_channel: dict[int, list] = {}
-        for channel, frames in batches:
-            by_channel.setdefault(channel, []).extend(frames)
-        props = self._props(self.fmt)
-        if self.max_age:  # the broker drops the message once it is older than a frame may be
-            props.MessageExpiryInterval = max(1, math.ceil(self.max_age))
-        for channel, frames in by_channel.items():
+        """Publish this pass's frames, one message per interface (per MAX_MESSAGE_FRAMES frames), when
+        connected, nothing older waits and paho has room; otherwise store them (encoded, bounded, max_age)."""
+        held, self._pass = self._pass, {}
+        for channel, frames in held.items():
             if channel >= len(self.channels):
                 self.counters.drop("no_such_channel", len(frames))
                 continue
-            iface = self.channels[channel]
-            base = f"{self.prefix}/{self.gateway}/{iface}/rx"
-            if self.per_id:
-                messages = [(f"{base}/{mp.id_topic(f[0])}", [f]) for f in frames]
-            else:
-                messages = [(base, part) for part in mp.chunks(frames)]
-            for i, (topic, part) in enumerate(messages):
-                if len(self._unacked) >= PAHO_MAX_MESSAGES:  # paho is full: keep the rest for later
-                    rest = [f for _t, p in messages[i:] for f in p]
-                    self._pending.append(channel, rest)
-                    break
-                self._publish(topic, part, iface, props)
+            for part in mp.chunks(frames):
+                if self._room() and not self._store:
+                    self._publish_frames(channel, part, 0.0)
+                else:
+                    self._store.add(channel, part)
+        self._drain()
         self._gauges()
 
-    def _publish(self, topic: str, frames: list, iface: str, props: Properties) -> None:
+    def _drain(self) -> None:
+        """Publish stored segments, oldest first, while connected and paho has room."""
+        while self._room() and self._store:
+            seg = self._store.pop()
+            if seg is None:
+                break
+            channel, n, records, age = seg
+            if self.fmt == "native" and not self.per_id:  # stored as it is sent: no re-encoding
+                self._send(self._rx_topic(channel), native.STREAM_PREAMBLE + records, n, age)
+            else:
+                self._publish_frames(channel, mp.decode_native(native.STREAM_PREAMBLE + records), age)
+
+    def _rx_topic(self, channel: int) -> str:
+        return f"{self.prefix}/{self.gateway}/{self.channels[channel]}/rx"
+
+    def _publish_frames(self, channel: int, frames: list, age: float) -> None:
+        iface, base = self.channels[channel], self._rx_topic(channel)
         try:
-            payload = mp.encode(self.fmt, self.gateway, iface, frames)
-        except ValueError:
+            if self.per_id:
+                for f in frames:
+                    self._send(f"{base}/{mp.id_topic(f[0])}", mp.encode(self.fmt, self.gateway, iface, [f]), 1, age)
+            else:
+                self._send(base, mp.encode(self.fmt, self.gateway, iface, frames), len(frames), age)
+        except ValueError:  # a raw frame no kernel produces
             self.counters.drop("unencodable", len(frames))
-            return
+
+    def _send(self, topic: str, payload: bytes, n: int, age: float) -> None:
+        props = self._props(self.fmt)
+        if self.max_age:  # the broker drops the message once its frames are older than max_age
+            props.MessageExpiryInterval = max(1, math.ceil(self.max_age - age))
         info = self.client.publish(topic, payload, qos=self.qos, properties=props)
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
-            self.counters.drop("queue_full", len(frames))
+            self.counters.drop("queue_full", n)
         elif info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
-            self.counters.drop("publish_failed", len(frames))
+            self.counters.drop("publish_failed", n)
         else:
             self.counters.tx_bytes += len(payload)
-            self._unacked[info.mid] = len(frames)  # NO_CONN: paho keeps it and sends it after the reconnect
+            self._unacked[info.mid] = n  # NO_CONN: paho keeps it and sends it after the reconnect
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         n = self._unacked.pop(mid, None)
@@ -291,8 +390,8 @@ class MqttPeer:
                 self._last_error = str(reason_code)
         else:
             self.counters.tx_frames += n
-        if self._pending and len(self._unacked) < PAHO_MAX_MESSAGES // 2:
-            self.flush()  # room again: what waited for paho goes now
+        if self._store and len(self._unacked) < PAHO_MAX_MESSAGES // 2:
+            self._drain()  # room again: what waited goes now
 
     # ---------------------------------------------------------------------------- broker -> bus
     def _on_message(self, client, userdata, msg) -> None:
@@ -337,7 +436,7 @@ class MqttPeer:
 
     # ---------------------------------------------------------------------------- the rest
     def _gauges(self) -> None:
-        self.counters.gauges.update(self._pending.gauges(), state="up" if self._connected else "down",
+        self.counters.gauges.update(self._store.gauges(), state="up" if self._connected else "down",
                                     unacked_messages=len(self._unacked),
                                     **({"last_error": self._last_error} if self._last_error else {}))
 
@@ -361,7 +460,9 @@ class MqttPeer:
             for _ in range(8):  # the socket is non-blocking: push the last packets out if they fit
                 if self.client.loop_write() != paho.MQTT_ERR_SUCCESS or not self.client.want_write():
                     break
-        self._pending.discard("closed")
+        self._store.discard("closed")
+        self.counters.drop("closed", sum(map(len, self._pass.values())))
+        self._pass.clear()
         self.counters.drop("closed", sum(self._unacked.values()))
         self._unacked.clear()
         if self._fd >= 0:
