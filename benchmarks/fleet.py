@@ -1,0 +1,244 @@
+"""Fleet over MQTT, on the host: N gateways replay the Durango trace at recorded speed into one Mosquitto;
+one backend consumer counts per gateway. Side by side in one run: our batched `native` and `json` formats
+against one message per frame (`topics=per-id`, can2mqtt's model).
+
+    .venv/bin/python benchmarks/fleet.py [--gateways 1,4,16] [--formats native,json,per-id] [--seconds 10]
+
+Where the figures come from: everything here runs on the host (no vcan): each gateway is a real
+bridge.endpoints.mqtt.MqttPeer opened from its URL by the protocol registry, with its own router; the N
+gateways share --procs processes (default 4), one reactor each (the bus side is a replay timer that hands the trace's frames to the router as
+a SocketCAN bus would, stamped with the wall clock as the kernel RX timestamp). The consumer is a plain
+paho client in its own process (subscribed to PREFIX/+/can0/rx or .../rx/+ with qos 1), decoding with
+bridge.codec.mqtt_payload. Mosquitto 2 on 127.0.0.1 with a free port.
+
+Per run: frames sent (replayed), delivered (consumer), lost = sent - delivered - counted drops at the
+gateways, latency from the replay stamp to the consumer's decode (p50/p99 ms), MQTT messages/s against
+frames/s, CPU per 1,000 frames of the gateways' process and of the broker. The machine is shared: each
+figure is one run, +-30 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PREFIX = "fleet"
+TICK_S = 0.002  # replay granularity: frames due within 2 ms leave together (a bus read drains the same way)
+
+
+def load_trace(path: Path, seconds: float) -> list[tuple[int, bytes]]:
+    from bridge.codec.candump import read_log
+
+    out, t0 = [], None
+    for ts, _iface, raw in read_log(path):
+        t0 = ts if t0 is None else t0
+        if ts - t0 > seconds * 1e9:
+            break
+        out.append((ts - t0, raw))
+    return out
+
+
+def run_gateways(port: int, n: int, fmt: str, seconds: float, trace_path: Path, first: int = 0) -> dict:
+    from types import SimpleNamespace
+
+    from bridge.codec import native
+    from bridge.core.reactor import Reactor
+    from bridge.core.router import Router
+    from bridge.core.stats import Counters
+    from bridge.daemon.config import parse_peer_url
+    from bridge.protocols.base import PeerContext
+
+    trace = load_trace(trace_path, seconds)
+    reactor = Reactor()
+    hello = native.Hello(capabilities=native.CAP_FD, channels=("can0",))
+    topics = "per-id" if fmt == "per-id" else "batch"
+    wire = "native" if fmt == "per-id" else fmt
+    gws = []
+    for i in range(n):  # gateways gw{first}..gw{first+n-1}
+        router = Router(reactor)
+        bus = SimpleNamespace(channel=0, counters=Counters(), send_frames=lambda ch, f: len(f))
+        router.add_bus(bus)
+        cfg = parse_peer_url(f"mqtt://127.0.0.1:{port}/{PREFIX}?gateway=gw{first + i:03d}&format={wire}&topics={topics}")
+        peer = cfg.protocol.open(PeerContext(reactor, router, hello, [bus]), cfg)
+        gws.append((router, bus, peer))
+    deadline = time.monotonic() + 10
+    while not all(p.connected for _r, _b, p in gws) and time.monotonic() < deadline:
+        reactor.run_once(0.01)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    start_wall = time.monotonic()
+    pos = [0]
+    sent = [0]
+
+    def replay() -> None:
+        due = (time.monotonic() - start_wall) * 1e9
+        i = pos[0]
+        j = i
+        while j < len(trace) and trace[j][0] <= due:
+            j += 1
+        if j > i:
+            now = time.time_ns()
+            batch = [(raw, now) for _t, raw in trace[i:j]]
+            for router, bus, _p in gws:
+                router.from_bus(bus, 0, batch)
+            sent[0] += (j - i) * len(gws)
+            pos[0] = j
+        if j >= len(trace):
+            reactor.stop()
+
+    timer = reactor.call_every(TICK_S, replay)
+    reactor.run()
+    timer.cancel()
+    end = time.monotonic() + 15  # let the last messages be acknowledged
+    while time.monotonic() < end and any(p.counters.gauges.get("queued_frames") or p._unacked for _r, _b, p in gws):
+        reactor.run_once(0.01)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    out = {"sent": sent[0], "acked": sum(p.counters.tx_frames for _r, _b, p in gws),
+           "dropped": sum(sum(p.counters.dropped.values()) for _r, _b, p in gws),
+           "drops": {}, "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
+           "wall_s": time.monotonic() - start_wall}
+    for _r, _b, p in gws:
+        for k, v in p.counters.dropped.items():
+            out["drops"][k] = out["drops"].get(k, 0) + v
+        p.close()
+    return out
+
+
+def run_consumer(port: int, fmt: str, idle_s: float) -> dict:
+    import paho.mqtt.client as paho
+
+    from bridge.codec import mqtt_payload as mp
+
+    wire = "native" if fmt == "per-id" else fmt
+    per_gw: dict[str, int] = {}
+    lat: list[int] = []
+    msgs = [0]
+    last = [time.monotonic()]
+    first = [None]
+    lock = threading.Lock()
+
+    def on_message(_c, _u, m):
+        now = time.time_ns()
+        frames = mp.decode(wire, m.payload)
+        gw = m.topic.split("/")[1]
+        with lock:
+            msgs[0] += 1
+            per_gw[gw] = per_gw.get(gw, 0) + len(frames)
+            lat.extend(now - ts for _raw, ts in frames[:: max(1, len(frames) // 8)])  # <= 8 samples a message
+            last[0] = time.monotonic()
+            first[0] = first[0] or last[0]
+
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, client_id=f"bench-consumer-{os.getpid()}")
+    c.max_inflight_messages_set(1000)
+    c.on_message = on_message
+    c.connect("127.0.0.1", port)
+    c.subscribe(f"{PREFIX}/+/can0/rx" + ("/+" if fmt == "per-id" else ""), qos=1)
+    c.loop_start()
+    print("ready", flush=True)
+    sys.stdin.readline()  # the gateways are done
+    while time.monotonic() - last[0] < idle_s:
+        time.sleep(0.1)
+    c.loop_stop()
+    lat.sort()
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] / 1e6 if lat else None  # noqa: E731
+    span = (last[0] - first[0]) if first[0] else 0
+    return {"delivered": sum(per_gw.values()), "per_gateway": per_gw, "messages": msgs[0],
+            "p50_ms": q(0.5), "p99_ms": q(0.99), "span_s": span}
+
+
+def broker_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_run(broker, n: int, fmt: str, seconds: float, trace: Path, procs: int) -> dict:
+    """One (N gateways, format) run; the N gateways are spread over `procs` processes."""
+    me = [sys.executable, str(Path(__file__).resolve())]
+    cons = subprocess.Popen([*me, "--role", "consumer", "--port", str(broker.port), "--format", fmt],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert cons.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    b0 = broker_cpu(broker.proc.pid)
+    share = [n // procs + (1 if k < n % procs else 0) for k in range(procs)]
+    starts = [sum(share[:k]) for k in range(procs)]
+    gws = [subprocess.Popen([*me, "--role", "gateways", "--port", str(broker.port), "--n", str(share[k]),
+                             "--first", str(starts[k]), "--format", fmt, "--seconds", str(seconds), "--trace", str(trace)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(procs) if share[k]]
+    parts = []
+    for proc in gws:
+        out, err = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(err[-3000:])
+        parts.append(json.loads(out.strip().splitlines()[-1]))
+    g = {"sent": sum(x["sent"] for x in parts), "dropped": sum(x["dropped"] for x in parts),
+         "cpu_s": sum(x["cpu_s"] for x in parts), "wall_s": max(x["wall_s"] for x in parts), "drops": {}}
+    for x in parts:
+        for k, v in x["drops"].items():
+            g["drops"][k] = g["drops"].get(k, 0) + v
+    cons.stdin.write("done\n")
+    cons.stdin.flush()
+    c = json.loads(cons.stdout.read().strip().splitlines()[-1])
+    cons.wait()
+    b1 = broker_cpu(broker.proc.pid)
+    sent = g["sent"]
+    return {"gateways": n, "procs": len(gws), "format": fmt, "sent": sent, "delivered": c["delivered"], "dropped_at_gateways": g["dropped"],
+            "lost": sent - c["delivered"] - g["dropped"], "drops": g["drops"], "frames_per_s": sent / max(g["wall_s"], 1e-9),
+            "messages_per_s": c["messages"] / max(c["span_s"], 1e-9), "p50_ms": c["p50_ms"], "p99_ms": c["p99_ms"],
+            "gateway_cpu_ms_per_1k": 1e6 * g["cpu_s"] / max(sent, 1) , "broker_cpu_ms_per_1k": 1e6 * (b1 - b0) / max(sent, 1)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--role", choices=("main", "gateways", "consumer"), default="main")
+    p.add_argument("--port", type=int)
+    p.add_argument("--n", type=int, default=1)
+    p.add_argument("--first", type=int, default=0)
+    p.add_argument("--procs", type=int, default=4, help="gateway processes (the N gateways are spread over them)")
+    p.add_argument("--format", default="native")
+    p.add_argument("--gateways", default="1,4,16")
+    p.add_argument("--formats", default="native,json,per-id")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds of the trace each gateway replays")
+    p.add_argument("--trace", default=str(ROOT / "bridge" / "tools" / "data" / "durango_mapswitch.log"))
+    p.add_argument("--json", help="write the results here too")
+    a = p.parse_args()
+    if a.role == "gateways":
+        print(json.dumps(run_gateways(a.port, a.n, a.format, a.seconds, Path(a.trace), a.first)))
+        return 0
+    if a.role == "consumer":
+        print(json.dumps(run_consumer(a.port, a.format, idle_s=3.0)))
+        return 0
+    from tests.mqtt_broker import Broker
+
+    import tempfile
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="canbridge-fleet-") as tmp:
+        broker = Broker(Path(tmp)).start()
+        try:
+            for n in (int(x) for x in a.gateways.split(",")):
+                for fmt in a.formats.split(","):
+                    r = one_run(broker, n, fmt, a.seconds, Path(a.trace), min(n, a.procs))
+                    results.append(r)
+                    print(f"{n:3d} gw {fmt:8s} sent {r['sent']:7d} delivered {r['delivered']:7d} "
+                          f"lost {r['lost']:6d} dropped {r['dropped_at_gateways']:6d} {r['frames_per_s']:8.0f} f/s "
+                          f"{r['messages_per_s']:8.0f} msg/s  p50 {r['p50_ms'] or 0:7.1f} ms p99 {r['p99_ms'] or 0:7.1f} ms  "
+                          f"CPU/1k frames: gateways {r['gateway_cpu_ms_per_1k']:6.1f} ms broker "
+                          f"{r['broker_cpu_ms_per_1k']:6.1f} ms", flush=True)
+        finally:
+            broker.stop()
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
