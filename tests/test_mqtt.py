@@ -495,3 +495,37 @@ def test_frame_store_bounds_and_staleness():
     assert (channel, n) == (0, 512) and len(mp.decode_native(native.STREAM_PREAMBLE + records)) == 512
     store.discard("closed")
     assert counters.dropped["closed"] == 88 and not store
+
+
+def test_dump_source_reads_a_fleet_with_wildcards(mosquitto):
+    """bridge.tools.mqtt_source (the source `canbridge dump/top mqtt://...` use): can0 of every gateway,
+    named GATEWAY/IFACE, the gateway's timestamps, malformed messages skipped and counted."""
+    from bridge.tools.mqtt_source import MqttSource
+
+    src = MqttSource(f"mqtt://127.0.0.1:{mosquitto.port}/fleet/+/can0,100:7FF")
+    gws = [Side(url(mosquitto, gateway=f"gw{i}")) for i in range(2)]
+    try:
+        assert pump(gws, connected(*gws))
+        for i, gw in enumerate(gws):
+            feed(gw, counted(5, 10 * i))
+        pump(gws, lambda: all(g.peer.counters.tx_frames == 5 for g in gws))
+        c = raw_client(mosquitto)
+        publish(c, "fleet/gw9/can0/rx", b"garbage")
+        c.loop_stop()
+        c.disconnect()
+        got = []
+        deadline = time.monotonic() + 5
+        while len(got) < 10 and time.monotonic() < deadline:
+            got += src.read()
+        names = {rx.iface for rx in got}
+        assert names == {"gw0/can0", "gw1/can0"}
+        assert sorted(int.from_bytes(rx.raw[8:12], "big") for rx in got) == [*range(5), *range(10, 15)]
+        assert all(rx.ts_ns > 1_700_000_000 * 10**9 for rx in got)
+        deadline = time.monotonic() + 3
+        while not src.bad_messages and time.monotonic() < deadline:
+            src.read()
+        assert src.bad_messages == 1
+    finally:
+        src.close()
+        for g in gws:
+            g.close()

@@ -1,0 +1,148 @@
+"""`canbridge dump` / `top` source on a fleet's MQTT broker (docs/mqtt.md): the backend side.
+
+    mqtt[s]://[USER@]BROKER[:PORT]/PREFIX/GATEWAY/IFACE[?format=..&topics=per-id&share=GROUP&password_file=..
+                                                        &tls_ca=..&tls_cert=..&tls_key=..]
+
+GATEWAY and IFACE may be MQTT `+` wildcards (`mqtt://broker/fleet/+/can0`: can0 of every gateway). It
+subscribes (qos 0: an observer) to PREFIX/GATEWAY/IFACE/rx (`/+` more with topics=per-id; `$share/GROUP/`
+in front with share=), decodes each message (bridge.codec.mqtt_payload) and yields dump's Rx items with
+"GATEWAY/IFACE" as the interface name and the gateway's kernel RX timestamp. Same interface as dump's
+RemoteSource: fileno(), waiting(), read(), close(), name, url. paho runs without its thread: read() calls
+loop_read / loop_write / loop_misc. A lost connection raises SourceClosed (dump exits, as for tcp://).
+
+A malformed message is skipped and counted in `bad_messages` (a fleet must not stop a dump).
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import paho.mqtt.client as paho
+
+from bridge.codec import mqtt_payload as mp
+from bridge.errors import ConfigError
+from bridge.tools.dump import Rx, SourceClosed, parse_filters
+
+CONNECT_TIMEOUT_S = 5.0  # CONNACK and SUBACK must come within this
+KEEPALIVE_S = 60  # read() runs loop_misc, which sends PINGREQ; a dump with no traffic still reads pings back
+MAX_BACKLOG = 65536  # frames decoded but not yet returned by read() (one read returns them all)
+
+
+def parse_url(url: str) -> dict:
+    """-> {scheme, host, port, user, prefix, gateway, iface, options}. ConfigError for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(f"{url!r}: expected mqtt:// or mqtts://")
+    if parts.password is not None:
+        raise ConfigError(f"{url!r}: no password in the URL; use password_file=PATH")
+    levels = unquote(parts.path).strip("/").split("/")
+    if len(levels) < 3 or not all(levels) or any("#" in lv for lv in levels):
+        raise ConfigError(f"{url!r}: expected mqtt://BROKER/PREFIX/GATEWAY/IFACE (+ allowed for GATEWAY, IFACE)")
+    opts = dict(parse_qsl(parts.query, keep_blank_values=True))
+    known = {"format", "topics", "share", "password_file", "tls_ca", "tls_cert", "tls_key"}
+    if unknown := set(opts) - known:
+        raise ConfigError(f"{url!r}: unknown option(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(known))}")
+    if opts.get("format", "native") not in mp.FORMATS:
+        raise ConfigError(f"{url!r}: format must be one of {', '.join(mp.FORMATS)}")
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise ConfigError(f"{url!r}: bad port: {exc}") from None
+    return {"scheme": parts.scheme, "host": parts.hostname or "127.0.0.1", "port": port,
+            "user": unquote(parts.username) if parts.username else None, "prefix": "/".join(levels[:-2]),
+            "gateway": levels[-2], "iface": levels[-1], "options": opts}
+
+
+class MqttSource:
+    def __init__(self, spec: str) -> None:
+        url, _, filters = spec.partition(",")
+        self.filter = parse_filters(filters)
+        u = parse_url(url)
+        self.url, self.name = url, f"{u['gateway']}/{u['iface']}"
+        o = u["options"]
+        self.fmt = o.get("format", "native")
+        self.bad_messages = 0
+        self._backlog: list = []
+        self._lost: str | None = None
+        self._prefix_levels = len(u["prefix"].split("/"))
+        topic = f"{u['prefix']}/{u['gateway']}/{u['iface']}/rx" + ("/+" if o.get("topics") == "per-id" else "")
+        if o.get("share"):
+            topic = f"$share/{o['share']}/{topic}"
+        c = self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
+                                      reconnect_on_failure=False)
+        if u["user"]:
+            password = None
+            if o.get("password_file"):
+                with open(o["password_file"], encoding="utf-8") as f:
+                    password = f.readline().rstrip("\r\n")
+            c.username_pw_set(u["user"], password)
+        if u["scheme"] == "mqtts":
+            ctx = ssl.create_default_context(cafile=o.get("tls_ca"))
+            if o.get("tls_cert"):
+                ctx.load_cert_chain(o["tls_cert"], o.get("tls_key"))
+            c.tls_set_context(ctx)
+        state: dict = {}
+        c.on_connect = lambda _c, _u, _f, rc, _p: state.update(connack=rc)
+        c.on_subscribe = lambda _c, _u, _m, rcs, _p: state.update(suback=rcs)
+        c.on_message = self._on_message
+        c.on_disconnect = lambda _c, _u, _f, rc, _p: setattr(self, "_lost", str(rc))
+        c.connect(u["host"], u["port"], KEEPALIVE_S)  # OSError when unreachable
+        self._wait(lambda: "connack" in state)
+        if state["connack"].is_failure:
+            c.socket() and c.socket().close()
+            raise ConfigError(f"{url}: the broker refused the connection: {state['connack']}")
+        c.subscribe(topic, qos=0)
+        self._wait(lambda: "suback" in state)
+        if state["suback"][0].is_failure:
+            raise ConfigError(f"{url}: the broker refused the subscription to {topic}: {state['suback'][0]}")
+
+    def _wait(self, cond) -> None:
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        while not cond():
+            if time.monotonic() > deadline:
+                raise OSError(f"no answer from the broker in {CONNECT_TIMEOUT_S:.0f} s")
+            if self.client.loop(timeout=0.1) != paho.MQTT_ERR_SUCCESS:
+                raise OSError(f"connection to the broker lost: {self._lost}")
+
+    def _on_message(self, _c, _u, msg) -> None:
+        levels = msg.topic.split("/")
+        name = "/".join(levels[self._prefix_levels : self._prefix_levels + 2])
+        try:
+            frames = mp.decode(self.fmt, msg.payload)
+        except mp.MqttPayloadError:
+            self.bad_messages += 1
+            return
+        if len(self._backlog) + len(frames) > MAX_BACKLOG:  # read() was not called: never happens in dump
+            self.bad_messages += 1
+            return
+        self._backlog.extend(Rx(name, raw, ts) for raw, ts in self.filter.filter_batch(frames))
+
+    def fileno(self) -> int:
+        return self.client.socket().fileno()
+
+    def waiting(self) -> bool:
+        return bool(self._backlog)
+
+    def read(self) -> list:
+        if not self._backlog:
+            rc = self.client.loop_read()
+            if rc == paho.MQTT_ERR_SUCCESS:
+                if self.client.want_write():
+                    self.client.loop_write()
+                self.client.loop_misc()
+            if rc != paho.MQTT_ERR_SUCCESS or self._lost:
+                raise SourceClosed(f"{self.url}: connection to the broker lost ({self._lost or paho.error_string(rc)})")
+        out, self._backlog = self._backlog, []
+        return out
+
+    def close(self) -> None:
+        try:
+            self.client.disconnect()
+        except Exception:  # noqa: BLE001 - closing: nothing to report
+            pass
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
