@@ -494,7 +494,7 @@ class TcpClient:
         session = (peer.identified and lived >= SESSION_MIN_S) or lived >= STABLE_S
         if session:
             self._attempt = 0
-        else:
+        elif not self._closed:  # not our own close()
             self.counters.errors["refused_by_peer"] += 1
         if not self._closed:
             self.reconnects += 1
