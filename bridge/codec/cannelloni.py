@@ -29,6 +29,12 @@ from collections import deque
 from dataclasses import dataclass
 
 from bridge.codec.base import CLOSED, NEED_DATA, StreamInput, pack_datagrams
+from bridge.codec.socketcan import CAN_FRAME as _CAN
+from bridge.codec.socketcan import CAN_RTR_FLAG as _RTR
+from bridge.codec.socketcan import CANFD_FDF as _FDF
+from bridge.codec.socketcan import CANFD_FLAGS_MASK as _FD_FLAGS_MASK
+from bridge.codec.socketcan import CANFD_FRAME as _CANFD
+from bridge.codec.socketcan import VALID_FD_LENGTHS as _FD_LENS
 from bridge.errors import ProtocolError
 
 BANNER = b"CANNELLONIv1"
@@ -41,20 +47,12 @@ UDP_HEADER_LEN = 5
 MAX_FRAME_RECORD = 70  # can_id + len + flags + 64 data bytes
 MIN_MTU = UDP_HEADER_LEN + MAX_FRAME_RECORD
 
-# can_id / fd flag bits (same values as linux/can.h, repeated to keep this module standalone)
-_RTR = 0x40000000
-_FDF = 0x04
-_FD_FLAGS_MASK = 0x07  # BRS | ESI | FDF
-_FD_LENS = frozenset((0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64))
 
 _UDP_HDR = struct.Struct(">BBBH")  # version, op_code, seq_no, count
 _REC_HDR = struct.Struct(">IB")  # can_id, len
 # encoder: record with exactly `dl` data bytes ("Ns" truncates longer input), one per data length
 _CLASSIC_REC = tuple(struct.Struct(f">IB{dl}s") for dl in range(9))  # can_id, len, data
 _FD_REC = tuple(struct.Struct(f">IBB{dl}s") for dl in range(65))  # can_id, len|0x80, flags, data
-# raw SocketCAN structs, host byte order; "Ns" zero-pads short data on pack
-_CAN = struct.Struct("=IBBBB8s")  # can_id, len, __pad, __res0, len8_dlc, data[8]
-_CANFD = struct.Struct("=IBBBB64s")  # can_id, len, flags, __res0, __res1, data[64]
 
 assert _UDP_HDR.size == UDP_HEADER_LEN and _FD_REC[64].size == MAX_FRAME_RECORD
 

@@ -27,6 +27,12 @@ from collections import deque
 from dataclasses import dataclass
 
 from bridge.codec.base import CLOSED, NEED_DATA, StreamInput, pack_datagrams
+from bridge.codec.socketcan import CAN_FRAME as _CAN
+from bridge.codec.socketcan import CAN_RTR_FLAG as _RTR
+from bridge.codec.socketcan import CANFD_FDF as _FDF
+from bridge.codec.socketcan import CANFD_FLAGS_MASK as _FD_FLAGS_MASK
+from bridge.codec.socketcan import CANFD_FRAME as _CANFD
+from bridge.codec.socketcan import VALID_FD_LENGTHS as _FD_LENS
 from bridge.errors import ProtocolError
 
 VERSION = 1
@@ -50,11 +56,6 @@ MAX_CHANNEL_NAME = 15  # IFNAMSIZ - 1
 FRAME_RECORD_FIXED = 20  # record header (4) + FRAME fixed body (16)
 MAX_FRAME_RECORD = FRAME_RECORD_FIXED + 64  # 84 bytes
 
-# can_id / fd_flags bits (same values as linux/can.h, repeated to keep this module standalone)
-_RTR = 0x40000000
-_FDF = 0x04
-_FD_FLAGS_MASK = 0x07  # BRS | ESI | FDF
-_FD_LENS = frozenset((0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64))
 _U32 = 0xFFFFFFFF
 
 _STREAM_HDR = struct.Struct(">4sBB")  # magic, version, flags
@@ -70,9 +71,6 @@ _TX_COUNT = struct.Struct(">BBHQ")  # record header + frames_sent
 _RX_COUNT = struct.Struct(">BBHIQ")  # record header + session + frames_accounted
 _RX_COUNT_BODY = struct.Struct(">IQ")
 _U64 = struct.Struct(">Q")
-# raw SocketCAN structs, host byte order; "Ns" zero-pads short data on pack
-_CAN = struct.Struct("=IBBBB8s")  # can_id, len, __pad, __res0, len8_dlc, data[8]
-_CANFD = struct.Struct("=IBBBB64s")  # can_id, len, flags, __res0, __res1, data[64]
 
 assert _UDP_HDR.size == UDP_HEADER_LEN and _FRAME_HDR.size == FRAME_RECORD_FIXED
 

@@ -27,6 +27,7 @@ CAN_ERR_MASK = 0x1FFFFFFF
 CANFD_BRS = 0x01  # bit rate switch
 CANFD_ESI = 0x02  # error state indicator
 CANFD_FDF = 0x04  # marks a CAN FD frame (set by canbridge on every FD frame it builds)
+CANFD_FLAGS_MASK = CANFD_BRS | CANFD_ESI | CANFD_FDF
 
 CAN_MTU = 16
 CANFD_MTU = 72
@@ -34,8 +35,12 @@ CAN_MAX_DLEN = 8
 CANFD_MAX_DLEN = 64
 
 HEADER = struct.Struct("=IBBBB")  # can_id, len, flags/__pad, __res0, len8_dlc/__res1
+# the whole structs; "Ns" zero-pads short data on pack (the one home of these layouts: codecs import them)
+CAN_FRAME = struct.Struct("=IBBBB8s")  # can_id, len, __pad, __res0, len8_dlc, data[8]
+CANFD_FRAME = struct.Struct("=IBBBB64s")  # can_id, len, flags, __res0, __res1, data[64]
 FD_LENGTHS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64)
-_VALID_FD_LEN = frozenset(FD_LENGTHS)
+VALID_FD_LENGTHS = frozenset(FD_LENGTHS)
+_VALID_FD_LEN = VALID_FD_LENGTHS
 
 
 def dlc_to_len(dlc: int) -> int:

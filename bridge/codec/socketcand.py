@@ -126,6 +126,17 @@ from struct import Struct
 from xml.sax.saxutils import escape, quoteattr
 
 from bridge.codec.base import CLOSED, NEED_DATA
+from bridge.codec.socketcan import CAN_EFF_FLAG as _EFF
+from bridge.codec.socketcan import CAN_EFF_MASK as _EFF_MASK
+from bridge.codec.socketcan import CAN_ERR_FLAG as _ERR
+from bridge.codec.socketcan import CAN_FRAME as _CAN
+from bridge.codec.socketcan import CAN_RTR_FLAG as _RTR
+from bridge.codec.socketcan import CAN_SFF_MASK as _SFF_MASK
+from bridge.codec.socketcan import CANFD_BRS as _BRS
+from bridge.codec.socketcan import CANFD_ESI as _ESI
+from bridge.codec.socketcan import CANFD_FDF as _FDF
+from bridge.codec.socketcan import CANFD_FRAME as _CANFD
+from bridge.codec.socketcan import VALID_FD_LENGTHS as _FD_LENS
 from bridge.errors import ProtocolError
 
 MAX_COMMAND = 512  # bytes, "<" to ">" inclusive; also the longest run of bytes outside commands
@@ -138,21 +149,11 @@ GREETING = b"< hi >"
 OK = b"< ok >"
 ECHO = b"< echo >"
 
-# linux/can.h, repeated to keep this module standalone (same values as bridge.codec.socketcan)
-_EFF = 0x80000000
-_RTR = 0x40000000
-_ERR = 0x20000000
-_SFF_MASK = 0x7FF
-_EFF_MASK = 0x1FFFFFFF
 _KEY_MASK = _EFF | _RTR | _ERR | _EFF_MASK  # a frame's subscription key (RTR/ERR never match one)
-_BRS, _ESI, _FDF = 0x01, 0x02, 0x04
-_FD_LENS = frozenset((0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64))
 _U32 = 0xFFFFFFFF
 _NS = 1_000_000_000
 
 _HDR = Struct("=IBB")  # can_id, len, flags (canfd_frame) / __pad (can_frame)
-_CAN = Struct("=IBBBB8s")
-_CANFD = Struct("=IBBBB64s")
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 
 
