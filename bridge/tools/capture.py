@@ -150,11 +150,14 @@ class Capture:
     """Reads every source when readable and writes pcapng; stops on SIGINT/SIGTERM, after `count`
     records, or after `duration` seconds, with everything flushed and statistics written."""
 
-    def __init__(self, sources: list, output: PcapngOutput, count: int = 0, duration: float = 0) -> None:
+    def __init__(self, sources: list, output: PcapngOutput, count: int = 0, duration: float = 0,
+                 progress=None) -> None:
         self.sources = sources
         self.output = output
         self.count = count
         self.captured = 0
+        self.per_source = [0] * len(sources)  # records written, by source
+        self.progress = progress  # bridge.tools.progress.Progress: live count per interface, or None
         self.start_ns = time.time_ns()
         self.reactor = Reactor()
         self.reactor.stop_on_signals(signal.SIGINT, signal.SIGTERM)
@@ -164,6 +167,12 @@ class Capture:
         self.reactor.call_later(STATS_INTERVAL_S, self._stats)
         if duration:
             self.reactor.call_later(duration, self.reactor.stop)
+        if progress is not None and not progress.quiet:
+            self.reactor.call_every(progress.interval, lambda: progress.show(self.counts, force=True))
+
+    def counts(self) -> str:
+        """dumpcap-like: "vcan0: 1,234  eth0: 56 packets"."""
+        return "  ".join(f"{src.name}: {n:,}" for src, n in zip(self.sources, self.per_source)) + " packets"
 
     def _read(self, index: int, src) -> int:
         records = src.read()
@@ -171,6 +180,7 @@ class Capture:
             records = records[: self.count - self.captured]
         self.output.packets(index, records)
         self.captured += len(records)
+        self.per_source[index] += len(records)
         if self.captured == self.count:
             self.reactor.stop()
         return len(records)
@@ -184,6 +194,8 @@ class Capture:
         try:
             self.reactor.run()
         finally:
+            if self.progress is not None:
+                self.progress.close()
             deadline = time.monotonic() + STOP_DRAIN_S  # what the kernel already queued is not lost,
             for index, src in enumerate(self.sources):  # but a busy bus must not keep us from stopping
                 while (not self.count or self.captured < self.count) and time.monotonic() < deadline \
@@ -213,7 +225,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="start a new file when this one reaches MB (10^6 bytes); names get _NNNNN")
     p.add_argument("-W", "--files", type=int, default=0, metavar="N", help="with -C: keep only the newest N files")
     p.add_argument("-B", "--buffer", type=int, default=64, metavar="MiB", help="kernel buffer per interface")
-    p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr at the end")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no live count per interface (a line every 5 s when stderr is no terminal), no summary")
     return p
 
 
@@ -238,7 +251,9 @@ def main(argv: list[str]) -> int:
         print(f"canbridge capture: error: {name}: {exc} (capturing needs root or CAP_NET_RAW)", file=sys.stderr)
         return 1
     output = PcapngOutput(args.write, sources, int(args.file_size * 1e6), args.files)
-    capture = Capture(sources, output, args.count, args.duration)
+    from bridge.tools.progress import Progress
+
+    capture = Capture(sources, output, args.count, args.duration, Progress("canbridge capture", quiet=args.quiet))
     if not args.quiet:
         log.info("capturing on %s", ", ".join(s.name for s in sources))
     try:

@@ -4,6 +4,7 @@ Inside a kernel with vcan (the test VM is started automatically when this one ha
 namespaces "gateway" and "remote" joined by veth, a vcan0 in each, a canbridge on each side;
 the trace is replayed into the gateway's vcan0 with its recorded timing (divided by --speed)
 and recorded on the remote's vcan0. Prints sent/received/lost/reordered and bus-to-bus latency.
+While a trace plays, stderr shows frames done and rate (live on a terminal, else a line every 5 s).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def main(argv: list[str]) -> int:
 
 def _run(args, transports: list[str]) -> int:
     from bridge.codec.candump import read_log
+    from bridge.tools.progress import Progress, rate_text
     from bridge.tools.rig import Rig
 
     frames = [(ts, raw) for ts, _iface, raw in read_log(args.trace)]
@@ -75,7 +77,13 @@ def _run(args, transports: list[str]) -> int:
         with Rig() as rig:
             rig.start_pair(transport)
             capture = _Capture(rig, transport, args.capture) if args.capture else None
-            report = rig.run_traffic(frames, args.speed, on_path_up=capture.start if capture else None)
+            progress = Progress(f"canbridge demo: {transport}")
+            try:
+                counted = _Counted(frames, lambda i, p=progress: p.show(
+                    lambda: rate_text(i, len(frames), p.elapsed())))
+                report = rig.run_traffic(counted, args.speed, on_path_up=capture.start if capture else None)
+            finally:
+                progress.close()
             if capture:
                 capture.stop()
             codes = rig.stop_bridges()
@@ -86,6 +94,20 @@ def _run(args, transports: list[str]) -> int:
         print(f"{transport}: {report.summary()}; bridge exit codes {codes}", flush=True)
     print(_table(rows))
     return 0 if ok else 1
+
+
+class _Counted(list):
+    """The frames rig.run_traffic replays; on_frame(i) as the replay takes frame i (i frames are done):
+    progress on stderr without changing the replay."""
+
+    def __init__(self, frames: list, on_frame) -> None:
+        super().__init__(frames)
+        self.on_frame = on_frame
+
+    def __iter__(self):
+        for i, item in enumerate(super().__iter__()):
+            self.on_frame(i)
+            yield item
 
 
 class _Capture:
