@@ -409,6 +409,7 @@ def test_config_defaults():
     assert peer.access.read_only and peer.extra["max_age"] == 60.0 and peer.limits.max_age == 60.0
     assert parse_peer_url("mqtts://broker.example/").port == 8883
     assert parse_peer_url("mqtt://ops@b/x?source=%2B/can0&read_only=0&share=rec").extra["source"] == ("+/can0",)
+    assert parse_peer_url("mqtt://b/x?source=+/can0,gw2/+&read_only=0").extra["source"] == ("+/can0", "gw2/+")
 
 
 def test_the_daemon_opens_it_from_a_toml_peer_table(mosquitto):
@@ -529,3 +530,28 @@ def test_dump_source_reads_a_fleet_with_wildcards(mosquitto):
         src.close()
         for g in gws:
             g.close()
+
+
+def test_shared_subscription_splits_a_fleet_between_consumers(mosquitto):
+    """share=GROUP (MQTT 5 $share): two backend consumers of one gateway's rx topic get each message
+    once between them, and both get some."""
+    gw = Side(url(mosquitto, gateway="gw1"))
+    consumers = [Side(url(mosquitto, gateway=f"rec{i}", source="+/can0", share="rec", read_only=0))
+                 for i in range(2)]
+    everyone = [gw, *consumers]
+    try:
+        assert pump(everyone, connected(*everyone))
+        pump(everyone, lambda: False, timeout=0.3)
+        for k in range(40):  # 40 messages of 5 frames (one per feed pass)
+            feed(gw, counted(5, 5 * k), per_pass=5)
+            pump(everyone, lambda: False, timeout=0.005)
+        total = lambda: sum(len(c.bus.frames) for c in consumers)  # noqa: E731
+        assert pump(everyone, lambda: total() >= 200), ([c.peer.counters.snapshot() for c in consumers], total(),
+                                                        gw.peer.counters.snapshot())
+        pump(everyone, lambda: False, timeout=0.3)
+        assert total() == 200
+        assert unique(consumers[0].bus.frames) | unique(consumers[1].bus.frames) == set(range(200))
+        assert all(c.bus.frames for c in consumers)
+    finally:
+        for s in everyone:
+            s.close()

@@ -100,6 +100,8 @@ class Mqtt(PeerProtocolBase):
             levels = source.split("/") if isinstance(source, str) else []
             if len(levels) != 2:
                 raise ConfigError(f"{where}: source: {source!r}: expected GATEWAY/IFACE (+ allowed for either)")
+            # a URL query decodes "+" to a space: source=+/can0 means the + wildcard, as the user typed it
+            levels = ["+" if lv == " " else lv for lv in levels]
             checked.append("/".join(_level(lv, "source", where, wildcard=True) for lv in levels))
         x["source"] = tuple(checked)
         if x["share"] and not checked:
