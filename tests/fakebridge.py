@@ -56,8 +56,8 @@ class FakeBridge:
             if self.context is not None:
                 conn = self.context.wrap_socket(conn, server_side=True)
             first = native.encode_frames(self.channel, self.first) if self.first else b""
+            self.conns.append(conn)  # before the HELLO: a client that has it can be pushed to
             conn.sendall(native.STREAM_PREAMBLE + native.encode_hello(self.hello) + first)
-            self.conns.append(conn)
             self._read(conn)
         except (OSError, ssl.SSLError, native.NativeProtocolError) as exc:
             self.errors.append(exc)
