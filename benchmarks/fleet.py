@@ -2,12 +2,14 @@
 one backend consumer counts per gateway. Side by side in one run: our batched `native` and `json` formats
 against one message per frame (`topics=per-id`, can2mqtt's model).
 
-    .venv/bin/python benchmarks/fleet.py [--gateways 1,4,16] [--formats native,json,per-id] [--seconds 10]
+    .venv/bin/python benchmarks/fleet.py [--gateways 1,4,16] [--formats native,json,per-id]
+                                          [--seconds 10] [--procs 4]
 
 Where the figures come from: everything here runs on the host (no vcan): each gateway is a real
 bridge.endpoints.mqtt.MqttPeer opened from its URL by the protocol registry, with its own router; the N
-gateways share --procs processes (default 4), one reactor each (the bus side is a replay timer that hands the trace's frames to the router as
-a SocketCAN bus would, stamped with the wall clock as the kernel RX timestamp). The consumer is a plain
+gateways share --procs processes (default 4), one reactor each (the bus side is a replay timer that hands
+the trace's frames to the router as a SocketCAN bus would, stamped with the wall clock as the kernel RX
+timestamp). The consumer is a plain
 paho client in its own process (subscribed to PREFIX/+/can0/rx or .../rx/+ with qos 1), decoding with
 bridge.codec.mqtt_payload. Mosquitto 2 on 127.0.0.1 with a free port.
 
@@ -68,7 +70,8 @@ def run_gateways(port: int, n: int, fmt: str, seconds: float, trace_path: Path, 
         router = Router(reactor)
         bus = SimpleNamespace(channel=0, counters=Counters(), send_frames=lambda ch, f: len(f))
         router.add_bus(bus)
-        cfg = parse_peer_url(f"mqtt://127.0.0.1:{port}/{PREFIX}?gateway=gw{first + i:03d}&format={wire}&topics={topics}")
+        query = f"gateway=gw{first + i:03d}&format={wire}&topics={topics}"
+        cfg = parse_peer_url(f"mqtt://127.0.0.1:{port}/{PREFIX}?{query}")
         peer = cfg.protocol.open(PeerContext(reactor, router, hello, [bus]), cfg)
         gws.append((router, bus, peer))
     deadline = time.monotonic() + 10
@@ -171,8 +174,9 @@ def one_run(broker, n: int, fmt: str, seconds: float, trace: Path, procs: int) -
     share = [n // procs + (1 if k < n % procs else 0) for k in range(procs)]
     starts = [sum(share[:k]) for k in range(procs)]
     gws = [subprocess.Popen([*me, "--role", "gateways", "--port", str(broker.port), "--n", str(share[k]),
-                             "--first", str(starts[k]), "--format", fmt, "--seconds", str(seconds), "--trace", str(trace)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(procs) if share[k]]
+                             "--first", str(starts[k]), "--format", fmt, "--seconds", str(seconds),
+                             "--trace", str(trace)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for k in range(procs) if share[k]]
     parts = []
     for proc in gws:
         out, err = proc.communicate()
@@ -190,10 +194,12 @@ def one_run(broker, n: int, fmt: str, seconds: float, trace: Path, procs: int) -
     cons.wait()
     b1 = broker_cpu(broker.proc.pid)
     sent = g["sent"]
-    return {"gateways": n, "procs": len(gws), "format": fmt, "sent": sent, "delivered": c["delivered"], "dropped_at_gateways": g["dropped"],
-            "lost": sent - c["delivered"] - g["dropped"], "drops": g["drops"], "frames_per_s": sent / max(g["wall_s"], 1e-9),
+    return {"gateways": n, "procs": len(gws), "format": fmt, "sent": sent, "delivered": c["delivered"],
+            "dropped_at_gateways": g["dropped"], "lost": sent - c["delivered"] - g["dropped"], "drops": g["drops"],
+            "frames_per_s": sent / max(g["wall_s"], 1e-9),
             "messages_per_s": c["messages"] / max(c["span_s"], 1e-9), "p50_ms": c["p50_ms"], "p99_ms": c["p99_ms"],
-            "gateway_cpu_ms_per_1k": 1e6 * g["cpu_s"] / max(sent, 1) , "broker_cpu_ms_per_1k": 1e6 * (b1 - b0) / max(sent, 1)}
+            "gateway_cpu_ms_per_1k": 1e6 * g["cpu_s"] / max(sent, 1),
+            "broker_cpu_ms_per_1k": 1e6 * (b1 - b0) / max(sent, 1)}
 
 
 def main() -> int:
@@ -230,7 +236,8 @@ def main() -> int:
                     results.append(r)
                     print(f"{n:3d} gw {fmt:8s} sent {r['sent']:7d} delivered {r['delivered']:7d} "
                           f"lost {r['lost']:6d} dropped {r['dropped_at_gateways']:6d} {r['frames_per_s']:8.0f} f/s "
-                          f"{r['messages_per_s']:8.0f} msg/s  p50 {r['p50_ms'] or 0:7.1f} ms p99 {r['p99_ms'] or 0:7.1f} ms  "
+                          f"{r['messages_per_s']:8.0f} msg/s  "
+                          f"p50 {r['p50_ms'] or 0:7.1f} ms p99 {r['p99_ms'] or 0:7.1f} ms  "
                           f"CPU/1k frames: gateways {r['gateway_cpu_ms_per_1k']:6.1f} ms broker "
                           f"{r['broker_cpu_ms_per_1k']:6.1f} ms", flush=True)
         finally:

@@ -4,7 +4,7 @@ with the certificates of tests/pki.py. Tests are skipped when the mosquitto bina
 setup.sh installs the Debian package).
 
 Broker(tmp_path, ...).start() / .kill() (SIGKILL) / .restart() (same port) / .stop(); the fixture
-`mosquitto` yields a started anonymous broker and stops it at teardown.
+running(tmp_path) is the body of a `mosquitto` fixture: a started anonymous broker, stopped at teardown.
 """
 
 from __future__ import annotations
@@ -101,8 +101,9 @@ class Broker:
                 self.proc.wait(5)
 
 
-@pytest.fixture
-def mosquitto(tmp_path):
+def running(tmp_path):
+    """Generator for a fixture: a started anonymous broker, stopped at teardown. Use it as
+    `@pytest.fixture(name="mosquitto")` / `def _broker(tmp_path): yield from running(tmp_path)`."""
     if MOSQUITTO is None:
         pytest.skip("mosquitto not installed (scripts/setup.sh)")
     broker = Broker(tmp_path / "mosquitto").start()

@@ -6,7 +6,6 @@ with source=GW/IFACE and writes it to its bus."""
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import paho.mqtt.client as paho
@@ -23,9 +22,14 @@ from bridge.core.stats import Counters
 from bridge.daemon.config import parse_peer_url
 from bridge.errors import ConfigError
 from bridge.protocols.base import PeerContext
-from tests.mqtt_broker import Broker, free_port, mosquitto, needs_mosquitto  # noqa: F401 (fixture)
+from tests.mqtt_broker import Broker, needs_mosquitto, running
 
 pytestmark = needs_mosquitto
+
+
+@pytest.fixture(name="mosquitto")
+def _mosquitto(tmp_path):
+    yield from running(tmp_path)
 HELLO = native.Hello(capabilities=native.CAP_FD, channels=("can0",))
 
 

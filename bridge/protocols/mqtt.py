@@ -64,7 +64,8 @@ class Mqtt(PeerProtocolBase):
         try:  # paho-mqtt is the optional extra canbridge[mqtt]
             from bridge.endpoints.mqtt import DEFAULT_MAX_AGE_S, default_client_id, default_gateway
         except ImportError as exc:
-            raise ConfigError(f"{where}: MQTT peers need paho-mqtt 2.x (pip install 'canbridge[mqtt]'): {exc}") from None
+            raise ConfigError(f"{where}: MQTT peers need paho-mqtt 2.x "
+                              f"(pip install 'canbridge[mqtt]'): {exc}") from None
 
         parts = urlsplit(peer.url)
         if parts.password is not None:

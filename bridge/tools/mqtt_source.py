@@ -43,7 +43,8 @@ def parse_url(url: str) -> dict:
     opts = dict(parse_qsl(parts.query, keep_blank_values=True))
     known = {"format", "topics", "share", "password_file", "tls_ca", "tls_cert", "tls_key"}
     if unknown := set(opts) - known:
-        raise ConfigError(f"{url!r}: unknown option(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(known))}")
+        raise ConfigError(f"{url!r}: unknown option(s) {', '.join(sorted(unknown))}; "
+                          f"expected {', '.join(sorted(known))}")
     if opts.get("format", "native") not in mp.FORMATS:
         raise ConfigError(f"{url!r}: format must be one of {', '.join(mp.FORMATS)}")
     tls = parts.scheme == "mqtts"
