@@ -401,6 +401,7 @@ def test_stale_tx_message_is_not_replayed_after_the_gateway_was_away(mosquitto):
     ("mqtt://127.0.0.1/fleet?password_file=/nonexistent", "needs a user name"),
     ("mqtt://127.0.0.1/fleet?timeout=3", "keepalive"),
     ("mqtt://127.0.0.1/fleet?tls_ca=/x", "mqtts://"),
+    ("mqtts://127.0.0.1/fleet?tls_server_name=broker", "tls_server_name is not supported"),
 ])
 def test_config_errors_are_clear(link, message):
     with pytest.raises(ConfigError, match=message.replace("+", r"\+").replace(".", r"\.")):

@@ -52,6 +52,7 @@ PAHO_MAX_MESSAGES = 256  # messages handed to paho and not yet acknowledged: bey
 PAHO_QUEUE_LIMIT = PAHO_MAX_MESSAGES + mp.MAX_MESSAGE_FRAMES  # paho's own bound: one more segment always fits
 PAHO_MAX_INFLIGHT = 64  # qos 1 PUBLISH packets on the wire without PUBACK (paho's inflight window)
 MAX_PACKET_BYTES = 1 << 20  # CONNECT Maximum Packet Size: the broker sends nothing bigger (paho buffers a packet whole)
+READ_PACKETS_PER_PASS = 256  # MQTT packets read per readable event: bounded, so our buses get their turn
 MISC_INTERVAL_S = 1.0  # loop_misc (keepalive PINGREQ, timeouts) and the stale sweep of our queue
 CONNECT_TIMEOUT_S = 3.0  # paho's blocking TCP connect (+ TLS handshake) may stall the loop at most this long
 DEFAULT_KEEPALIVE_S = 30
@@ -144,7 +145,7 @@ class MqttPeer:
                  qos: int = 1, fmt: str = "native", per_id: bool = False, keepalive: int = DEFAULT_KEEPALIVE_S,
                  session_expiry: int = DEFAULT_SESSION_EXPIRY_S, share: str | None = None,
                  sources: tuple = (), read_only: bool = True, max_age: float = DEFAULT_MAX_AGE_S,
-                 tls=None, tls_server_name: str | None = None, fd: bool = False, version: str = "",
+                 tls=None, fd: bool = False, version: str = "",
                  routing=(None, None, None), name: str | None = None) -> None:
         self.reactor = reactor
         self.router = router
@@ -218,7 +219,11 @@ class MqttPeer:
             self.reactor.remove_writer(self._fd)
 
     def _readable(self) -> None:
-        self.client.loop_read()  # on a lost connection paho closes the socket and calls on_disconnect
+        # on a lost connection paho closes the socket and calls on_disconnect
+        self.client.loop_read(READ_PACKETS_PER_PASS)
+        sock = self.client.socket()
+        if sock is not None and getattr(sock, "pending", None) and sock.pending():
+            self.reactor.call_soon(self._readable)  # TLS holds decrypted bytes epoll will not signal again
 
     def _writable(self) -> None:
         self.client.loop_write()

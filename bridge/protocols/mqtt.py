@@ -159,6 +159,14 @@ class Mqtts(Mqtt):
     option_hints = {k: v for k, v in Mqtt.option_hints.items() if not k.startswith("tls_")}
 
     @classmethod
+    def configure(cls, peer, where: str) -> None:
+        super().configure(peer, where)
+        name = peer.security.tls_server_name
+        if name is not None and name != peer.host:  # paho checks the certificate against the URL's host
+            raise ConfigError(f"{where}: tls_server_name is not supported for mqtts://: put the name the "
+                              f"broker's certificate carries in the URL ({name!r}) instead of {peer.host!r}")
+
+    @classmethod
     def _tls(cls, ctx, peer):
         if ctx.tls is not None:  # tls_ca / tls_cert / tls_key given: bridge.security.tls built the context
             return ctx.tls.context
