@@ -77,7 +77,8 @@ class SourceClosed(Exception):
 
 
 class InterfaceDown(SourceClosed):
-    """ENETDOWN on a local interface (candump exits with "IFACE: interface down" unless -D)."""
+    """ENETDOWN on a local interface: candump says "read: Network is down" and exits 1 (with -D it says
+    "IFACE: interface down" and goes on)."""
 
 
 def split_spec(spec: str) -> tuple[str, FilterSet]:
@@ -131,9 +132,10 @@ class LocalSource:
             except OSError as exc:
                 if exc.errno != errno.ENETDOWN:
                     raise SourceClosed(f"{self.name}: {exc.strerror}") from None
-                if self.down_exits:
-                    raise InterfaceDown(f"{self.name}: interface down") from None
-                break  # -D: wait for the interface to come back
+                if self.down_exits:  # candump 2023.03: perror("read"), exit 1
+                    raise InterfaceDown(f"read: {os.strerror(errno.ENETDOWN)}") from None
+                sys.stderr.write(f"{self.name}: interface down\n")  # -D: say so, wait for it to come back
+                break
             ts, ovfl = 0, None
             for level, kind, data in anc:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and not self.hw:

@@ -192,3 +192,95 @@ def test_sigint_and_broken_pipe_exit_cleanly(tmp_path):
     stdout, stderr = pipe.communicate(timeout=60)
     assert stdout.count(b"\n") == 1 and stderr == b"", stderr.decode()
     assert pipe.returncode == 0
+
+
+# ------------------------------------------------------------------ candump -l, -s, -H, -r, -D (issue 14)
+
+def _start_in(argv: list[str], cwd: Path, iface: str = "vcan0") -> subprocess.Popen:
+    """_start with a working directory of its own (candump -l writes candump-DATE.log there)."""
+    cwd.mkdir(exist_ok=True)
+    before = _receivers(iface)
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=open(cwd / "stdout", "wb"), stderr=open(cwd / "stderr", "wb"))
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while _receivers(iface) <= before:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{argv} did not start: {(cwd / 'stderr').read_text()}")
+        time.sleep(0.05)
+    return proc
+
+
+def _logfile(cwd: Path) -> Path:
+    [log] = list(cwd.glob("candump-*.log"))
+    return log
+
+
+def test_logfile_silent_modes_hw_timestamps_and_rcvbuf_match_candump(tmp_path):
+    """-l (the log file, its name pattern and the stderr notices), -l -x, -l -s 0 (screen output too),
+    -s 1 (animation), -s 2, -H -L (hardware timestamps: none on vcan), -r: byte for byte as candump."""
+    n = len(ZOO) + CANGEN
+    modes = [["-l"], ["-l", "-x"], ["-l", "-s", "0", "-t", "a"], ["-s", "1"], ["-s", "2", "-L"], ["-H", "-L"],
+             ["-H", "-t", "a"], ["-r", "300000", "-L"]]
+    procs = []
+    for i, mode in enumerate(modes):
+        args = [*mode, "-n", str(n), "vcan0,#FFFFFFFF"]
+        procs.append(_start_in(["candump", *args], tmp_path / f"candump{i}"))
+        procs.append(_start_in([*DUMP, *args], tmp_path / f"dump{i}"))
+    _send(ZOO)
+    subprocess.run(["cangen", "vcan0", "-m", "-n", str(CANGEN), "-g", "1"], check=True)
+    _finish(procs)
+    for i, mode in enumerate(modes):
+        theirs, ours = tmp_path / f"candump{i}", tmp_path / f"dump{i}"
+        assert (ours / "stdout").read_bytes() == (theirs / "stdout").read_bytes(), mode
+        if "-l" in mode:
+            log_theirs, log_ours = _logfile(theirs), _logfile(ours)
+            assert log_ours.read_bytes() == log_theirs.read_bytes(), mode
+            assert log_theirs.read_text().count("\n") == n
+            err = (ours / "stderr").read_text().replace(log_ours.name, log_theirs.name)
+            assert err == (theirs / "stderr").read_text(), mode
+        else:
+            assert (ours / "stderr").read_bytes() == (theirs / "stderr").read_bytes(), mode
+    assert b"(0000000000.000000)" in (tmp_path / "dump5" / "stdout").read_bytes()  # -H on vcan: no hardware clock
+
+
+def test_interface_down_exits_unless_D(tmp_path, vcan1):
+    """candump 2023.03 exits 1 with "read: Network is down" when the interface goes down; with -D it
+    says "IFACE: interface down", waits and prints what comes after the interface is up again. We do the same."""
+    procs = {}
+    for name, argv in {"candump": ["candump", "-L"], "dump": DUMP + ["-L"]}.items():
+        procs[name] = _start_in([*argv, vcan1], tmp_path / name, vcan1)
+        procs[f"{name}-D"] = _start_in([*argv, "-D", "-n", "1", vcan1], tmp_path / f"{name}-D", vcan1)
+    try:
+        subprocess.run(["ip", "link", "set", vcan1, "down"], check=True)
+        for name in ("candump", "dump"):
+            assert procs[name].wait(60) == 1, name
+        assert (tmp_path / "dump" / "stderr").read_text() == (tmp_path / "candump" / "stderr").read_text()
+        assert (tmp_path / "dump" / "stderr").read_text() == "read: Network is down\n"
+        time.sleep(1)
+        assert procs["candump-D"].poll() is None and procs["dump-D"].poll() is None
+        assert (tmp_path / "dump-D" / "stderr").read_text() == (tmp_path / "candump-D" / "stderr").read_text()
+    finally:
+        subprocess.run(["ip", "link", "set", vcan1, "up"], check=True)
+    _send(["321#0102"], vcan1)
+    _finish([procs["candump-D"], procs["dump-D"]])
+    assert (tmp_path / "dump-D" / "stdout").read_bytes() == (tmp_path / "candump-D" / "stdout").read_bytes()
+    assert b"321#0102" in (tmp_path / "dump-D" / "stdout").read_bytes()
+
+
+def test_dump_f_blf_and_replay_of_blf(tmp_path, vcan1):
+    """`dump -f trace.blf` records vcan0 through python-can's BLF writer; `canbridge replay trace.blf vcan1`
+    plays it: candump on vcan1 sees the same frames."""
+    frames = [f for f in ZOO if not f.startswith("2000")]
+    blf = tmp_path / "trace.blf"
+    dump = _start([*DUMP, "-f", str(blf), "-n", str(len(frames)), "vcan0"], tmp_path / "dump")
+    _send(frames)
+    _finish([dump])
+    assert len(list(can.LogReader(blf))) == len(frames)
+    seen = _start(["candump", "-L", "-n", str(len(frames)), vcan1], tmp_path / "seen", iface=vcan1)
+    r = subprocess.run([sys.executable, "-m", "bridge", "replay", str(blf), vcan1, "--speed", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    _finish([seen])
+    sent = [candump_frame for candump_frame in frames]
+    got = [line.split()[2] for line in (tmp_path / "seen").read_text().splitlines()]
+    assert [g.split("#")[0] for g in got] == [s.split("#")[0] for s in sent]

@@ -82,3 +82,63 @@ def test_python_can_logger_and_player(bridge, vcan0, tmp_path):
     assert [(m.arbitration_id, bytes(m.data)) for m in seen] == [(0x100 + i, bytes([i, i])) for i in range(20)]
     logged = [(m.arbitration_id, bytes(m.data)) for m in can.LogReader(str(out))]
     assert logged == [(0x300 + i, bytes([i])) for i in range(5)]
+
+
+def test_asyncio_notifier_gets_a_whole_burst(bridge, vcan0):
+    """python-can's asyncio Notifier (recv(0) once per readable event on fileno()) against the real
+    bridge: every frame of a flat-out cangen burst arrives, in order."""
+    import asyncio
+
+    n = 3000
+
+    async def run() -> list:
+        with can.Bus(interface="canbridge", channel=URL) as remote:
+            reader = can.AsyncBufferedReader()
+            notifier = can.Notifier(remote, [reader], loop=asyncio.get_running_loop())
+            await asyncio.sleep(0.5)
+            cangen = await asyncio.create_subprocess_exec("cangen", vcan0, "-n", str(n), "-g", "0", "-I", "i",
+                                                          "-L", "8", "-D", "i")
+            got = [await asyncio.wait_for(reader.get_message(), 30) for _ in range(n)]
+            await cangen.wait()
+            notifier.stop()
+            return got
+
+    got = asyncio.run(run())
+    assert len(got) == n
+    assert all(m.channel == f"127.0.0.1:{PORT}/vcan0" for m in got)
+
+
+def test_tls_gateway(vcan0, tmp_path):
+    """A real bridge requiring mutual TLS; the plugin with tls_ca/tls_cert/tls_key sends and receives."""
+    from tests.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    port = PORT + 1
+    url = (f"tcp-listen://127.0.0.1:{port}?tls_cert={pki['server_cert']}&tls_key={pki['server_key']}"
+           f"&tls_ca={pki['ca']}")
+    log = open(tmp_path / "bridge.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "bridge", vcan0, url], stdout=log, stderr=log)
+    kw = dict(interface="canbridge", channel=f"tcp://localhost:{port}/vcan0", tls_ca=pki["ca"],
+              tls_cert=pki["client_cert"], tls_key=pki["client_key"])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                remote = can.Bus(**kw)
+                break
+            except can.CanInitializationError:
+                assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "bridge.log").read_text()
+                time.sleep(0.2)
+        with remote, can.Bus(interface="socketcan", channel=vcan0) as local:
+            time.sleep(0.5)
+            local.send(can.Message(arbitration_id=0x123, data=b"\x01", is_extended_id=False))
+            m = remote.recv(5)
+            assert (m.arbitration_id, bytes(m.data)) == (0x123, b"\x01")
+            remote.send(can.Message(arbitration_id=0x321, data=b"\x02", is_extended_id=False))
+            got = local.recv(5)
+            assert (got.arbitration_id, bytes(got.data)) == (0x321, b"\x02")
+        with pytest.raises(can.CanInitializationError):  # no client certificate: the gateway refuses
+            can.Bus(interface="canbridge", channel=f"tcp://localhost:{port}/vcan0", tls_ca=pki["ca"]).recv(2)
+    finally:
+        proc.terminate()
+        proc.wait(20)
