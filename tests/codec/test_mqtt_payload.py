@@ -132,3 +132,19 @@ def test_arbitrary_bytes_never_raise_anything_else(data):
             mp.decode(fmt, b"CNBR\x01\x00" + data)
         except mp.MqttPayloadError:
             pass
+
+
+def test_protocol_doc_mqtt_example_is_what_the_encoder_writes():
+    """docs/protocol.md section 10: its hex dump is encode_native's output for the frame it describes."""
+    from pathlib import Path
+
+    from bridge.codec import mqtt_payload
+    from bridge.codec import socketcan as sc
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    section = doc[doc.index("## 10. MQTT payload"):]
+    dump = section.split("```hex\n")[1].split("```")[0]
+    documented = bytes.fromhex(" ".join(line[6:] for line in dump.strip().splitlines()))
+    raw = sc.pack_canfd(0x123, b"\x11\x22", sc.CANFD_BRS)
+    assert mqtt_payload.encode_native([(raw, 0x0102030405060708)]) == documented
+    assert mqtt_payload.decode_native(documented) == [(raw, 0x0102030405060708)]

@@ -174,7 +174,7 @@ def test_protocol_doc_hex_dumps_match_golden_bytes():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
     dumps = [block.split("```")[0] for block in doc.split("```hex\n")[1:]]
     parsed = [bytes.fromhex(" ".join(line[6:] for line in d.strip().splitlines())) for d in dumps]
-    assert parsed == [GOLDEN_TCP, GOLDEN_UDP, GOLDEN_CONTROL]
+    assert parsed[:3] == [GOLDEN_TCP, GOLDEN_UDP, GOLDEN_CONTROL]  # sections 9.1-9.3; 10 (MQTT): test_mqtt_payload
     assert "03 00 00 08 01 02 03 04 05 06 07 08" in doc
 
 
