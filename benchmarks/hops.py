@@ -229,6 +229,20 @@ def profile_strace(system: tp.System, tx, rx, cap, first: int) -> tuple[int, dic
     return first, counts
 
 
+def systems(names: list[str], logdir: Path, cannelloni: str | None, trees: list[str]) -> list:
+    """throughput.py's systems; `canbridge-tcp@TAG` runs the tree given as --tree TAG=DIR."""
+    where = dict(t.split("=", 1) for t in trees)
+    out = []
+    for name in names:
+        base, _, tag = name.partition("@")
+        system = tp.make_systems([base], logdir, cannelloni)[0]
+        if tag:
+            system.name = name
+            system.cwd = Path(where[tag]).resolve()
+        out.append(system)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cannelloni", metavar="PATH")
@@ -238,6 +252,13 @@ def main() -> int:
     p.add_argument("--replay", type=int, default=5000)
     p.add_argument("--pyspy", metavar="PATH")
     p.add_argument("--strace", action="store_true")
+    p.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="TAG=DIR",
+        help="also run canbridge-tcp/udp from the source tree DIR, named canbridge-tcp@TAG (A/B in one boot)",
+    )
     p.add_argument("--gap-ms", type=float, default=0.0, help="pause between one-in-flight pings")
     p.add_argument("--json", metavar="FILE")
     args = p.parse_args()
@@ -254,7 +275,7 @@ def main() -> int:
     results: list = []
     first = 0
     for rnd in range(args.rounds):
-        for system in tp.make_systems(names, logdir, args.cannelloni):
+        for system in systems(names, logdir, args.cannelloni, args.tree):
             speed = tp.speed_index_ms()
             system.start()
             cap = LoCapture()

@@ -203,6 +203,7 @@ class System:
         self.logdir = logdir
         self.procs: dict[str, subprocess.Popen] = {}
         self.spawned_at: float | None = None  # monotonic time the first process was spawned
+        self.cwd = ROOT  # the tree whose `bridge` package runs (benchmarks/hops.py compares two)
 
     def start(self) -> None:
         raise NotImplementedError
@@ -226,8 +227,10 @@ class System:
         if not self.procs:
             self.spawned_at = time.monotonic()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.cwd != ROOT:
+            env["PYTHONPATH"] = str(self.cwd)
         with open(self.logdir / f"{self.name}-{label}.log", "ab") as log:
-            self.procs[label] = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.procs[label] = subprocess.Popen(argv, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def check_alive(self) -> None:
         for label, proc in self.procs.items():

@@ -18,6 +18,7 @@ import socket
 import struct
 from collections import deque
 from pathlib import Path
+from time import time_ns
 
 from bridge.codec import socketcan as sc
 from hw import mmsg
@@ -39,14 +40,21 @@ log = logging.getLogger(__name__)
 
 RX_BATCH_MAX = 512  # frames per readable event: bounds the time other fds wait for the loop
 RX_SLOTS = 64  # frames per recvmmsg call
-# Lone frames (a quiet bus) are read with a plain recvmsg, cheaper than the ctypes recvmmsg, which
-# pays off only for a batch; a frame arriving within LONE_GAP_NS (kernel RX time) of the previous
-# one means traffic is picking up: drain with recvmmsg until a read finds a single frame again.
-LONE_GAP_NS = 1_000_000
+# Frames are read one per readable event with a plain recvmsg (15 us from Python in the test VM) as long
+# as the bus is not bursting: the ctypes recvmmsg costs 90 us for one frame there and pays off only for a
+# run of frames. A frame arriving within BURST_GAP_NS (kernel RX time) of the previous one (a burst: a
+# busy 1 Mbit/s bus spaces classic frames >= ~110 us), or one that waited BEHIND_NS in the socket (the
+# loop is behind), switches to recvmmsg, until a read finds fewer than BATCH_MIN frames again. A steady
+# normal bus (2.5k frames/s: 400 us apart) thus stays on the cheap path, one frame per wake-up.
+BURST_GAP_NS = 100_000
+BEHIND_NS = 1_000_000
+BATCH_MIN = 4
 _ANC_SPACE = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(4)  # SO_TIMESTAMPNS timespec + SO_RXQ_OVFL u32
 _TIMESPEC = struct.Struct("=qq")
 _U32 = struct.Struct("=I")
 TX_SLOTS = 64  # frames per sendmmsg call
+TX_SMALL_RUN = 3  # runs up to this long go out as plain send()s: 15 us each against 43 us for a one-frame
+# ctypes sendmmsg in the test VM
 # SO_RCVBUF(FORCE): the kernel doubles it and charges 768 B per queued frame, so 64 MiB holds ~175k
 # frames: a 200k-frame flat-out vcan burst (cangen -g 0, ~30k frames/s offered while the bridge gets
 # half the CPU: 32 MiB lost 11-17 % of it in the test VM, 64 MiB nothing), 20 s of a saturated
@@ -141,7 +149,7 @@ class SocketCanEndpoint:
                     ts = sec * 1_000_000_000 + nsec
                 elif kind == SO_RXQ_OVFL:
                     ovfl = _U32.unpack_from(data)[0]
-        if ts - self._last_rx_ns < LONE_GAP_NS:
+        if ts - self._last_rx_ns < BURST_GAP_NS or time_ns() - ts > BEHIND_NS:
             self._lone = False
         self._last_rx_ns = ts
         self._deliver([(raw, ts)], ovfl)
@@ -162,10 +170,10 @@ class SocketCanEndpoint:
             batch += got
             if len(got) < RX_SLOTS:  # drained
                 break
-        if len(batch) <= 1:
+        if len(batch) < BATCH_MIN:
             self._lone = True
             if batch:
-                self._last_rx_ns = batch[0][1]
+                self._last_rx_ns = batch[-1][1]
         self._deliver(batch, ovfl)
 
     def _deliver(self, batch: list, ovfl: int | None) -> None:
@@ -222,9 +230,17 @@ class SocketCanEndpoint:
             while j < n and j - i < TX_SLOTS and len(raws[j]) == size:
                 j += 1
             try:
-                if j - i == 1:  # a lone frame: a plain send() is cheaper than the ctypes sendmmsg
-                    self.sock.send(raws[i])
-                    k = 1
+                if j - i <= TX_SMALL_RUN:  # a short run: plain send()s are cheaper than the ctypes sendmmsg
+                    k = 0
+                    try:
+                        for k in range(j - i):
+                            self.sock.send(raws[i + k])
+                    except OSError:
+                        if not k:
+                            raise
+                        # frames before the one that failed are sent; it is retried as the run's first
+                    else:
+                        k = j - i
                 else:
                     k = self._senders[size].send(fd, raws[i:j])
             except OSError as exc:
