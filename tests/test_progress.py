@@ -108,3 +108,34 @@ def test_replay_loop_reports_progress_over_a_real_socket():
 def test_rate_text():
     assert rate_text(12_345, 76_821, 3.0) == "12,345/76,821 frames (16 %), 4,115 frames/s, 3.0 s"
     assert rate_text(5, None, 0, "packets") == "5 packets, 0 packets/s, 0.0 s"
+
+
+def test_demo_progress_follows_the_replay(monkeypatch):
+    """The demo counts the frames rig.run_traffic's replay takes (probe.replay over a real socket here):
+    plain lines with frames done and rate, timed from the first frame."""
+    import io
+
+    from bridge.tools import probe
+    from bridge.tools.demo import _Counted
+    from bridge.tools.progress import Progress
+
+    monkeypatch.setenv("CANBRIDGE_PROGRESS_S", "0.3")
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    frames = [(i * 1_000_000, sc.pack_can(0x100, b"x")) for i in range(1000)]
+    reader = threading.Thread(target=lambda: [b.recv(16) for _ in frames])
+    reader.start()
+    out = io.StringIO()
+    p = Progress("canbridge demo: tcp", stream=out)
+    time.sleep(0.5)  # path set-up time must not count
+    counted = _Counted(frames, lambda i: p.restart() if i == 0 else p.show(lambda: rate_text(i, len(frames),
+                                                                                              p.elapsed())))
+    probe.replay(a, counted, 1.0)
+    reader.join(10)
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 2, lines
+    done = [int(m.group(1).replace(",", "")) for m in (re.search(r": ([\d,]+)/1,000 frames", x) for x in lines)]
+    assert done == sorted(done) and done[0] > 0
+    rates = [int(m.group(1).replace(",", "")) for m in (re.search(r"([\d,]+) frames/s", x) for x in lines)]
+    assert all(700 < r < 1300 for r in rates), lines  # 1000 frames/s recorded; set-up time not counted
+    a.close()
+    b.close()

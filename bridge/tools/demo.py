@@ -79,8 +79,8 @@ def _run(args, transports: list[str]) -> int:
             capture = _Capture(rig, transport, args.capture) if args.capture else None
             progress = Progress(f"canbridge demo: {transport}")
             try:
-                counted = _Counted(frames, lambda i, p=progress: p.show(
-                    lambda: rate_text(i, len(frames), p.elapsed())))
+                counted = _Counted(frames, lambda i, p=progress: p.restart() if i == 0 else p.show(
+                    lambda: rate_text(i, len(frames), p.elapsed())))  # timed from the first frame
                 report = rig.run_traffic(counted, args.speed, on_path_up=capture.start if capture else None)
             finally:
                 progress.close()

@@ -55,6 +55,11 @@ class Progress:
         self._live = None
         self._last = ""
 
+    def restart(self) -> None:
+        """The work starts now (elapsed time and rate count from here; e.g. after a connection is set up)."""
+        self.started = time.monotonic()
+        self._next = self.started + self.interval
+
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
