@@ -13,10 +13,10 @@ import socket
 import time
 
 from bridge.codec import native
-from bridge.endpoints import tcp
-from bridge.endpoints.tcp import BACKOFF_MAX_S, BACKOFF_MIN_S, TcpClient, TcpServer, backoff_delay, stream_peers
 from bridge.core.reactor import Reactor
 from bridge.core.router import Router
+from bridge.endpoints import tcp
+from bridge.endpoints.tcp import BACKOFF_MAX_S, BACKOFF_MIN_S, TcpClient, TcpServer, backoff_delay, stream_peers
 from bridge.protocols import native as wire
 from tests.test_tls import pki, server_tls  # noqa: F401 (pki is a fixture)
 

@@ -8,20 +8,28 @@ UDP peer is bounded (udp.RX_FRAMES_MAX) so B's heartbeats keep their schedule wh
 from __future__ import annotations
 
 import multiprocessing
+import socket
 import time
 
+from bridge.codec import native
 from bridge.codec import socketcan as sc
 from bridge.core.reactor import Reactor
 from bridge.core.router import Router
 from bridge.endpoints.liveness import PeerPolicy, silence_limit
 from bridge.endpoints.udp import UdpPeer
 from bridge.protocols import native as wire
-from tests.test_udp_frame_loss import HELLO, free_port
 
+HELLO = native.Hello(version=native.VERSION, capabilities=native.CAP_FD, heartbeat_ms=500, channels=("vcan0",))
 MTU = 65507  # the largest mtu= a user may set: ~2,300 classic frames per datagram
 POLICY = PeerPolicy(timeout=2.0)  # the shortest bound: silent for 1.5 s = down
 BUS_COST_S = 10e-6  # CPU per frame written to B's bus (a VM's write(2) to vcan costs about this)
 FLOOD_S = 6.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class SlowBus:
@@ -105,3 +113,28 @@ def test_a_flood_does_not_starve_the_receivers_heartbeats():
     assert a.state.transitions == 1  # up once, never down
     assert b_transitions == 1  # and B heard A all along
     assert max_gap < silence_limit(POLICY.timeout), max_gap
+
+
+def test_a_peer_that_starts_first_is_heard_within_a_round_trip_of_hearing_us():
+    """B starts first: its first heartbeat falls on a closed port. A starts, and its first control datagram
+    makes B up; B answers at once, so A is up too within a round trip, not at B's next heartbeat (up to a
+    check interval later: a cable pulled meanwhile left A never up, so never marked down; issue 15 point 4)."""
+    policy = PeerPolicy()  # default timeout 5 s: heartbeats every 1 s
+    reactor = Reactor()
+    a_port, b_port = free_port(), free_port()
+    b = UdpPeer(reactor, Router(reactor), ("127.0.0.1", a_port), ("127.0.0.1", b_port),
+                wire.NativeDatagram(HELLO, 1472), policy=policy)
+    reactor.run_once(0)  # B's first heartbeat: nobody listens yet
+    a = UdpPeer(reactor, Router(reactor), ("127.0.0.1", b_port), ("127.0.0.1", a_port),
+                wire.NativeDatagram(HELLO, 1472), policy=policy)
+    try:
+        t0 = time.monotonic()
+        while not (a.state.up and b.state.up) and time.monotonic() - t0 < 2.0:
+            reactor.run_once(0.01)
+        took = time.monotonic() - t0
+        assert a.state.up and b.state.up
+        assert took < 0.3, took  # B's next heartbeat was ~1 s away
+    finally:
+        a.close()
+        b.close()
+        reactor.close()

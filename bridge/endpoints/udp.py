@@ -140,10 +140,16 @@ class UdpPeer:
         if verdict != "ok":  # duplicate, or stale: far outside the window or an old session
             self.counters.errors[f"{verdict}_datagram"] += 1
             return 0
-        if not self.state.up:  # down -> up: a restarted peer makes final what died with it
+        was_up = self.state.up
+        if not was_up:  # down -> up: a restarted peer makes final what died with it
             self.wire.peer_changed(True)
             self._publish_unconfirmed(self.wire.stats())
         self.state.heard(time.monotonic())  # any datagram of the peer, data or heartbeat: it is alive
+        if not was_up:
+            # answer at once, not at our next heartbeat: a peer that starts (or restarts) after us hears us
+            # within a round trip, so both sides are up as soon as the path is (issue 15: the gateway of
+            # test_udp_peer_marked_down_and_up had not heard a remote that began before it by the pull)
+            self._send_control()
         n = 0
         for channel, frames in batches:
             n += len(frames)
@@ -152,11 +158,15 @@ class UdpPeer:
         return n
 
     # --- heartbeat --------------------------------------------------------------------------
-    def _tick(self) -> None:
+    def _send_control(self) -> bool:
+        """Send the wire's control datagram (HELLO, TX_COUNT, RX_COUNT: the heartbeat); False if it has none."""
         control = self.wire.control()
-        self._gated = control is not None
         if control:
             self._send(control)
+        return control is not None
+
+    def _tick(self) -> None:
+        self._gated = self._send_control()
         up = self.state.up
         if self.state.silent(time.monotonic()):
             # datagrams waiting unread in our own socket (a long loop pass) are not the peer's silence

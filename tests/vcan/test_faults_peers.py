@@ -11,12 +11,12 @@ import time
 
 import pytest
 
-from bridge.tools import probe
-from bridge.codec import socketcan as sc
 from bridge.codec import native
+from bridge.codec import socketcan as sc
 from bridge.endpoints.pending import PENDING_MAX_BYTES, PENDING_MAX_FRAMES
-from hw import netns
+from bridge.tools import probe
 from bridge.tools.rig import GW_ADDR, REMOTE_ADDR, TCP_PORT, UDP_PORT, Rig
+from hw import netns
 from tests.vcan.test_e2e import counters_at_exit, steady
 
 pytestmark = pytest.mark.vcan
@@ -24,6 +24,7 @@ pytestmark = pytest.mark.vcan
 TIMEOUT = 2  # the dead-peer bound under test (seconds); the default 5 s would be noticed later than the bound
 MARGIN = 2  # log polling, a slow VM loop pass, the kernel's retransmission timer granularity
 UP_S = 300  # bridges starting in a loaded software-emulated VM
+SIDES = ("gateway", "remote")
 MARKER = sc.pack_can(sc.CAN_EFF_FLAG | 0x1FFFFFFE, b"alive!!!")
 
 
@@ -52,6 +53,26 @@ def wait_for_log(rig, side, pattern, before, timeout, t0=None):
             return time.monotonic() - t0
         time.sleep(0.05)
     return None
+
+
+def wait_for_logs(rig, pattern, before: dict, timeout, t0=None) -> dict:
+    """{side: seconds from t0 until `pattern` occurs in its log more often than before[side], or None}:
+    every side polled in one loop, each with the whole `timeout` (one side's wait must not use up
+    another's: chained waits from one t0 once made a gateway's failure read as both sides')."""
+    t0 = time.monotonic() if t0 is None else t0
+    took = dict.fromkeys(before)
+    while time.monotonic() - t0 < timeout and None in took.values():
+        for side in before:
+            if took[side] is None and len(re.findall(pattern, rig.log_text(side))) > before[side]:
+                took[side] = time.monotonic() - t0
+        time.sleep(0.05)
+    return took
+
+
+def peer_state(rig, side) -> str | None:
+    """A UDP bridge's peer state from its log: "up" or "down" (its last liveness line), None if neither."""
+    found = re.findall(r"peer (up|down)", rig.log_text(side))
+    return found[-1] if found else None
 
 
 def wait_marker(tx, rx, got, timeout=60.0):
@@ -95,7 +116,7 @@ def test_tcp_pulled_cable_detected_within_timeout_and_recovers_without_restart(h
             before = {side: rig.log_text(side).count(closed) for side in ("gateway", "remote")}
             t0 = time.monotonic()
             pull_cable(rig, how)
-            took = {side: wait_for_log(rig, side, closed, before[side], TIMEOUT + 30, t0) for side in before}
+            took = wait_for_logs(rig, closed, before, TIMEOUT + 30, t0)
             plug_cable(rig, how)
             got: list = []
             wait_marker(tx, rx, got)  # the client reconnected (backoff <= 5 s) and frames cross again
@@ -119,22 +140,32 @@ def test_udp_peer_marked_down_and_up():
             rig.start_bridge(side, ["vcan0", f"udp://{other}:{UDP_PORT}?bind={me}:{UDP_PORT}&timeout={TIMEOUT}"])
         with rig.sockets() as (tx, rx):
             rig.wait_path_up(tx, rx, UP_S)
-            before = {side: len(re.findall("peer down", rig.log_text(side))) for side in ("gateway", "remote")}
-            ups = {side: len(re.findall("peer up", rig.log_text(side))) for side in ("gateway", "remote")}
+            # frames cross once the remote hears the gateway; the gateway is up once it hears the remote's
+            # heartbeat (every 0.5 s, the first at the remote's first loop pass). A side that is not up at
+            # the pull cannot be marked down by it, and one that went down before it (no fault yet) is a
+            # false peer-down: both are failures of their own, not a late detection.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and any(peer_state(rig, side) != "up" for side in SIDES):
+                time.sleep(0.05)
+            states = {side: peer_state(rig, side) for side in SIDES}
+            before = {side: len(re.findall("peer down", rig.log_text(side))) for side in SIDES}
+            ups = {side: len(re.findall("peer up", rig.log_text(side))) for side in SIDES}
             t0 = time.monotonic()
             pull_cable(rig, "link-down")
-            took = {side: wait_for_log(rig, side, "peer down", before[side], TIMEOUT + 30, t0) for side in before}
+            took = wait_for_logs(rig, "peer down", before, TIMEOUT + 30, t0)
             for i in range(50):  # while down: dropped and counted, never queued
                 probe.send(tx, sc.pack_can(0x321, bytes([i])))
             time.sleep(0.5)
             plug_cable(rig, "link-down")
-            back = {side: wait_for_log(rig, side, "peer up", ups[side], 30) for side in ups}
+            back = wait_for_logs(rig, "peer up", ups, 30)
             got: list = []
             wait_marker(tx, rx, got)
             fresh = send_and_collect(tx, rx, steady(1000, 0x200), 4.0, got)
         assert rig.stop_bridges() == [0, 0]
         gw = counters_at_exit(rig.log_text("gateway"))[f"udp://{REMOTE_ADDR}:{UDP_PORT}"]
         tails = "\n".join(f"--- {side} log:\n{rig.log_text(side)[-4000:]}" for side in ("gateway", "remote"))
+    assert states == {"gateway": "up", "remote": "up"}, f"not up before the pull: {states}\n{tails}"
+    assert before == {"gateway": 0, "remote": 0}, f"peer down before the pull (no fault yet): {before}\n{tails}"
     assert None not in took.values() and max(took.values()) <= TIMEOUT + MARGIN, f"{took}\n{tails}"
     assert None not in back.values(), back
     assert gw["peer_state"] == "up" and gw["peer_transitions"] >= 3, gw
@@ -173,7 +204,7 @@ def test_stalled_tcp_client_does_not_delay_a_healthy_one_and_stays_bounded(overf
             stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             stalled.connect((GW_ADDR, TCP_PORT))
             stalled.sendall(native.STREAM_PREAMBLE + native.encode_hello(native.Hello(heartbeat_ms=0)))
-            assert wait_for_log(rig, "gateway", "client connected", 1, 30) is not None
+            assert wait_for_log(rig, "gateway", ": peer is ", 1, 30) is not None  # its HELLO, after the bridge's
             rss_before = vm_rss_kb(server.pid)
             got: list = []
             received = send_and_collect(tx, rx, frames, 1.0, got, wait_s=180)
