@@ -1,7 +1,7 @@
 """Capture under load: does `canbridge capture` keep up with the bridge at its highest zero-loss rate?
 
 Setup (needs vcan0 and vcan1; run in the test VM):
-    python -m hw.testvm --vcan 2 -- .venv/bin/python benchmarks/capture.py [--rate 30000] [--frames 100000]
+    python -m bridge.hw.testvm --vcan 2 -- .venv/bin/python benchmarks/capture.py [--rate 30000] [--frames 100000]
 
 canbridge A (vcan0) and B (vcan1) joined over UDP on 127.0.0.1 (as benchmarks/throughput.py), a
 `canbridge capture -i vcan0 -i vcan1 -i lo` process beside them, cangen offering FRAMES frames at

@@ -2,7 +2,7 @@
 
 Runs INSIDE the test VM (root, vcan0 + vcan1), like benchmarks/throughput.py, whose systems it uses:
 
-    python -m hw.testvm --vcan 4 -- .venv/bin/python benchmarks/hops.py --cannelloni PATH \\
+    python -m bridge.hw.testvm --vcan 4 -- .venv/bin/python benchmarks/hops.py --cannelloni PATH \\
         [--systems canbridge-tcp,cannelloni-tcp,...] [--rounds 2] [--pyspy PATH/py-spy] [--strace]
 
 Each frame is timed three times, all kernel timestamps of the same clock:
@@ -265,7 +265,7 @@ def main() -> int:
     global GAP_S
     GAP_S = args.gap_ms / 1000
     if not Path("/sys/class/net/vcan0").exists():
-        sys.exit("hops: run me in the test VM (python -m hw.testvm --vcan 4 -- ...)")
+        sys.exit("hops: run me in the test VM (python -m bridge.hw.testvm --vcan 4 -- ...)")
     if args.cannelloni:
         args.cannelloni = str(Path(args.cannelloni).resolve())
     logdir = Path(tempfile.mkdtemp(prefix="cb-hops-"))

@@ -2,7 +2,7 @@
 over TCP and over UDP, with faults injected on a schedule (tests/rig/soak.py: peer SIGKILL and restart,
 veth down/up, 100% loss for 10 s, a slow TCP consumer, a port scan with garbage).
 
-    python -m hw.testvm --vcan 2 --timeout 3600 -- .venv/bin/python benchmarks/soak.py [--minutes 10]
+    python -m bridge.hw.testvm --vcan 2 --timeout 3600 -- .venv/bin/python benchmarks/soak.py [--minutes 10]
 
 Prints, per transport: frames sent and delivered, frames lost inside and outside fault windows,
 the bridges' drop counters by reason, RSS before/after (growth after a 20 % warm-up), exit codes.

@@ -1,7 +1,7 @@
 """What one call on the forwarding path costs, from Python, here (run it in the test VM: clocks and
 system calls are what TCG makes expensive).
 
-    python -m hw.testvm --vcan 2 -- .venv/bin/python benchmarks/syscost.py
+    python -m bridge.hw.testvm --vcan 2 -- .venv/bin/python benchmarks/syscost.py
 
 Each figure is the median over 7 rounds of the mean wall time per call (microseconds); the speed index
 of benchmarks/throughput.py is printed first, to compare runs.
@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bridge.codec.socketcan import pack_can  # noqa: E402
-from hw import mmsg  # noqa: E402
-from hw.cansock import open_can_raw  # noqa: E402
+from bridge.hw import mmsg  # noqa: E402
+from bridge.hw.cansock import open_can_raw  # noqa: E402
 
 N = 2000
 _ANC = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(4)

@@ -3,7 +3,7 @@
 Runs INSIDE the test VM (root, vcan0 + vcan1, can-utils):
 
     hw/testvm/canvm.sh .venv/bin/python benchmarks/throughput.py [--quick] [--json FILE]
-    python -m hw.testvm -- .venv/bin/python benchmarks/throughput.py [--quick] [--json FILE]
+    python -m bridge.hw.testvm -- .venv/bin/python benchmarks/throughput.py [--quick] [--json FILE]
 
 Started on a host without vcan0/vcan1 it re-runs itself through hw/testvm/canvm.sh (with
 CANVM_TIMEOUT=1200 and CANVM_MEM=2G unless those are set). A --json path should be on the
@@ -76,7 +76,7 @@ sys.path.insert(0, str(ROOT))
 from bridge.tools import probe  # noqa: E402
 from bridge.codec.socketcan import CAN_EFF_FLAG, pack_can  # noqa: E402
 from bridge.endpoints.socketcan import RX_BUFFER  # noqa: E402
-from hw.cansock import CAN_RAW_FILTER, SO_RCVBUFFORCE, SOL_CAN_RAW  # noqa: E402
+from bridge.hw.cansock import CAN_RAW_FILTER, SO_RCVBUFFORCE, SOL_CAN_RAW  # noqa: E402
 
 SRC, DST = "vcan0", "vcan1"
 CANVM = ROOT / "hw" / "testvm" / "canvm.sh"
@@ -853,7 +853,10 @@ def run_in_vm(argv: list[str]) -> int:
 
 
 def git_commit() -> str:
-    """HEAD of the repository, "+dirty" if bridge/ has uncommitted changes (what was measured)."""
+    """HEAD of the repository, "+dirty" if bridge/ has uncommitted changes (what was measured);
+    CANBRIDGE_BENCH_COMMIT names it when the tree is an exported snapshot (no .git)."""
+    if os.environ.get("CANBRIDGE_BENCH_COMMIT"):
+        return os.environ["CANBRIDGE_BENCH_COMMIT"]
     try:
         git = ["git", "-C", str(ROOT)]
         head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=20)

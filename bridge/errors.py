@@ -1,6 +1,6 @@
-"""Exception types (defined in hw.errors, the lowest layer, so hw/ can raise them too). Codecs raise
+"""Exception types (defined in bridge.hw.errors, the lowest layer, so hw/ can raise them too). Codecs raise
 only their own documented subclass of ProtocolError."""
 
-from hw.errors import CanBridgeError, ConfigError, ProtocolError
+from bridge.hw.errors import CanBridgeError, ConfigError, ProtocolError
 
 __all__ = ["CanBridgeError", "ConfigError", "ProtocolError"]

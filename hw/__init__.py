@@ -1,5 +1,7 @@
-"""The lowest layer: the kernel and hardware side. CAN links over netlink (links), raw sockets for
-capture (rawsock: CAN_RAW and AF_PACKET + BPF), CAN_RAW sockets and socket options (cansock, sockopt),
-recvmmsg/sendmmsg (mmsg), network namespaces (netns), and the virtual CAN kernel (testvm).
+"""The lowest layer: the kernel and hardware side. CAN_RAW sockets and their socket options (cansock),
+recvmmsg/sendmmsg (mmsg), link state from rtnetlink (linkstate), CAN link setup over netlink (links,
+linksettings), raw sockets for capture (rawsock: CAN_RAW and AF_PACKET + BPF), network namespaces
+(netns), the virtual CAN kernel (testvm), and the error types every layer raises (errors).
 
-Imports nothing from bridge/ (bridge/ imports hw/). Errors are hw.errors' (bridge.errors re-exports them)."""
+Imported as `bridge.hw` (the wheel installs this folder as bridge/hw; in a checkout bridge/hw/__init__.py
+points there); it imports nothing else from bridge/ (bridge.errors re-exports bridge.hw.errors)."""

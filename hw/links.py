@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from hw.errors import CanBridgeError, ConfigError
-from hw.linksettings import LINK_KEYS, link_value
+from bridge.hw.errors import CanBridgeError, ConfigError
+from bridge.hw.linksettings import LINK_KEYS, link_value
 
 ARPHRD_CAN = 280  # linux/if_arp.h: the link type of can, vcan and vxcan devices
 CAN_MTU, CANFD_MTU = 16, 72  # sizeof(struct can_frame), sizeof(struct canfd_frame)

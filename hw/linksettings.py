@@ -4,7 +4,7 @@ checks. Kept apart from hw/links.py so that reading a config never imports pyrou
 
 from __future__ import annotations
 
-from hw.errors import ConfigError
+from bridge.hw.errors import ConfigError
 
 # Link settings of an [[interface]], applied by `canbridge link setup --from-config` (hw/links.py), never by
 # the bridge itself (which needs no CAP_NET_ADMIN). key -> (type, min, max, what).

@@ -25,7 +25,7 @@ IFLA_IFNAME, IFLA_LINKINFO = 3, 18
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_CAN_STATE = 4
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
-# enum can_state as candump/`ip -details` print it (the same names as hw.links.STATES)
+# enum can_state as candump/`ip -details` print it (the same names as bridge.hw.links.STATES)
 CAN_STATES = {0: "ERROR-ACTIVE", 1: "ERROR-WARNING", 2: "ERROR-PASSIVE", 3: "BUS-OFF", 4: "STOPPED", 5: "SLEEPING"}
 
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid

@@ -15,9 +15,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hw import mmsg
-from hw.cansock import CAN_RAW_ERR_FILTER, SO_RCVBUFFORCE, SO_TIMESTAMPNS, SOL_CAN_RAW, open_can_raw, set_buffer
-from hw.errors import ConfigError
+from bridge.hw import mmsg
+from bridge.hw.cansock import CAN_RAW_ERR_FILTER, SO_RCVBUFFORCE, SO_TIMESTAMPNS, SOL_CAN_RAW, open_can_raw, set_buffer
+from bridge.hw.errors import ConfigError
 
 CAN_ERR_MASK = 0x1FFFFFFF  # every error class: capture error frames too
 ETH_P_ALL = 0x0003
@@ -122,7 +122,7 @@ def open_source(name: str, bpf_filter: str, buffer: int = CAPTURE_BUFFER) -> Sou
     iface, netns = split_name(name)
     if netns is None:
         return _open(name, iface, bpf_filter, buffer)
-    from hw.netns import inside
+    from bridge.hw.netns import inside
 
     if not Path("/run/netns", netns).exists():  # pyroute2 would create a missing one
         raise ConfigError(f"-i {name}: no network namespace {netns!r} (see `ip netns list`)")

@@ -3,7 +3,7 @@
 #   1. scripts/setup.sh (apt packages, .venv, VM kernel cache); skip with CANBRIDGE_SKIP_SETUP=1
 #   2. host tests:  pytest -m "not vcan"
 #   3. vcan tests:  all of them in ONE test-VM boot (or natively if this kernel has vcan):
-#                   python -m hw.testvm --vcan 4 --timeout 2400 --mem 2G -- pytest -m vcan
+#                   python -m bridge.hw.testvm --vcan 4 --timeout 2400 --mem 2G -- pytest -m vcan
 #   4. fuzz:        python fuzz/run.py --seconds ${CANBRIDGE_FUZZ_SECONDS:-20} (atheris, every decoder;
 #                   skipped with a note, and passed, when atheris is not installed)
 # PYTEST ARGS go to both pytest runs. Exit 0 only if all stages pass. pytest's exit 5 (no test
@@ -34,8 +34,8 @@ verdict() {  # verdict STAGE RC -> prints the stage's summary line, returns 0 if
 echo "test.sh: === host tests: pytest -m 'not vcan' ==="
 "$PY" -m pytest -m "not vcan" --junitxml="$out/host.xml" "$@"; host_rc=$?
 
-echo "test.sh: === vcan tests: one test-VM boot (python -m hw.testvm --vcan 4), pytest -m vcan ==="
-"$PY" -m hw.testvm --vcan 4 --timeout 2400 --mem 2G -- \
+echo "test.sh: === vcan tests: one test-VM boot (python -m bridge.hw.testvm --vcan 4), pytest -m vcan ==="
+"$PY" -m bridge.hw.testvm --vcan 4 --timeout 2400 --mem 2G -- \
   "$PY" -m pytest -m vcan --junitxml="$out/vcan.xml" "$@"; vcan_rc=$?
 
 echo "test.sh: === fuzz: python fuzz/run.py --seconds ${CANBRIDGE_FUZZ_SECONDS:-20} ==="

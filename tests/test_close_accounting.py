@@ -28,7 +28,7 @@ from bridge.core.router import Router
 from bridge.endpoints import ledger, socketcand_server
 from bridge.endpoints.liveness import PeerPolicy
 from bridge.endpoints.socketcand_server import SocketcandPeer
-from hw.cansock import SO_SNDBUFFORCE, set_buffer
+from bridge.hw.cansock import SO_SNDBUFFORCE, set_buffer
 from tests import test_deadpeer
 from tests.test_deadpeer import RawClient, _server, counter_of, fd_batch, run_until
 from tests.test_transport import Proto

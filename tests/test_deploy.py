@@ -1,7 +1,7 @@
 """Deployment files checked by the tools that exist for them (host, no vcan needed):
 systemd units with `systemd-analyze verify` and `security --offline`, udev rules with `udevadm test` on a
 veth in a network namespace, the example bridge.toml with bridge.config, sd_notify with a real AF_UNIX
-datagram socket, and hw.links' decoding of a CAN link message built by pyroute2's own encoder.
+datagram socket, and bridge.hw.links' decoding of a CAN link message built by pyroute2's own encoder.
 The bridge process under sd_notify and the udev rule on a real CAN netdev: tests/vcan/."""
 
 import os
@@ -17,7 +17,7 @@ from bridge.cli import link as link_cli
 from bridge.daemon import config as cfg
 from bridge.daemon import sdnotify
 from bridge.errors import ConfigError
-from hw import links
+from bridge.hw import links
 
 ROOT = Path(__file__).resolve().parent.parent
 UDEV = ROOT / "udev"
@@ -170,7 +170,7 @@ def test_link_cli_usage_errors(capsys):
     assert link_cli.main(["down", "lo"]) == 1
 
 
-# --- hw.links decoding ---------------------------------------------------------------------------
+# --- bridge.hw.links decoding ---------------------------------------------------------------------------
 def test_link_info_decodes_a_can_controller():
     """An RTM_NEWLINK as a CAN FD controller in BUS-OFF reports it, encoded and decoded by pyroute2."""
     msg = ifinfmsg()

@@ -1,7 +1,7 @@
 """The import rule between layers (docs/architecture.md): a lower layer never imports a higher one, and
-hw/ imports nothing from bridge/. Every import in every module counts, also the lazy ones inside
-functions. The order, lowest first:
-    hw < bridge.errors < codec < core < security < endpoints < protocols < daemon < tools < cli < top
+hw/ (imported as bridge.hw) imports nothing else from bridge/. Every import in every module counts, also
+the lazy ones inside functions. The order, lowest first:
+    bridge.hw < bridge.errors < codec < core < security < endpoints < protocols < daemon < tools < cli < top
 (top: bridge.pycan, bridge.__main__; bridge.frame, the CanFrame of the API edges, is pure and counts as a
 codec). A module may import its own layer and lower ones."""
 
@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ["hw", "bridge.errors", "bridge.codec", "bridge.core", "bridge.security", "bridge.endpoints",
+LAYERS = ["bridge.hw", "bridge.errors", "bridge.codec", "bridge.core", "bridge.security", "bridge.endpoints",
           "bridge.protocols", "bridge.daemon", "bridge.tools", "bridge.cli", "top"]
 TOP = ("bridge.pycan", "bridge.__main__")  # the modules at the top of the package
 
@@ -31,9 +31,12 @@ def layer_of(module: str) -> int:
 
 
 def module_name(path: Path) -> str:
+    """Dotted name of a source file; hw/X.py is bridge.hw.X (bridge/hw/__init__.py points there)."""
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
+    if parts[:1] == ["hw"]:
+        parts = ["bridge", *parts]
     return ".".join(parts)
 
 
@@ -63,7 +66,7 @@ def violations() -> list[str]:
             mine = layer_of(module)
             for line, target in imports_of(path, module):
                 theirs = layer_of(target)
-                if theirs > mine and not (module.startswith("hw") and not target.startswith("bridge")):
+                if theirs > mine:
                     found.append(f"{path.relative_to(ROOT)}:{line}: {module} ({LAYERS[mine]}) imports {target} "
                                  f"({LAYERS[theirs]})")
     return found
@@ -73,10 +76,21 @@ def test_no_layer_imports_a_higher_one():
     assert violations() == []
 
 
+def test_hw_is_imported_as_bridge_hw_only():
+    """`import hw.x` would load a second copy of a module beside bridge.hw.x (two ConfigError classes, two
+    registries of state), and an installed wheel has no top-level hw at all."""
+    stray = []
+    for top in ("bridge", "hw", "tests", "benchmarks", "fuzz"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            stray += [f"{path.relative_to(ROOT)}:{line}: {target}"
+                      for line, target in imports_of(path, module_name(path)) if target.split(".")[0] == "hw"]
+    assert stray == []
+
+
 def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
     """The checker itself: a codec importing the reactor, and hw importing bridge, are reported."""
     assert layer_of("bridge.codec.native") < layer_of("bridge.core.reactor") < layer_of("bridge.cli.main")
-    assert layer_of("hw.links") < layer_of("bridge.errors") < layer_of("bridge.pycan")
+    assert layer_of("bridge.hw.links") < layer_of("bridge.errors") < layer_of("bridge.pycan")
     fake = ROOT / "bridge" / "codec" / "native.py"
     text = fake.read_text() + "\nfrom bridge.core.reactor import Reactor\n"
     real = Path.read_text

@@ -6,7 +6,7 @@ import time
 
 from bridge.core.reactor import Reactor
 from bridge.endpoints.linkwatch import ABSENT, DOWN, UP, LinkWatch, current
-from hw import netns as hwnetns
+from bridge.hw import netns as hwnetns
 
 
 def test_link_events_in_order(netns):
@@ -51,12 +51,12 @@ def test_link_events_in_order(netns):
 
 
 def test_linkstate_decodes_what_pyroute2_encodes():
-    """hw.linkstate (the bridge's own small rtnetlink decoder) against pyroute2's encoder: a CAN controller
+    """bridge.hw.linkstate (the bridge's own small rtnetlink decoder) against pyroute2's encoder: a CAN controller
     in BUS-OFF, a vcan without CAN data, and a deleted link, in one datagram; a truncated tail is dropped."""
     from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-    from hw import linkstate
+    from bridge.hw import linkstate
 
     def encoded(kind, index, flags, attrs):
         msg = ifinfmsg()

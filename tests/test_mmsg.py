@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from hw import mmsg
+from bridge.hw import mmsg
 
 pytestmark = pytest.mark.skipif(not mmsg.available, reason="libc without recvmmsg/sendmmsg")
 

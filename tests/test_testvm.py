@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hw.testvm import runner
+from bridge.hw.testvm import runner
 
 ROOT = Path(__file__).resolve().parents[1]
 CANVM = ROOT / "hw" / "testvm" / "canvm.sh"
@@ -22,12 +22,12 @@ boots_vm = pytest.mark.skipif(os.environ.get("CANBRIDGE_IN_TESTVM") == "1",
 
 
 def run_testvm(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hw.testvm", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "bridge.hw.testvm", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **env})
 
 
 PY_IN_VM = (  # the VM's own view: vcan works natively there; TemporaryFile (pytest's capture) works
-    "import tempfile; from hw.testvm import vcan_available as v; "
+    "import tempfile; from bridge.hw.testvm import vcan_available as v; "
     "f = tempfile.TemporaryFile(); f.write(b'abc'); f.truncate(1); "
     "print('native_vcan=%s tmp=%s' % (v(), tempfile.gettempdir()))"
 )

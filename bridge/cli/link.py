@@ -1,4 +1,4 @@
-"""`canbridge link ...`: list, show, set up, restart and create SocketCAN links (hw.links does the
+"""`canbridge link ...`: list, show, set up, restart and create SocketCAN links (bridge.hw.links does the
 netlink work; this module parses arguments, reads a bridge.toml for --from-config and prints)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import asdict
 
 from bridge.daemon import config as cfg
 from bridge.errors import ConfigError
-from hw.links import (
+from bridge.hw.links import (
     CAN_MTU,
     CANFD_MTU,
     LINK_KEYS,
@@ -31,7 +31,7 @@ from hw.links import (
 
 
 def settings_from_config(path: str) -> dict[str, Settings]:
-    """{interface name: link settings} of every [[interface]] in a bridge.toml (hw.links.LINK_KEYS plus
+    """{interface name: link settings} of every [[interface]] in a bridge.toml (bridge.hw.links.LINK_KEYS plus
     `fd`), in file order. Raises ConfigError for a bad file."""
     return {i.name: Settings(fd=i.fd, **i.link) for i in cfg.load_toml(path).interfaces}
 

@@ -37,7 +37,7 @@ URLs: tcp://HOST:PORT, tcp-listen://[ADDR]:PORT (ADDR defaults to 127.0.0.1), ud
 SUBCOMMANDS = {
     "demo": "bridge.tools.demo:main",
     "replay": "bridge.tools.replay:main",
-    "testvm": "hw.testvm.runner:main",
+    "testvm": "bridge.hw.testvm.runner:main",
     "capture": "bridge.tools.capture:main",
     "inspect": "bridge.tools.inspect:main",
     "dump": "bridge.tools.dump:main",

@@ -24,7 +24,7 @@ from bridge.protocols import base as proto
 from bridge.protocols import registry
 from bridge.errors import ConfigError
 from bridge.daemon.ops_config import OpsConfig, ops_from_table
-from hw.linksettings import LINK_KEYS, link_value
+from bridge.hw.linksettings import LINK_KEYS, link_value
 
 DEFAULT_MTU = 1472
 MAX_CLIENTS = 64  # default max_clients of a server peer (bridge.endpoints.tcp.TcpServer)

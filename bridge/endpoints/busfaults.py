@@ -23,7 +23,7 @@ from bridge.codec import canerr
 from bridge.codec import socketcan as sc
 from bridge.endpoints.linkwatch import ABSENT, UP, LinkEvent, LinkWatch
 from bridge.endpoints.socketcan import SocketCanEndpoint
-from hw.cansock import CAN_RAW_ERR_FILTER, CAN_RAW_FILTER, SOL_CAN_RAW, open_can_raw
+from bridge.hw.cansock import CAN_RAW_ERR_FILTER, CAN_RAW_FILTER, SOL_CAN_RAW, open_can_raw
 from bridge.core.reactor import Reactor
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.core.reactor import Reactor
-from hw import linkstate
-from hw.linkstate import RTMGRP_LINK
+from bridge.hw import linkstate
+from bridge.hw.linkstate import RTMGRP_LINK
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class LinkEvent:
 
 
 def event_of(link: linkstate.LinkState) -> LinkEvent:
-    """LinkEvent from a decoded RTM_NEWLINK/RTM_DELLINK message (hw.linkstate.LinkState)."""
+    """LinkEvent from a decoded RTM_NEWLINK/RTM_DELLINK message (bridge.hw.linkstate.LinkState)."""
     if link.deleted:
         return LinkEvent(link.name, 0, ABSENT)
     return LinkEvent(link.name, link.index, UP if link.up else DOWN, link.can_state)

@@ -26,7 +26,7 @@ import socket
 import struct
 
 from bridge.codec import pycan_multicast
-from hw.cansock import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
+from bridge.hw.cansock import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
 from bridge.endpoints.udp import RX_BATCH_MAX, SOCKET_BUFFER
 from bridge.errors import ProtocolError
 from bridge.core.reactor import Reactor

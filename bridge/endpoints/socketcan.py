@@ -21,8 +21,8 @@ from pathlib import Path
 from time import time_ns
 
 from bridge.codec import socketcan as sc
-from hw import mmsg
-from hw.cansock import (
+from bridge.hw import mmsg
+from bridge.hw.cansock import (
     CAN_RAW_ERR_FILTER,
     CAN_RAW_FILTER,
     CAN_RAW_JOIN_FILTERS,

@@ -26,7 +26,7 @@ from bridge.endpoints.ledger import WriteLedger, ledger_horizon
 from bridge.endpoints.liveness import DEFAULT_POLICY, PeerPolicy
 from bridge.endpoints.pending import PendingFrames
 from bridge.errors import ProtocolError
-from hw.cansock import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
+from bridge.hw.cansock import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
 from bridge.core.reactor import Reactor
 from bridge.core.stats import Counters
 from bridge.core.transport import StreamTransport

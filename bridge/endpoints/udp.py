@@ -26,7 +26,7 @@ import time
 
 from bridge.endpoints.liveness import DEFAULT_POLICY, PeerPolicy, PeerState, check_interval
 from bridge.errors import ProtocolError
-from hw.cansock import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
+from bridge.hw.cansock import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
 from bridge.core.reactor import Reactor
 from bridge.core.stats import Counters
 

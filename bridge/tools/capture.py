@@ -25,7 +25,7 @@ from pathlib import Path
 from bridge.codec import pcapng
 from bridge.errors import ConfigError
 from bridge.core.reactor import Reactor
-from hw import rawsock
+from bridge.hw import rawsock
 
 log = logging.getLogger("canbridge.capture")
 
@@ -54,7 +54,7 @@ examples:
 """
 
 LINKTYPES = {rawsock.CAN: pcapng.LINKTYPE_CAN_SOCKETCAN, rawsock.ETHERNET: pcapng.LINKTYPE_ETHERNET,
-             rawsock.RAW: pcapng.LINKTYPE_RAW}  # hw.rawsock.Source.kind -> pcapng link type
+             rawsock.RAW: pcapng.LINKTYPE_RAW}  # bridge.hw.rawsock.Source.kind -> pcapng link type
 
 
 class PcapngOutput:
@@ -105,7 +105,7 @@ class PcapngOutput:
         self._written += len(block)
 
     def packets(self, interface_id: int, records: list) -> None:
-        """Append EPBs for (data, ts_ns, orig_len, outgoing) records of one interface (hw.rawsock.Source);
+        """Append EPBs for (data, ts_ns, orig_len, outgoing) records of one interface (bridge.hw.rawsock.Source);
         CAN frames become LINKTYPE_CAN_SOCKETCAN records (big-endian can_id)."""
         epb, can = pcapng.enhanced_packet, self.sources[interface_id].kind == rawsock.CAN
         record = pcapng.can_record

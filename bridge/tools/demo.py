@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _in_can_kernel() -> bool:
-    from hw.testvm.runner import vcan_available
+    from bridge.hw.testvm.runner import vcan_available
 
     return os.geteuid() == 0 and vcan_available()
 
@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
         print(f"canbridge demo: --transport takes {', '.join(TRANSPORTS)}; got {args.transport!r}", file=sys.stderr)
         return 2
     if not _in_can_kernel():
-        from hw.testvm.runner import main as testvm
+        from bridge.hw.testvm.runner import main as testvm
 
         if os.environ.get("CANBRIDGE_IN_TESTVM") == "1":  # never boot a VM inside the VM
             print("canbridge demo: no vcan in the test VM (needs root and the vcan module)", file=sys.stderr)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from bridge.codec import socketcan as sc
 from bridge.endpoints.socketcan import set_rx_filter
-from hw.cansock import open_can_raw
+from bridge.hw.cansock import open_can_raw
 MSG_CONFIRM = 0x800  # set on the loopback copy of a frame this socket sent
 _TIMESPEC = struct.Struct("=qq")
 _ANC = socket.CMSG_SPACE(16)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bridge.codec import native
 from bridge.tools import probe
-from hw import netns
+from bridge.hw import netns
 
 GW_ADDR = "10.200.0.1"
 REMOTE_ADDR = "10.200.0.2"

@@ -1,7 +1,7 @@
-"""`python -m hw.testvm [OPTIONS] -- CMD ARGS...`: the same as `canbridge testvm ...`."""
+"""`python -m bridge.hw.testvm [OPTIONS] -- CMD ARGS...`: the same as `canbridge testvm ...`."""
 
 import sys
 
-from hw.testvm.runner import main
+from bridge.hw.testvm.runner import main
 
 sys.exit(main(sys.argv[1:]))

@@ -122,7 +122,7 @@ def ensure_native_vcans(count: int) -> str | None:
 
 
 def canvm_script() -> Path:
-    ref = resources.files("hw.testvm") / "canvm.sh"
+    ref = resources.files("bridge.hw.testvm") / "canvm.sh"
     return ref if isinstance(ref, Path) else Path(__file__).with_name("canvm.sh")
 
 

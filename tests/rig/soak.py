@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from bridge.tools import probe
 from bridge.tools.rig import GW_ADDR, TCP_PORT, UDP_PORT, Rig
-from hw import netns
+from bridge.hw import netns
 
 FAULTS = ("kill", "link", "blackhole", "slow", "scan")
 READY_LINE = "bus vcan0: channel"  # a bridge's first line once its bus is open (bridge/daemon/app.py)

@@ -15,7 +15,7 @@ from bridge.codec.candump import read_log
 from bridge.tools import probe
 from bridge.tools.demo import DEFAULT_TRACE
 from bridge.tools.rig import GW_ADDR, REMOTE_ADDR, TCP_PORT, UDP_PORT, Rig
-from hw import netns
+from bridge.hw import netns
 
 pytestmark = pytest.mark.vcan
 

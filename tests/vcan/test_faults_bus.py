@@ -16,8 +16,8 @@ from bridge.codec import canerr
 from bridge.codec import socketcan as sc
 from bridge.tools import probe
 from bridge.tools.rig import GW_ADDR, TCP_PORT, Rig
-from hw import netns
-from hw.cansock import CAN_RAW_ERR_FILTER, CAN_RAW_FILTER, SOL_CAN_RAW
+from bridge.hw import netns
+from bridge.hw.cansock import CAN_RAW_ERR_FILTER, CAN_RAW_FILTER, SOL_CAN_RAW
 
 pytestmark = pytest.mark.vcan
 

@@ -16,7 +16,7 @@ from bridge.codec import socketcan as sc
 from bridge.endpoints.pending import PENDING_MAX_BYTES, PENDING_MAX_FRAMES
 from bridge.tools import probe
 from bridge.tools.rig import GW_ADDR, REMOTE_ADDR, TCP_PORT, UDP_PORT, Rig
-from hw import netns
+from bridge.hw import netns
 from tests.vcan.test_e2e import counters_at_exit, steady
 
 pytestmark = pytest.mark.vcan

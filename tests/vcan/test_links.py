@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge.cli import link as link_cli
-from hw import links
+from bridge.hw import links
 
 pytestmark = pytest.mark.vcan
 RULES = Path(__file__).resolve().parents[2] / "udev" / "80-canbridge.rules"

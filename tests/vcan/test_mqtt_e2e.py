@@ -11,7 +11,7 @@ import pytest
 from bridge.codec.candump import read_log
 from bridge.tools.demo import DEFAULT_TRACE
 from bridge.tools.rig import GW_ADDR, Rig
-from hw import netns
+from bridge.hw import netns
 from tests.mqtt_broker import MOSQUITTO, Broker, free_port
 from tests.vcan.test_e2e import fd_zoo
 

@@ -15,7 +15,7 @@ import can
 import pytest
 
 from bridge.frame import CanFrame
-from hw import netns as hwns
+from bridge.hw import netns as hwns
 from tests.vcan.test_e2e import counters_at_exit
 
 pytestmark = pytest.mark.vcan

@@ -18,7 +18,7 @@ from bridge.codec import native, sealed
 from bridge.codec import socketcan as sc
 from bridge.tools import probe
 from bridge.tools.rig import GW_ADDR, REMOTE_ADDR, TCP_PORT, UDP_PORT, Rig
-from hw import netns
+from bridge.hw import netns
 from tests.pki import make_pki
 from tests.vcan.test_e2e import counters_at_exit, steady
 

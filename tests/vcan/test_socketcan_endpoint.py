@@ -12,7 +12,7 @@ from bridge.codec.filters import parse_filters
 from bridge.core.reactor import Reactor
 from bridge.endpoints.socketcan import SocketCanEndpoint
 from bridge.frame import CanFrame
-from hw.cansock import SO_RCVBUFFORCE
+from bridge.hw.cansock import SO_RCVBUFFORCE
 
 pytestmark = pytest.mark.vcan
 
