@@ -28,3 +28,15 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def drain(decoder) -> list:
+    """A stream decoder's events up to NEED_DATA or CLOSED (that sentinel included), bridge.codec.base."""
+    from bridge.codec.base import CLOSED, NEED_DATA
+
+    out = []
+    while True:
+        event = decoder.next_event()
+        out.append(event)
+        if event is NEED_DATA or event is CLOSED:
+            return out

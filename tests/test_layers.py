@@ -96,3 +96,13 @@ def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
     real = Path.read_text
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: text if self == fake else real(self, *a, **k))
     assert any("bridge.codec.native (bridge.codec) imports bridge.core.reactor" in v for v in violations())
+
+
+def test_codecs_are_pure():
+    """Sans-IO (docs/architecture.md): no codec imports sockets, selectors, clocks, logging or asyncio."""
+    io = {"socket", "select", "selectors", "time", "logging", "asyncio"}
+    impure = []
+    for path in sorted((ROOT / "bridge" / "codec").glob("*.py")):
+        names = {target.split(".")[0] for _line, target in imports_of(path, module_name(path))}
+        impure += [f"{path.name}: {name}" for name in sorted(names & io)]
+    assert impure == []

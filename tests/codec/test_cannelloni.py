@@ -4,10 +4,8 @@ sizing and seq wrap, SeqCounter accounting."""
 
 from __future__ import annotations
 
-import ast
 import struct
 from itertools import pairwise
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,6 +27,7 @@ from bridge.codec.cannelloni import (
     encode_frames,
 )
 from bridge.errors import ProtocolError
+from tests.helpers import drain
 from tests.codec.strategies import any_frames, timed_frames
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -68,16 +67,6 @@ def normalized(raw: bytes) -> bytes:
     if len(raw) == 16:
         return raw_can(can_id, n, b"" if can_id & sc.CAN_RTR_FLAG else raw[8 : 8 + n])
     return raw_fd(can_id, raw[8 : 8 + n], (b5 & 3) | sc.CANFD_FDF)
-
-
-def drain(dec: StreamDecoder) -> list:
-    """All events up to NEED_DATA / CLOSED (the final sentinel included)."""
-    out = []
-    while True:
-        ev = dec.next_event()
-        out.append(ev)
-        if ev is NEED_DATA or ev is CLOSED:
-            return out
 
 
 def decode_stream(data: bytes, cuts=None, eof: bool = True) -> list:
@@ -137,17 +126,6 @@ def test_constants():
     assert issubclass(CannelloniProtocolError, ProtocolError)
     assert repr(NEED_DATA) == "NEED_DATA" and repr(CLOSED) == "CLOSED"
     assert Banner() == Banner()
-
-
-def test_codec_module_imports_no_io():
-    tree = ast.parse(Path(cn.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert not imported & {"socket", "select", "selectors", "time", "logging", "asyncio"}
 
 
 def test_golden_classic_datagram():

@@ -4,11 +4,9 @@ subscriptions with injected times, CONTROL statistics, framing limits, hypothesi
 
 from __future__ import annotations
 
-import ast
 import socket
 import threading
 import time
-from pathlib import Path
 
 import can
 import pytest
@@ -87,17 +85,6 @@ def session(mode: Mode = Mode.RAW, **kw) -> ServerSession:
 
 
 # ---------------------------------------------------------------------------------------- module
-
-
-def test_codec_is_pure():
-    tree = ast.parse(Path(scd.__file__).read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
-    assert not imported & {"socket", "select", "selectors", "time", "logging", "asyncio"}
 
 
 def test_error_type():
