@@ -3,7 +3,10 @@
     bus = can.Bus(interface="canbridge", channel="tcp://gateway:29600/can0")
     bus = can.Bus(interface="canbridge", channel="tcp://gateway:29600/can0",
                   tls_ca="ca.pem", tls_cert="me.pem", tls_key="me.key")      # a gateway with mutual TLS
+    bus = can.Bus(interface="canbridge", channel="mqtt://broker/fleet/truck17/can0")  # through a broker
     python -m can.logger -i canbridge -c tcp://gateway:29600/can0 -f trace.blf
+
+An mqtt:// or mqtts:// channel goes through a fleet's MQTT broker instead: bridge/tools/pycan_mqtt.py.
 
 The bridge must listen with `tcp-listen://`. The plugin speaks the native protocol (docs/protocol.md)
 through bridge.tools.remote: it reads the bridge's HELLO, finds the named interface in its channel list
@@ -83,6 +86,14 @@ class CanBridgeBus(can.BusABC):
     fd: use CAN FD when the bridge offers it. tls_ca/tls_cert/tls_key/tls_server_name: TLS as a
     `tcp://` peer (any of them turns TLS on; bridge/security/tls.py). Raises can.CanInitializationError
     when the bridge is unreachable, refuses the TLS handshake, or has no such interface."""
+
+    def __new__(cls, channel=None, *args, **kwargs):
+        """channel mqtt:// or mqtts://: a fleet's broker instead of a bridge (bridge/tools/pycan_mqtt.py)."""
+        if cls is CanBridgeBus and isinstance(channel, str) and channel.startswith(("mqtt://", "mqtts://")):
+            from bridge.tools.pycan_mqtt import MqttBus  # paho-mqtt only when asked for (canbridge[mqtt])
+
+            return MqttBus(channel, *args, **kwargs)  # not a CanBridgeBus: its __init__ does not run again
+        return super().__new__(cls)
 
     def __init__(self, channel: str, can_filters=None, fd: bool = True, tls_ca: str | None = None,
                  tls_cert: str | None = None, tls_key: str | None = None, tls_server_name: str | None = None,

@@ -3,6 +3,7 @@
     canbridge dump [-t a|d|z|A] [-H] [-L] [-l] [-f FILE] [-s 0|1|2] [-n COUNT] [-r SIZE] [-D] [-e] [-a] [-x]
                    [-T MSECS] SOURCE...
     SOURCE: IFACE[,FILTERS] (`any` = every CAN interface) or tcp://HOST[:PORT][/IFACE][?TLS][,FILTERS]
+            or mqtt[s]://[USER@]BROKER[:PORT]/PREFIX/GATEWAY/IFACE[?OPTIONS][,FILTERS] (+ wildcards; docs/mqtt.md)
 
 Output is byte-identical to can-utils candump (2023.03, checked in the test VM): the screen
 format, `-t` timestamps, `-L` log lines (readable by canplayer, python-can and
@@ -13,7 +14,8 @@ modes, `-H` hardware timestamps, `-r` receive buffer, `-D`, `-e` error-frame tex
 Local interfaces are read from CAN_RAW sockets whose filters are applied in the kernel; timestamps
 are kernel RX times (SO_TIMESTAMPNS). A remote source is a canbridge serving `tcp-listen://`
 (bridge/tools/remote.py): frames arrive in the native protocol with the gateway's kernel RX
-timestamps, and the filters are applied here.
+timestamps, and the filters are applied here. An MQTT source (bridge/tools/mqtt_source.py) reads a
+fleet's `rx` topics on a broker; its frames are named GATEWAY/IFACE and carry the gateway's timestamps.
 
 Kernel drops (SO_RXQ_OVFL: our receive queue was full) are always reported, in candump -d's
 words, before the frame that revealed them: on stdout in the screen format as candump does, on
@@ -213,8 +215,18 @@ def open_sources(specs: list[str], prog: str, **local) -> tuple[list, int]:
     return [], status
 
 
+MQTT_SCHEMES = ("mqtt://", "mqtts://")  # a fleet's broker: bridge/tools/mqtt_source.py
+
+
 def open_source(spec: str, **local):
-    """IFACE[,FILTERS] -> LocalSource(spec, **local); tcp://... -> RemoteSource."""
+    """IFACE[,FILTERS] -> LocalSource(spec, **local); tcp://... -> RemoteSource; mqtt[s]://... -> MqttSource."""
+    if spec.startswith(MQTT_SCHEMES):
+        try:  # paho-mqtt is the optional extra canbridge[mqtt]: imported only for an mqtt:// source
+            from bridge.tools.mqtt_source import MqttSource
+        except ImportError as exc:
+            raise ConfigError(f"{spec}: MQTT sources need paho-mqtt 2.x: pip install 'canbridge[mqtt]' "
+                              f"({exc})") from None
+        return MqttSource(spec)
     return RemoteSource(spec) if "://" in spec else LocalSource(spec, **local)
 
 
@@ -303,11 +315,13 @@ def _parser() -> argparse.ArgumentParser:
                "  canbridge dump -l vcan0              # candump-2026-12-03_091500.log, nothing on stdout\n"
                "  canbridge dump -f trace.blf vcan0    # any python-can format: .log .asc .blf .csv .db .mf4 .trc\n"
                "  canbridge dump tcp://gateway:29600/can0,100:700\n"
+               "  canbridge dump -L mqtt://broker/fleet/+/can0  # can0 of every gateway, named GATEWAY/can0\n"
                "filters (candump): ID:MASK, ID~MASK (inverse), #ERRMASK (error frames), j (join)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="IFACE[,FILTERS] (any = all CAN interfaces) or tcp://HOST[:PORT][/IFACE][?TLS][,FILTERS]")
+                   help="IFACE[,FILTERS] (any = all CAN interfaces), tcp://HOST[:PORT][/IFACE][?TLS][,FILTERS] "
+                        "or mqtt[s]://BROKER[:PORT]/PREFIX/GATEWAY/IFACE[,FILTERS]")
     p.add_argument("-t", dest="timestamps", choices="adzA",
                    help="timestamp: (a)bsolute / (d)elta / (z)ero / (A)bsolute with date")
     p.add_argument("-H", dest="hw_timestamps", action="store_true",

@@ -125,7 +125,9 @@ class MqttSource:
         return self.client.socket().fileno()
 
     def waiting(self) -> bool:
-        return bool(self._backlog)
+        """Frames decoded and not yet read, or TLS holds decrypted bytes (poll() does not signal them)."""
+        sock = self.client.socket()
+        return bool(self._backlog) or bool(getattr(sock, "pending", None) and sock.pending())
 
     def read(self) -> list:
         if not self._backlog:

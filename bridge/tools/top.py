@@ -1,7 +1,8 @@
 """`canbridge top`: a live table of the CAN IDs on a bus, like can-utils cansniffer.
 
     canbridge top SOURCE... [--once] [--duration S] [--window S]
-    SOURCE: IFACE[,FILTERS] or tcp://HOST[:PORT][/IFACE][,FILTERS], as for `canbridge dump`
+    SOURCE: IFACE[,FILTERS], tcp://HOST[:PORT][/IFACE][,FILTERS] or mqtt[s]://BROKER/PREFIX/GATEWAY/IFACE,
+            as for `canbridge dump` (an MQTT source's rows are named GATEWAY/IFACE)
 
 One row per (interface, CAN ID), sorted by interface then ID: count, rate (frames/s in the last
 `--window` seconds), period mean and jitter of the inter-arrival times, len, and the last data
@@ -177,7 +178,8 @@ def _on_signal(_signum, _frame) -> None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="canbridge top", description="Live per-CAN-ID table (like cansniffer).")
     p.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="IFACE[,FILTERS] (any = all CAN interfaces) or tcp://HOST[:PORT][/IFACE][,FILTERS]")
+                   help="IFACE[,FILTERS] (any = all CAN interfaces), tcp://HOST[:PORT][/IFACE][,FILTERS] "
+                        "or mqtt[s]://BROKER[:PORT]/PREFIX/GATEWAY/IFACE[,FILTERS]")
     p.add_argument("--once", action="store_true", help="collect for --duration seconds (default 1), print one table")
     p.add_argument("--duration", type=float, help="stop after S seconds")
     p.add_argument("--window", type=float, default=RATE_WINDOW_S, help="rate window in seconds (default 2)")
