@@ -1,4 +1,4 @@
-"""`canbridge demo`: the Durango recording through two bridges, over TCP and over UDP.
+"""`canbridge demo`: the Durango recording through two bridges, over TCP and over UDP (or Mosquitto: mqtt).
 
 Inside a kernel with vcan (the test VM is started automatically when this one has none):
 namespaces "gateway" and "remote" joined by veth, a vcan0 in each, a canbridge on each side;
@@ -24,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", default=str(DEFAULT_TRACE), help="candump log to replay (default: Durango trace)")
     p.add_argument("--speed", type=float, default=1.0, help="replay speed factor (default 1 = recorded timing)")
     p.add_argument("--transport", default="tcp,udp",
-                   help="comma list of tcp, udp, cannelloni+tcp, cannelloni+udp (default tcp,udp)")
+                   help="comma list of tcp, udp, cannelloni+tcp, cannelloni+udp, mqtt (gateway -> Mosquitto -> "
+                        "remote bridge; default tcp,udp)")
     p.add_argument("--limit", type=int, default=0, help="replay only the first N frames")
     p.add_argument("--capture", metavar="DIR",
                    help="also capture both buses and the veth link into DIR/TRANSPORT.pcapng and run "
@@ -48,6 +49,9 @@ def main(argv: list[str]) -> int:
 
     if any(t not in TRANSPORTS for t in transports):
         print(f"canbridge demo: --transport takes {', '.join(TRANSPORTS)}; got {args.transport!r}", file=sys.stderr)
+        return 2
+    if args.capture and "mqtt" in transports:  # inspect dissects our protocols on the link, not MQTT
+        print("canbridge demo: --capture is not available with --transport mqtt", file=sys.stderr)
         return 2
     if not _in_can_kernel():
         from bridge.hw.testvm.runner import main as testvm

@@ -25,9 +25,11 @@ GW_ADDR = "10.200.0.1"
 REMOTE_ADDR = "10.200.0.2"
 TCP_PORT = native.DEFAULT_PORT
 UDP_PORT = 29601
+MQTT_PORT = 1883  # Mosquitto in the gateway's namespace (bridge/tools/rigbroker.py)
+MQTT_PREFIX = "demo"
 
 
-TRANSPORTS = ("tcp", "udp", "cannelloni+tcp", "cannelloni+udp")
+TRANSPORTS = ("tcp", "udp", "cannelloni+tcp", "cannelloni+udp", "mqtt")
 
 
 def bridge_args(transport: str, side: str) -> list[str]:
@@ -35,6 +37,9 @@ def bridge_args(transport: str, side: str) -> list[str]:
     gateway listens, the remote connects."""
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    if transport == "mqtt":  # gateway -> broker -> remote (source=gateway/vcan0 mirrors it onto its vcan0)
+        peer = f"mqtt://{GW_ADDR}:{MQTT_PORT}/{MQTT_PREFIX}?gateway={side}"
+        return ["vcan0", peer if side == "gateway" else f"{peer}&source=gateway/vcan0&read_only=0"]
     protocol, plus, kind = transport.rpartition("+")  # "cannelloni", "+", "tcp" or "", "", "udp"
     if kind == "tcp":
         scheme = f"{protocol}{plus}tcp-listen" if side == "gateway" else transport
@@ -55,6 +60,7 @@ class Rig:
         self.netem = netem  # e.g. "delay 5ms loss 1%": applied on the gateway's veth
         self.logdir = Path(tempfile.mkdtemp(prefix="canbridge-rig-"))
         self.procs: list[subprocess.Popen] = []
+        self.broker = None  # RigBroker of transport mqtt
 
     def __enter__(self) -> Rig:
         for ns in (self.gw, self.remote):
@@ -95,11 +101,17 @@ class Rig:
         return proc
 
     def start_pair(self, transport: str) -> None:
+        if transport == "mqtt" and self.broker is None:
+            from bridge.tools.rigbroker import RigBroker
+
+            self.broker = RigBroker(self.logdir, GW_ADDR, MQTT_PORT)
+            self.broker.start(wrap=lambda argv: netns.exec_argv(self.gw, argv))
         self.start_bridge("gateway", bridge_args(transport, "gateway"))
         self.start_bridge("remote", bridge_args(transport, "remote"))
 
     def stop_bridges(self, timeout: float = 20.0) -> list[int | None]:
-        """SIGTERM every bridge; returns their exit codes (None if it had to be killed)."""
+        """SIGTERM every bridge (then the broker of transport mqtt); returns the bridges' exit codes (None if
+        one had to be killed)."""
         codes = []
         for proc in self.procs:
             if proc.poll() is None:
@@ -112,6 +124,9 @@ class Rig:
                 proc.wait()
                 codes.append(None)
         self.procs.clear()
+        if self.broker is not None:  # after the bridges: they publish their offline status on the way out
+            self.broker.stop()
+            self.broker = None
         return codes
 
     def log_text(self, side: str) -> str:
@@ -194,4 +209,4 @@ class Rig:
                 "--dest", f"vcan0@{self.remote}", "--wire", f"veth0@{self.gw}"]
 
     def all_logs(self) -> str:
-        return "\n".join(f"--- {s} ---\n{self.log_text(s)[-3000:]}" for s in ("gateway", "remote"))
+        return "\n".join(f"--- {s} ---\n{self.log_text(s)[-3000:]}" for s in ("gateway", "remote", "mosquitto"))
