@@ -3,6 +3,9 @@
 paho-mqtt 2.x (callback API 2) does the MQTT protocol; our reactor does its I/O (no paho thread):
 the client's socket is registered with add_reader / add_writer (on_socket_open/close/register_write/
 unregister_write), loop_read() on readable, loop_write() on writable, loop_misc() once a second.
+The TCP connect and the TLS handshake are ours too, non-blocking in the reactor (bridge.security.tls
+Handshake); paho gets the connected socket (_Client) and sends its CONNECT over it, so a broker that does not
+answer never stalls the loop. Only resolving a host name (getaddrinfo) blocks, as for TCP peers.
 
 Topic tree (docs/mqtt.md), PREFIX from the URL path, GATEWAY from `gateway=` (default: host name):
     PREFIX/GATEWAY/IFACE/rx        frames read from bus IFACE, one message per interface per loop pass
@@ -23,9 +26,11 @@ one the broker acknowledged while it was subscribed). With qos=0 tx_frames count
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import os
 import socket
 import time
 from collections import deque
@@ -40,6 +45,7 @@ from bridge.core.reactor import Reactor
 from bridge.core.stats import Counters
 from bridge.codec import native
 from bridge.endpoints.tcp import backoff_delay
+from bridge.security.tls import Handshake, Tls, describe
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +60,25 @@ PAHO_MAX_INFLIGHT = 64  # qos 1 PUBLISH packets on the wire without PUBACK (paho
 MAX_PACKET_BYTES = 1 << 20  # CONNECT Maximum Packet Size: the broker sends nothing bigger (paho buffers a packet whole)
 READ_PACKETS_PER_PASS = 256  # MQTT packets read per readable event: bounded, so our buses get their turn
 MISC_INTERVAL_S = 1.0  # loop_misc (keepalive PINGREQ, timeouts) and the stale sweep of our queue
-CONNECT_TIMEOUT_S = 3.0  # paho's blocking TCP connect (+ TLS handshake) may stall the loop at most this long
+CONNECT_TIMEOUT_S = 3.0  # a TCP connect (non-blocking) not established by then fails (the next address, then
+#                          a retry with backoff); a SYN into a dead link is retried by the kernel for minutes
 DEFAULT_KEEPALIVE_S = 30
 DEFAULT_SESSION_EXPIRY_S = 3600  # the broker keeps our subscriptions and queued tx commands this long
+
+
+class _Client(paho.Client):
+    """paho's Client over a socket we connected (and secured) without blocking: reconnect() takes
+    `ready_socket` instead of opening its own with a blocking create_connection and TLS handshake.
+    _create_socket is paho 2.x's internal hook (paho is pinned <3): if a paho release stops calling it, every
+    connection test fails (tests/test_mqtt.py; tests/test_mqtt_connect.py checks the loop never stalls)."""
+
+    ready_socket = None
+
+    def _create_socket(self):
+        sock, self.ready_socket = self.ready_socket, None
+        if sock is None:
+            raise OSError(errno.ENOTCONN, "canbridge: no connected socket for paho")
+        return sock
 
 
 class FrameStore:
@@ -170,11 +192,14 @@ class MqttPeer:
         self._started = time.time()
         self._fd_capable, self._version = fd, version
 
-        self.client = c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                      protocol=paho.MQTTv5, reconnect_on_failure=False)
+        self._host, self._port = host, port
+        self._tls = None if tls is None else Tls(tls, server_side=False, server_hostname=host)
+        self._pending = None  # (socket, remaining addresses, timeout timer) of a TCP connect in progress
+        self._handshake = None  # a TLS handshake in progress
+        self.client = c = _Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=paho.MQTTv5, reconnect_on_failure=False)
         c.max_queued_messages_set(PAHO_QUEUE_LIMIT)
         c.max_inflight_messages_set(PAHO_MAX_INFLIGHT)
-        c.connect_timeout = CONNECT_TIMEOUT_S
         if username is not None:
             c.username_pw_set(username, password)
         if tls is not None:
@@ -236,13 +261,71 @@ class MqttPeer:
 
     # ---------------------------------------------------------------------------- connection state
     def _connect(self) -> None:
+        """Start a non-blocking TCP connect to the broker's first address (then TLS, then paho's CONNECT)."""
         self._retry = None
         if self._closing:
             return
         try:
-            self.client.reconnect()  # blocking TCP connect, at most CONNECT_TIMEOUT_S; CONNECT queued
-        except (OSError, ValueError) as exc:  # refused, unreachable, TLS failure, timeout
+            infos = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+        except OSError as exc:
             self._failed("connect_failed", f"cannot connect: {exc}")
+            return
+        self._try_address([(info[0], info[4]) for info in infos], None)
+
+    def _try_address(self, addresses: list, last_error: Exception | None) -> None:
+        """Connect to addresses[0] (family, sockaddr); on failure the next; all failed: connect_failed."""
+        while addresses:
+            family, sockaddr = addresses.pop(0)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            err = sock.connect_ex(sockaddr)
+            if err in (0, errno.EINPROGRESS):
+                timer = self.reactor.call_later(CONNECT_TIMEOUT_S, self._connect_timed_out)
+                self._pending = (sock, addresses, timer)
+                self.reactor.add_writer(sock.fileno(), self._on_tcp_connected)
+                return
+            sock.close()
+            last_error = OSError(err, os.strerror(err))
+        self._failed("connect_failed", f"cannot connect: {last_error}")
+
+    def _drop_pending(self):
+        """-> (socket, remaining addresses) of the connect in progress, no longer watched or timed."""
+        sock, addresses, timer = self._pending
+        self._pending = None
+        timer.cancel()
+        self.reactor.forget(sock.fileno())
+        return sock, addresses
+
+    def _connect_timed_out(self) -> None:
+        sock, addresses = self._drop_pending()
+        sock.close()
+        self._try_address(addresses, TimeoutError(f"no answer from the broker in {CONNECT_TIMEOUT_S:g} s"))
+
+    def _on_tcp_connected(self) -> None:
+        sock, addresses = self._drop_pending()
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            sock.close()
+            self._try_address(addresses, OSError(err, os.strerror(err)))
+            return
+        if self._tls is None:
+            self._start_mqtt(sock)
+            return
+        self._handshake = Handshake(self.reactor, sock, self._tls, self.name, self._start_mqtt,
+                                    self._on_tls_failed, quiet=True)
+
+    def _on_tls_failed(self, reason: str) -> None:
+        self._handshake = None
+        self._failed("connect_failed", f"cannot connect: TLS handshake failed: {reason}")
+
+    def _start_mqtt(self, sock) -> None:
+        """The socket is connected (and secured): paho takes it and queues its CONNECT."""
+        self._handshake = None
+        self.client.ready_socket = sock
+        try:
+            self.client.reconnect()
+        except (OSError, ValueError) as exc:
+            self._failed("connect_failed", f"cannot connect: {describe(exc)}")
 
     def _failed(self, slug: str, message: str) -> None:
         self.counters.errors[slug] += 1
@@ -457,6 +540,11 @@ class MqttPeer:
         self._misc.cancel()
         if self._retry is not None:
             self._retry.cancel()
+        if self._pending is not None:
+            self._drop_pending()[0].close()
+        if self._handshake is not None:
+            self._handshake.cancel()
+            self._handshake = None
         self.router.remove_peer(self)
         if self._connected:
             self.client.publish(self.status_topic, self._status("offline"), qos=0, retain=True,
