@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -216,3 +217,23 @@ def test_python_can_plugin_unreachable_broker_is_an_initialization_error():
         can.Bus(interface="canbridge", channel=f"mqtt://127.0.0.1:{free_port()}/fleet/gw1/can0")
     with pytest.raises(can.CanInitializationError, match="expected mqtt://BROKER/PREFIX/GATEWAY/IFACE"):
         can.Bus(interface="canbridge", channel="mqtt://127.0.0.1/fleet")
+
+
+def test_an_idle_dump_source_keeps_its_connection(mosquitto, publisher):
+    """dump/top sleep in poll() while a fleet is quiet, so the source asks for no MQTT keepalive (nothing would
+    send its PINGREQs: the broker dropped an idle dump after 1.5 x keepalive) and the kernel's TCP keepalive
+    watches the link instead."""
+    from bridge.tools import mqtt_source as ms
+
+    src = ms.MqttSource(f"mqtt://127.0.0.1:{mosquitto.port}/fleet/+/can0")
+    try:
+        assert ms.KEEPALIVE_S == 0
+        sock = src.client.socket()
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == ms.TCP_KEEPIDLE_S
+        assert not select.select([sock], [], [], 3.0)[0]  # idle: the broker says nothing, closes nothing
+        publish(publisher, "fleet/gw1/can0/rx", [(sc.pack_can(0x123, b"\x01"), T0)])
+        assert select.select([sock], [], [], 5.0)[0]
+        assert [(rx.iface, rx.raw) for rx in src.read()] == [("gw1/can0", sc.pack_can(0x123, b"\x01"))]
+    finally:
+        src.close()

@@ -15,6 +15,7 @@ A malformed message is skipped and counted in `bad_messages` (a fleet must not s
 
 from __future__ import annotations
 
+import socket
 import ssl
 import time
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -26,7 +27,10 @@ from bridge.errors import ConfigError
 from bridge.tools.dump import Rx, SourceClosed, parse_filters
 
 CONNECT_TIMEOUT_S = 5.0  # CONNACK and SUBACK must come within this
-KEEPALIVE_S = 60  # read() runs loop_misc, which sends PINGREQ; a dump with no traffic still reads pings back
+KEEPALIVE_S = 0  # no MQTT keepalive: dump and top sleep in poll() until a frame comes, so nothing would send
+#                 the PINGREQs and the broker would drop an idle dump after 1.5 x keepalive. TCP keepalive instead:
+TCP_KEEPIDLE_S, TCP_KEEPINTVL_S, TCP_KEEPCNT = 30, 10, 3  # the kernel probes an idle link after 30 s: a dead
+#                 broker or link ends the dump (SourceClosed) within about 60 s
 MAX_BACKLOG = 65536  # frames decoded but not yet returned by read() (one read returns them all)
 
 
@@ -55,6 +59,13 @@ def parse_url(url: str) -> dict:
     return {"scheme": parts.scheme, "host": parts.hostname or "127.0.0.1", "port": port,
             "user": unquote(parts.username) if parts.username else None, "prefix": "/".join(levels[:-2]),
             "gateway": levels[-2], "iface": levels[-1], "options": opts}
+
+
+def _tcp_keepalive(sock) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, TCP_KEEPIDLE_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, TCP_KEEPINTVL_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, TCP_KEEPCNT)
 
 
 class MqttSource:
@@ -91,6 +102,7 @@ class MqttSource:
         c.on_message = self._on_message
         c.on_disconnect = lambda _c, _u, _f, rc, _p: setattr(self, "_lost", str(rc))
         c.connect(u["host"], u["port"], KEEPALIVE_S)  # OSError when unreachable
+        _tcp_keepalive(c.socket())
         self._wait(lambda: "connack" in state)
         if state["connack"].is_failure:
             c.socket() and c.socket().close()
@@ -101,6 +113,7 @@ class MqttSource:
             raise ConfigError(f"{url}: the broker refused the subscription to {topic}: {state['suback'][0]}")
 
     def _wait(self, cond) -> None:
+        """Run paho until cond() (CONNACK, SUBACK); OSError after CONNECT_TIMEOUT_S or a lost connection."""
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         while not cond():
             if time.monotonic() > deadline:
