@@ -26,7 +26,7 @@ from bridge.core import transport as tr
 from bridge.core.reactor import Reactor
 from bridge.core.router import Router
 from bridge.endpoints import ledger, socketcand_server
-from bridge.endpoints.liveness import PeerPolicy
+from bridge.endpoints.liveness import PeerLimits
 from bridge.endpoints.socketcand_server import SocketcandPeer
 from bridge.hw.cansock import SO_SNDBUFFORCE, set_buffer
 from tests import test_deadpeer
@@ -34,7 +34,7 @@ from tests.test_deadpeer import RawClient, _server, counter_of, fd_batch, run_un
 from tests.test_transport import Proto
 
 N_WRITES = 3000  # one FD frame (84 B) each, ~250 kB: past the kernel queues, below WRITE_HIGH_WATER
-POLICY = PeerPolicy(sndbuf=65536)  # a small kernel queue, so that our userspace buffer fills too
+POLICY = PeerLimits(sndbuf=65536)  # a small kernel queue, so that our userspace buffer fills too
 
 
 def _ioctl(sock, op):
@@ -220,7 +220,7 @@ def _pulled_cable():
     """Runs inside a fresh network namespace (below): the cable is lo. Prints the outcome as JSON."""
     # a client that announces no heartbeats: only TCP_USER_TIMEOUT (1 s for timeout=2) can close it
     test_deadpeer.HELLO = dataclasses.replace(test_deadpeer.HELLO, heartbeat_ms=0)
-    reactor, peer, client = _connect(PeerPolicy(sndbuf=65536, timeout=2))
+    reactor, peer, client = _connect(PeerLimits(sndbuf=65536, timeout=2))
     _send(peer)
     read = _read(client, limit=20_000)
     _wait_acked(peer, client, read)

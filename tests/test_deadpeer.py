@@ -11,7 +11,7 @@ from bridge.core.reactor import Reactor
 from bridge.core.router import Router
 from bridge.core.transport import WRITE_BUFFER_MAX
 from bridge.endpoints import pending
-from bridge.endpoints.liveness import PeerPolicy
+from bridge.endpoints.liveness import PeerLimits
 from bridge.endpoints.tcp import TcpClient, TcpServer, stream_peers
 from bridge.endpoints.udp import UdpPeer
 from bridge.protocols import native as wire
@@ -61,7 +61,7 @@ def _server(reactor, router, policy):
 def _stalled_and_healthy(overflow):
     reactor = Reactor()
     router = Router(reactor)
-    server = _server(reactor, router, PeerPolicy(overflow=overflow, sndbuf=4096, max_age=0))
+    server = _server(reactor, router, PeerLimits(overflow=overflow, sndbuf=4096, max_age=0))
     port = server.address[1]
     stalled = RawClient(port, rcvbuf=4096)  # greets, never reads
     healthy = RawClient(port)
@@ -102,7 +102,7 @@ def test_overflow_disconnect_closes_only_the_slow_consumer():
 def test_silent_peer_is_closed_within_the_timeout():
     reactor = Reactor()
     router = Router(reactor)
-    server = _server(reactor, router, PeerPolicy(timeout=2))
+    server = _server(reactor, router, PeerLimits(timeout=2))
     client = RawClient(server.address[1])  # greets, then sends nothing (no heartbeats)
     assert run_until(reactor, lambda: len(server.clients) == 1)
     t0 = time.monotonic()
@@ -119,7 +119,7 @@ def test_client_backlog_drops_stale_frames_and_sends_fresh_ones_after_reconnect(
     listener.bind(("127.0.0.1", 0))  # bound, not listening yet: connects are refused (an outage)
     port = listener.getsockname()[1]
     client = TcpClient(reactor, router, ("127.0.0.1", port), lambda: wire.NativeStream(HELLO),
-                       policy=PeerPolicy(max_age=0.3))
+                       policy=PeerLimits(max_age=0.3))
     router.from_bus(None, 0, fd_batch(0, 100))  # queued while disconnected...
     reactor.run_once(0)
     assert client.counters.gauges["queued_frames"] == 100
@@ -155,7 +155,7 @@ def test_udp_peer_goes_down_and_up_and_drops_while_down():
 
     def peer(me, other):
         return UdpPeer(reactor, router, ("127.0.0.1", other), ("127.0.0.1", me), wire.NativeDatagram(HELLO, 1472),
-                       policy=PeerPolicy(timeout=2))
+                       policy=PeerLimits(timeout=2))
 
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.bind(("127.0.0.1", 0))
@@ -188,7 +188,7 @@ def test_unread_input_is_not_silence():
     # TCP: a greeted client that says nothing for `limit`, then one HEARTBEAT we have not read yet
     reactor = Reactor()
     router = Router(reactor)
-    server = _server(reactor, router, PeerPolicy(timeout=2))
+    server = _server(reactor, router, PeerLimits(timeout=2))
     client = RawClient(server.address[1])
     assert run_until(reactor, lambda: server.clients and server.clients[0].identified)
     peer = server.clients[0]
@@ -209,9 +209,9 @@ def test_unread_input_is_not_silence():
 
     a_port, b_port = free_port(), free_port()
     a = UdpPeer(reactor, router, ("127.0.0.1", b_port), ("127.0.0.1", a_port), wire.NativeDatagram(HELLO, 1472),
-                policy=PeerPolicy(timeout=2))
+                policy=PeerLimits(timeout=2))
     b = UdpPeer(rb, Router(rb), ("127.0.0.1", a_port), ("127.0.0.1", b_port), wire.NativeDatagram(HELLO, 1472),
-                policy=PeerPolicy(timeout=2))
+                policy=PeerLimits(timeout=2))
     rb.run_once(0)  # b's first heartbeat
     assert run_until(reactor, lambda: a.state.up)
     time.sleep(limit)

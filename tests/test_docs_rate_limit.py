@@ -1,5 +1,5 @@
 """docs/cli.md says where the rate limit holds (issue 15 point 5): exact at admission (the bucket, tested in
-tests/test_policy.py), not at the bus, where frames admitted apart can leave together."""
+tests/test_access.py), not at the bus, where frames admitted apart can leave together."""
 
 from pathlib import Path
 

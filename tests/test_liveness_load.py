@@ -15,13 +15,13 @@ from bridge.codec import native
 from bridge.codec import socketcan as sc
 from bridge.core.reactor import Reactor
 from bridge.core.router import Router
-from bridge.endpoints.liveness import PeerPolicy, silence_limit
+from bridge.endpoints.liveness import PeerLimits, silence_limit
 from bridge.endpoints.udp import UdpPeer
 from bridge.protocols import native as wire
 
 HELLO = native.Hello(version=native.VERSION, capabilities=native.CAP_FD, heartbeat_ms=500, channels=("vcan0",))
 MTU = 65507  # the largest mtu= a user may set: ~2,300 classic frames per datagram
-POLICY = PeerPolicy(timeout=2.0)  # the shortest bound: silent for 1.5 s = down
+POLICY = PeerLimits(timeout=2.0)  # the shortest bound: silent for 1.5 s = down
 BUS_COST_S = 10e-6  # CPU per frame written to B's bus (a VM's write(2) to vcan costs about this)
 FLOOD_S = 6.0
 
@@ -119,7 +119,7 @@ def test_a_peer_that_starts_first_is_heard_within_a_round_trip_of_hearing_us():
     """B starts first: its first heartbeat falls on a closed port. A starts, and its first control datagram
     makes B up; B answers at once, so A is up too within a round trip, not at B's next heartbeat (up to a
     check interval later: a cable pulled meanwhile left A never up, so never marked down; issue 15 point 4)."""
-    policy = PeerPolicy()  # default timeout 5 s: heartbeats every 1 s
+    policy = PeerLimits()  # default timeout 5 s: heartbeats every 1 s
     reactor = Reactor()
     a_port, b_port = free_port(), free_port()
     b = UdpPeer(reactor, Router(reactor), ("127.0.0.1", a_port), ("127.0.0.1", b_port),

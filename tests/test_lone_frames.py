@@ -10,7 +10,7 @@ from bridge.codec import native
 from bridge.core.reactor import Reactor
 from bridge.core.router import Router
 from bridge.core.stats import Counters
-from bridge.endpoints.liveness import DEFAULT_POLICY
+from bridge.endpoints.liveness import DEFAULT_LIMITS
 from bridge.endpoints.udp import UdpPeer
 from bridge.protocols import native as wire
 from tests.test_deadpeer import HELLO, RawClient, _server, counter_of, fd_batch, run_until
@@ -29,7 +29,7 @@ def _arrived(client, n, timeout=5.0):
 def test_tcp_lone_frame_leaves_at_once_batches_at_the_flush_in_order():
     reactor = Reactor()
     router = Router(reactor)
-    server = _server(reactor, router, DEFAULT_POLICY)
+    server = _server(reactor, router, DEFAULT_LIMITS)
     client = RawClient(server.address[1])
     assert run_until(reactor, lambda: server.clients and server.clients[0].wire.describe_peer())
     peer = server.clients[0]

@@ -15,14 +15,14 @@ from bridge.codec import native, sealed
 from bridge.codec import socketcan as sc
 from bridge.core.reactor import Reactor
 from bridge.core.router import Router
-from bridge.endpoints.liveness import PeerPolicy
+from bridge.endpoints.liveness import PeerLimits
 from bridge.endpoints.udp import UdpPeer
 from bridge.errors import ConfigError
 from bridge.protocols import native as wire
 from tests import helpers
 
 HELLO = dataclasses.replace(helpers.HELLO, heartbeat_ms=100)  # fast ticks: short tests
-POLICY = PeerPolicy(timeout=0.4)  # ticks (heartbeats, counter updates) every 0.1 s
+POLICY = PeerLimits(timeout=0.4)  # ticks (heartbeats, counter updates) every 0.1 s
 KEY = bytes(range(32))
 
 

@@ -14,7 +14,7 @@ import pytest
 from bridge.codec import native, sealed
 from bridge.core.reactor import Reactor
 from bridge.core.router import Router
-from bridge.endpoints.liveness import PeerPolicy
+from bridge.endpoints.liveness import PeerLimits
 from bridge.endpoints.udp import PEER_RESTART, UdpPeer
 from bridge.protocols import native as wire
 from tests.test_udp_frame_loss import HELLO, KEY, batch, free_port, run_until
@@ -22,7 +22,7 @@ from tests.test_udp_frame_loss import HELLO, KEY, batch, free_port, run_until
 BATCH = 5  # frames per loop pass while pumping
 # ticks every 0.25 s, down after 0.75 s of silence: short, but a loaded host (a parallel test run) must
 # not starve a process that long, or A marks a live B down (and hears it again: a flap the tests do not expect)
-POLICY = PeerPolicy(timeout=1.0)
+POLICY = PeerLimits(timeout=1.0)
 
 
 class Pump:

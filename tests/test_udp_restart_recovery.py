@@ -12,12 +12,12 @@ import pytest
 from bridge.codec import socketcan as sc
 from bridge.core.reactor import Reactor
 from bridge.core.router import Router
-from bridge.endpoints.liveness import PeerPolicy
+from bridge.endpoints.liveness import PeerLimits
 from bridge.endpoints.udp import UdpPeer
 from bridge.protocols import native as wire
 from tests.test_liveness_load import HELLO, free_port
 
-POLICY = PeerPolicy(timeout=1.0)
+POLICY = PeerLimits(timeout=1.0)
 BATCH = 5  # frames per loop pass: a busy bus
 
 

@@ -56,7 +56,7 @@ class PeerConfig:
     access: access_control.Access = field(default_factory=access_control.Access)  # read_only, write_allow, rate, burst
     max_clients: int = MAX_CLIENTS  # servers: connections at once; more are accepted and closed at once
     security: security.Security = field(default_factory=security.Security)  # TLS files, UDP psk
-    limits: liveness.PeerPolicy = liveness.DEFAULT_POLICY  # timeout, overflow, max_age, sndbuf (liveness.py)
+    limits: liveness.PeerLimits = liveness.DEFAULT_LIMITS  # timeout, overflow, max_age, sndbuf (liveness.py)
 
     @property
     def protocol(self):
@@ -143,7 +143,7 @@ OPTION_GROUPS = {
     "filter": proto.FILTERS, "inbound_filter": proto.FILTERS,
     **dict.fromkeys(access_control.ACCESS_OPTIONS, proto.ACCESS),
     **dict.fromkeys(security.TLS_OPTIONS, proto.TLS), **dict.fromkeys(security.PSK_OPTIONS, proto.PSK),
-    **dict.fromkeys(liveness.POLICY_OPTIONS, proto.LIMITS),
+    **dict.fromkeys(liveness.LIMIT_OPTIONS, proto.LIMITS),
     "mtu": proto.MTU, "bind": proto.BIND, "max_clients": proto.MAX_CLIENTS,
 }
 

@@ -116,7 +116,7 @@ class PeerState:
 
 
 @dataclass(frozen=True)
-class PeerPolicy:
+class PeerLimits:
     """Per-peer options of docs/cli.md "Dead peers, queues and stale frames".
 
     timeout: dead-peer bound, seconds; overflow: "drop-oldest" or "disconnect" (slow TCP consumer);
@@ -129,13 +129,13 @@ class PeerPolicy:
     sndbuf: int | None = None
 
 
-DEFAULT_POLICY = PeerPolicy()
+DEFAULT_LIMITS = PeerLimits()
 
 
-POLICY_OPTIONS = ("timeout", "overflow", "max_age", "sndbuf")
+LIMIT_OPTIONS = ("timeout", "overflow", "max_age", "sndbuf")
 
 
-def with_option(policy: PeerPolicy, key: str, value, where: str, datagram: bool = False) -> PeerPolicy:
+def with_option(policy: PeerLimits, key: str, value, where: str, datagram: bool = False) -> PeerLimits:
     """`policy` with one URL query / TOML option applied (strings from URLs, numbers from TOML);
     datagram: a UDP peer (it never queues, so overflow=disconnect does not apply).
     Raises ConfigError naming `where` and the key."""
@@ -153,7 +153,7 @@ def with_option(policy: PeerPolicy, key: str, value, where: str, datagram: bool 
         return replace(policy, timeout=timeout)
     if key == "max_age":
         return replace(policy, max_age=parse_max_age(value, f"{where}: max_age"))
-    raise ConfigError(f"{where}: unknown option {key!r}; expected {', '.join(POLICY_OPTIONS)}")
+    raise ConfigError(f"{where}: unknown option {key!r}; expected {', '.join(LIMIT_OPTIONS)}")
 
 
 def parse_max_age(value, where: str) -> float:

@@ -23,7 +23,7 @@ import time
 
 from bridge.endpoints import liveness
 from bridge.endpoints.ledger import WriteLedger, ledger_horizon
-from bridge.endpoints.liveness import DEFAULT_POLICY, PeerPolicy
+from bridge.endpoints.liveness import DEFAULT_LIMITS, PeerLimits
 from bridge.endpoints.pending import PendingFrames
 from bridge.errors import ProtocolError
 from bridge.hw.cansock import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
@@ -61,7 +61,7 @@ class StreamPeer:
         on_closed=None,
         owner=None,
         routing=(None, None, None),
-        policy: PeerPolicy = DEFAULT_POLICY,
+        policy: PeerLimits = DEFAULT_LIMITS,
     ):
         self.reactor = reactor
         self.router = router
@@ -378,7 +378,7 @@ class TcpServer:
         self.sock.close()
 
 
-def stream_peers(reactor: Reactor, router, new_wire, routing=(None, None, None), policy: PeerPolicy = DEFAULT_POLICY):
+def stream_peers(reactor: Reactor, router, new_wire, routing=(None, None, None), policy: PeerLimits = DEFAULT_LIMITS):
     """make_peer for TcpServer: a StreamPeer with a fresh wire from new_wire() per connection."""
 
     def make_peer(sock, name, on_closed):
@@ -394,7 +394,7 @@ class TcpClient:
     connection the server refuses counts as a failed attempt, whatever TCP or our TLS side said."""
 
     def __init__(self, reactor: Reactor, router, addr: tuple[str, int], new_wire, routing=(None, None, None), scheme="tcp",
-                 policy: PeerPolicy = DEFAULT_POLICY, tls=None):
+                 policy: PeerLimits = DEFAULT_LIMITS, tls=None):
         self.reactor = reactor
         self.tls = tls  # bridge.security.tls.Tls: each connection is a TLS client side
         self._handshake = None
@@ -523,7 +523,7 @@ class TcpClient:
             self.peer.close()
 
 
-def _tune(sock: socket.socket, policy: PeerPolicy = DEFAULT_POLICY) -> None:
+def _tune(sock: socket.socket, policy: PeerLimits = DEFAULT_LIMITS) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     set_buffer(sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, policy.sndbuf or SOCKET_BUFFER)
     set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, SOCKET_BUFFER)

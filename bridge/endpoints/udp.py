@@ -24,7 +24,7 @@ import logging
 import socket
 import time
 
-from bridge.endpoints.liveness import DEFAULT_POLICY, PeerPolicy, PeerState, check_interval
+from bridge.endpoints.liveness import DEFAULT_LIMITS, PeerLimits, PeerState, check_interval
 from bridge.errors import ProtocolError
 from bridge.hw.cansock import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
 from bridge.core.reactor import Reactor
@@ -49,7 +49,7 @@ class UdpPeer:
     bind fails (port in use, bad address)."""
 
     def __init__(self, reactor: Reactor, router, remote, bind, wire, routing=(None, None, None), scheme="udp",
-                 policy: PeerPolicy = DEFAULT_POLICY):
+                 policy: PeerLimits = DEFAULT_LIMITS):
         self.reactor = reactor
         self.router = router
         self.name = f"{scheme}://{remote[0]}:{remote[1]}"

@@ -20,7 +20,7 @@ from bridge.daemon import config as cfg
 from bridge.daemon.privileges import capabilities, drop_privileges
 from bridge.endpoints.tcp import TcpServer
 from bridge.errors import ConfigError
-from bridge.security import access as policy
+from bridge.security import access as access_control
 
 
 def batch(*ids):
@@ -42,7 +42,7 @@ def ids(frames):
 )
 def test_bucket_never_grants_more_than_burst_plus_rate_times_window(rate, burst, steps):
     now = 1000.0
-    bucket = policy.TokenBucket(rate, burst, now)
+    bucket = access_control.TokenBucket(rate, burst, now)
     grants = []  # (time, granted)
     for dt, n in steps:
         now += dt
@@ -60,7 +60,7 @@ def test_bucket_never_grants_more_than_burst_plus_rate_times_window(rate, burst,
 @settings(max_examples=100, deadline=None)
 @given(rate=st.floats(1, 5000), burst=st.integers(1, 500), idle=st.floats(0, 10))
 def test_bucket_refills_to_burst_and_no_further(rate, burst, idle):
-    bucket = policy.TokenBucket(rate, burst, 0.0)
+    bucket = access_control.TokenBucket(rate, burst, 0.0)
     assert bucket.take(10 * burst, 0.0) == burst  # starts full
     assert bucket.take(1, 0.0) == 0  # and is now empty: no time passed
     expected = min(burst, int(idle * rate + 1e-9))
@@ -69,7 +69,7 @@ def test_bucket_refills_to_burst_and_no_further(rate, burst, idle):
 
 
 def test_bucket_ignores_a_clock_going_backwards():
-    bucket = policy.TokenBucket(10, 5, 100.0)
+    bucket = access_control.TokenBucket(10, 5, 100.0)
     assert bucket.take(5, 100.0) == 5
     assert bucket.take(5, 50.0) == 0  # an older `now` refills nothing
     assert bucket.take(5, 100.35) == 3
@@ -77,23 +77,23 @@ def test_bucket_ignores_a_clock_going_backwards():
 
 def test_bucket_rejects_nonsense():
     with pytest.raises(ValueError):
-        policy.TokenBucket(0, 5, 0.0)
+        access_control.TokenBucket(0, 5, 0.0)
     with pytest.raises(ValueError):
-        policy.TokenBucket(5, 0, 0.0)
+        access_control.TokenBucket(5, 0, 0.0)
 
 
 # --- write gate ------------------------------------------------------------------------------------
 
 
 def test_gate_read_only_drops_everything_and_counts():
-    gate = policy.Access(read_only=True).gate(0.0)
+    gate = access_control.Access(read_only=True).gate(0.0)
     c = Counters()
     assert gate.admit(batch(1, 2, 3), 0.0, c) == []
     assert c.dropped == {"read_only": 3}
 
 
 def test_gate_write_allow_bare_ids_and_candump_filters():
-    access = policy.with_option(policy.Access(), "write_allow", "100:700,7DF,18DAF110", "t")
+    access = access_control.with_option(access_control.Access(), "write_allow", "100:700,7DF,18DAF110", "t")
     gate, c = access.gate(0.0), Counters()
     eff = sc.CAN_EFF_FLAG
     frames = batch(0x100, 0x1FF, 0x200, 0x7DF, 0x7DE, eff | 0x7DF, eff | 0x18DAF110, eff | 0x18DAF010,
@@ -103,7 +103,7 @@ def test_gate_write_allow_bare_ids_and_candump_filters():
 
 
 def test_gate_rate_keeps_oldest_and_counts_the_rest():
-    gate, c = policy.Access(rate=10, burst=3).gate(0.0), Counters()
+    gate, c = access_control.Access(rate=10, burst=3).gate(0.0), Counters()
     assert ids(gate.admit(batch(1, 2, 3, 4, 5), 0.0, c)) == [1, 2, 3]
     assert c.dropped == {"rate_limited": 2}
     assert ids(gate.admit(batch(6, 7), 0.1, c)) == [6]  # 0.1 s at 10/s = one token
@@ -111,15 +111,15 @@ def test_gate_rate_keeps_oldest_and_counts_the_rest():
 
 
 def test_gate_not_allowed_frames_spend_no_tokens():
-    gate, c = policy.Access(write_allow=policy.parse_allowlist("123"), rate=1, burst=2).gate(0.0), Counters()
+    gate, c = access_control.Access(write_allow=access_control.parse_allowlist("123"), rate=1, burst=2).gate(0.0), Counters()
     assert ids(gate.admit(batch(1, 2, 0x123, 3, 0x123, 0x123), 0.0, c)) == [0x123, 0x123]
     assert c.dropped == {"not_allowed": 3, "rate_limited": 1}
 
 
 def test_unrestricted_access_has_no_gate():
-    assert policy.Access().gate(0.0) is None
-    assert policy.Access(write_allow=policy.parse_allowlist("0:0,#FFFFFFFF")).gate(0.0) is None
-    assert policy.Access(rate=1000).gate(0.0).bucket.burst == 100  # default burst: a tenth of a second
+    assert access_control.Access().gate(0.0) is None
+    assert access_control.Access(write_allow=access_control.parse_allowlist("0:0,#FFFFFFFF")).gate(0.0) is None
+    assert access_control.Access(rate=1000).gate(0.0).bucket.burst == 100  # default burst: a tenth of a second
 
 
 def test_router_applies_the_gate_after_the_inbound_filter_and_shares_it():
@@ -140,7 +140,7 @@ def test_router_applies_the_gate_after_the_inbound_filter_and_shares_it():
             self.counters = Counters()
 
     a, b = Peer(), Peer()
-    gate = policy.Access(rate=0.001, burst=3).gate(r.time())
+    gate = access_control.Access(rate=0.001, burst=3).gate(r.time())
     router.add_peer(a, None, cfg._filters("100:700", "t"), gate)
     router.add_peer(b, None, None, gate)  # two connections of one configured peer: one bucket
     router.from_peer(a, 0, batch(0x100, 0x200, 0x101))
@@ -167,7 +167,7 @@ def test_access_options_in_urls():
     assert p.access.read_only and p.access.rate == 1000.0 and p.access.burst == 100 and p.max_clients == 2
     assert str(p.access.write_allow) == "100:700,7DF:800007FF"
     assert cfg.parse_peer_url("tcp-listen://:1").max_clients == 64
-    assert cfg.parse_peer_url("udp://10.0.0.1:1?read_only=false").access == policy.Access()
+    assert cfg.parse_peer_url("udp://10.0.0.1:1?read_only=false").access == access_control.Access()
     assert cfg.parse_peer_url("udp-multicast://?read_only=1").access.read_only
 
 
