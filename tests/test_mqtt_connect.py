@@ -83,3 +83,31 @@ def test_a_broker_that_never_answers_the_tls_handshake_does_not_stall_the_loop(t
     finally:
         side.close()
         srv.close()
+
+
+def test_one_readable_event_reads_many_messages(tmp_path):
+    """paho's loop_read() reads one packet per call unless messages of ours are in flight (it ignores its
+    max_packets argument): the peer reads up to READ_PACKETS_PER_PASS messages per readable event itself,
+    so a mirror of a busy fleet does not need one loop pass per message."""
+    from tests.mqtt_broker import Broker
+    from tests.test_mqtt import connected, pump, raw_client, publish, unique, counted
+    from bridge.codec import mqtt_payload as mp
+
+    broker = Broker(tmp_path / "b").start()
+    mirror = Side(f"mqtt://127.0.0.1:{broker.port}/fleet?gateway=backend&source=gw1/can0&read_only=0")
+    try:
+        assert pump([mirror], connected(mirror))
+        pump([mirror], lambda: False, timeout=0.3)  # SUBACK
+        c = raw_client(broker)
+        n = 50
+        for i in range(n):
+            publish(c, "fleet/gw1/can0/rx", mp.encode_native(counted(1, i)))
+        c.loop_stop()
+        c.disconnect()
+        time.sleep(0.5)  # all n are in our socket's receive buffer
+        mirror.reactor.run_once(0.5)
+        mirror.reactor.run_once(0)  # the end of the pass and anything scheduled for it
+        assert unique(mirror.bus.frames) == set(range(n))
+    finally:
+        mirror.close()
+        broker.stop()

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import select
 import socket
 import time
 from collections import deque
@@ -59,6 +60,7 @@ PAHO_QUEUE_LIMIT = PAHO_MAX_MESSAGES + mp.MAX_MESSAGE_FRAMES  # paho's own bound
 PAHO_MAX_INFLIGHT = 64  # qos 1 PUBLISH packets on the wire without PUBACK (paho's inflight window)
 MAX_PACKET_BYTES = 1 << 20  # CONNECT Maximum Packet Size: the broker sends nothing bigger (paho buffers a packet whole)
 READ_PACKETS_PER_PASS = 256  # MQTT packets read per readable event: bounded, so our buses get their turn
+#                              (paho's loop_read reads one per call while nothing of ours is in flight)
 MISC_INTERVAL_S = 1.0  # loop_misc (keepalive PINGREQ, timeouts) and the stale sweep of our queue
 CONNECT_TIMEOUT_S = 3.0  # a TCP connect (non-blocking) not established by then fails (the next address, then
 #                          a retry with backoff); a SYN into a dead link is retried by the kernel for minutes
@@ -188,6 +190,7 @@ class MqttPeer:
         self._attempt = 0
         self._retry = None
         self._fd = -1
+        self._more = None  # select.poll of the paho socket (set when it opens)
         self._last_error = ""
         self._started = time.time()
         self._fd_capable, self._version = fd, version
@@ -229,6 +232,8 @@ class MqttPeer:
     def _on_socket_open(self, client, userdata, sock) -> None:
         self._fd = sock.fileno()
         self.reactor.add_reader(self._fd, self._readable)
+        self._more = select.poll()  # "more bytes waiting?" between two packets of one readable event
+        self._more.register(self._fd, select.POLLIN)
 
     def _on_socket_close(self, client, userdata, sock) -> None:
         if self._fd >= 0:
@@ -244,10 +249,17 @@ class MqttPeer:
             self.reactor.remove_writer(self._fd)
 
     def _readable(self) -> None:
-        # on a lost connection paho closes the socket and calls on_disconnect
-        self.client.loop_read(READ_PACKETS_PER_PASS)
-        sock = self.client.socket()
-        if sock is not None and getattr(sock, "pending", None) and sock.pending():
+        """Read up to READ_PACKETS_PER_PASS packets while bytes wait (loop_read takes one per call, whatever
+        its max_packets says, unless messages of ours are in flight)."""
+        for _ in range(READ_PACKETS_PER_PASS):
+            self.client.loop_read(READ_PACKETS_PER_PASS)  # lost connection: paho closes, calls on_disconnect
+            sock = self.client.socket()
+            if sock is None:
+                return
+            tls_pending = bool(getattr(sock, "pending", None) and sock.pending())
+            if not tls_pending and not self._more.poll(0):
+                return
+        if tls_pending:
             self.reactor.call_soon(self._readable)  # TLS holds decrypted bytes epoll will not signal again
 
     def _writable(self) -> None:
