@@ -41,7 +41,7 @@ from bridge.tools.remote import RemoteBridge, RemoteClosed
 from bridge.codec import candump
 from bridge.codec import socketcan as sc
 from bridge.codec.filters import FilterSet, parse_filters
-from hw.cansock import SO_RCVBUFFORCE, SO_RXQ_OVFL, SO_TIMESTAMPNS
+from bridge.hw.cansock import SO_RCVBUFFORCE, SO_RXQ_OVFL, SO_TIMESTAMPNS
 from bridge.errors import ConfigError
 
 READ_BATCH = 256  # frames read from one socket per poll round: other sources get their turn
