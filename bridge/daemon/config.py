@@ -149,9 +149,14 @@ OPTION_GROUPS = {
 
 
 def _schemes_taking(key: str) -> str:
+    """The schemes whose protocol takes option `key`, for an error message (imports every protocol, so
+    only on that path; one whose module cannot be imported, e.g. mqtt without paho, is left out)."""
     takes = []
     for scheme in registry.schemes():
-        p = registry.get(scheme)
+        try:
+            p = registry.get(scheme)
+        except ImportError:
+            continue
         if OPTION_GROUPS.get(key) in p.options or key in p.extra_options:
             takes.append(scheme + "://")
     return ", ".join(takes) or "no scheme"
