@@ -60,6 +60,20 @@ def test_unknown_interface_is_a_clean_error(bridge):
         can.Bus(interface="canbridge", channel=f"tcp://127.0.0.1:{PORT}/can9")
 
 
+def _wait_for_line(proc, text: str, timeout: float = 120.0) -> None:
+    """Read proc's stdout until a line contains `text` (python-can's imports take seconds in the test VM,
+    more when the host is loaded); fails with its stderr if it exits or the bound passes first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        line = proc.stdout.readline() if ready else ""
+        if text in line:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[2]} exited {proc.returncode}: {proc.stderr.read()}")
+    pytest.fail(f"no {text!r} from {proc.args[2]} in {timeout} s")
+
+
 def test_python_can_logger_and_player(bridge, vcan0, tmp_path):
     """python-can's own tools with `-i canbridge`: the player sends a log through the bridge onto
     vcan0, the logger records vcan0 through the bridge."""
@@ -67,16 +81,16 @@ def test_python_can_logger_and_player(bridge, vcan0, tmp_path):
     src.write_text("".join(f"(1700000000.{i:06d}) can0 {0x100 + i:03X}#{i:02X}{i:02X}\n" for i in range(20)))
     out = tmp_path / "out.log"
     logger = subprocess.Popen([sys.executable, "-m", "can.logger", "-i", "canbridge", "-c", URL, "-f", str(out)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with can.Bus(interface="socketcan", channel=vcan0) as local:
-        time.sleep(8)  # the logger connects (python-can imports take seconds in the test VM)
+        _wait_for_line(logger, "Can Logger (Started")  # printed once its bus is connected
         player = subprocess.run([sys.executable, "-m", "can.player", "-i", "canbridge", "-c", URL, str(src)],
                                 capture_output=True, text=True, timeout=120)
         assert player.returncode == 0, player.stderr
         seen = [local.recv(5) for _ in range(20)]
         for i in range(5):  # frames born on vcan0 reach the logger (a peer's own frames never return to peers)
             local.send(can.Message(arbitration_id=0x300 + i, data=bytes([i]), is_extended_id=False))
-        time.sleep(3)
+        time.sleep(5)  # the logger reads them (nothing it could be asked; bounded, generous for a loaded VM)
     logger.send_signal(signal.SIGINT)
     logger.wait(30)
     assert [(m.arbitration_id, bytes(m.data)) for m in seen] == [(0x100 + i, bytes([i, i])) for i in range(20)]
