@@ -8,6 +8,7 @@ which runs them all in one test-VM boot, or ``canbridge testvm -- pytest -m vcan
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -18,6 +19,10 @@ NEEDS_VCAN = "needs vcan: run scripts/test.sh or `canbridge testvm -- pytest -m 
 NEEDS_ROOT = "needs root (network namespaces, raw sockets, links): run as root, or deselect with -m 'not privileged'"
 _VCAN_FIXTURES = {"vcan0", "vcan1", "vcan2", "vcan3"}  # vcan2/3: tests/vcan/conftest.py
 _PRIVILEGED_FIXTURES = {"netns", "run_in_netns"}  # `ip netns add` needs CAP_SYS_ADMIN
+
+
+def _has_mosquitto() -> bool:
+    return bool(shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto"))
 
 
 def _iface_exists(name: str) -> bool:
@@ -39,6 +44,9 @@ def pytest_runtest_setup(item):
         pytest.fail(NEEDS_VCAN, pytrace=False)
     if item.get_closest_marker("privileged") and os.geteuid() != 0:  # fail, never skip: CI runs as root
         pytest.fail(NEEDS_ROOT, pytrace=False)
+    if item.get_closest_marker("mosquitto") and not _has_mosquitto():
+        pytest.fail("needs the mosquitto broker: scripts/setup.sh installs it (apt-get install mosquitto)",
+                    pytrace=False)
 
 
 def _vcan(name: str) -> str:

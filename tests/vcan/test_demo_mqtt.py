@@ -7,19 +7,11 @@ import sys
 
 import pytest
 
-from bridge.tools.rigbroker import mosquitto_path
 
 LIMIT = 2000  # 0.8 s of the trace at 1x: the whole path, short enough for an emulated VM
 
 
-def _has_mosquitto() -> bool:
-    try:
-        return bool(mosquitto_path())
-    except RuntimeError:
-        return False
-
-
-pytestmark = [pytest.mark.vcan, pytest.mark.skipif(not _has_mosquitto(), reason="mosquitto not installed")]
+pytestmark = [pytest.mark.vcan, pytest.mark.mosquitto]
 
 
 def test_demo_transport_mqtt_loses_nothing():

@@ -15,7 +15,7 @@ from bridge.hw import netns
 from tests.mqtt_broker import MOSQUITTO, Broker, free_port
 from tests.vcan.test_e2e import fd_zoo
 
-pytestmark = [pytest.mark.vcan, pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed")]
+pytestmark = [pytest.mark.vcan, pytest.mark.mosquitto]
 DURANGO_FRAMES = 20_000  # 8 s of the trace at 1x: enough for batching under load, short for a TCG VM
 
 
