@@ -40,7 +40,6 @@ CAN_FRAME = struct.Struct("=IBBBB8s")  # can_id, len, __pad, __res0, len8_dlc, d
 CANFD_FRAME = struct.Struct("=IBBBB64s")  # can_id, len, flags, __res0, __res1, data[64]
 FD_LENGTHS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64)
 VALID_FD_LENGTHS = frozenset(FD_LENGTHS)
-_VALID_FD_LEN = VALID_FD_LENGTHS
 
 
 def dlc_to_len(dlc: int) -> int:
@@ -57,7 +56,7 @@ def len_to_dlc(length: int) -> int:
 
 
 def is_valid_fd_len(length: int) -> bool:
-    return length in _VALID_FD_LEN
+    return length in VALID_FD_LENGTHS
 
 
 def pack_can(can_id: int, data: bytes = b"", len8_dlc: int = 0, length: int | None = None) -> bytes:
