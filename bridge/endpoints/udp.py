@@ -38,6 +38,13 @@ RX_BATCH_MAX = 256  # datagrams per readable event (each may hold ~46 classic fr
 # from a timer after the pass, stop: the peer marks us down while we are flooded by it (issue 15).
 # 8x socketcan.RX_BATCH_MAX; the rest is read in the next pass (level-triggered epoll).
 RX_FRAMES_MAX = 4096
+# A quiet or normal bus brings one datagram per readable event; looping on for more costs a recvfrom
+# that only returns EAGAIN (12 us in the test VM, every datagram: docs/benchmarks.md, issue 13). So a
+# readable event reads ONE datagram unless the last pass suggested more were waiting: a datagram of more
+# than one frame (the peer batched: its side is busy), a pass that found more than one datagram, or
+# every RX_PROBE_EVERY-th event (a backlog of one-frame datagrams is found within that many passes).
+# Nothing waits longer: epoll is level-triggered, so a datagram left in the socket wakes the next pass.
+RX_PROBE_EVERY = 8
 SOCKET_BUFFER = 8 << 20  # SO_RCVBUF/SO_SNDBUF; bursts from a busy peer land here, not on the floor
 MAX_DATAGRAM = 65535
 PEER_RESTART = "unconfirmed_peer_restart"  # dropped reason: frames that died with a killed receiver (RX_COUNT)
@@ -72,6 +79,8 @@ class UdpPeer:
         self.state = PeerState(self.name, self.counters, policy.timeout)
         self._gated = False  # True once we know the wire has heartbeats (first _tick)
         self._pending: list[tuple[int, list]] = []
+        self._rx_batch = False  # next readable event: drain (True) or read one datagram (see RX_PROBE_EVERY)
+        self._rx_singles = 0  # readable events read one datagram at a time since the last drain
         reactor.add_reader(self.sock.fileno(), self._on_readable)
         router.add_peer(self, *routing)
         self._timer = reactor.call_every(check_interval(policy.timeout), self._tick, first=0)
@@ -111,22 +120,47 @@ class UdpPeer:
 
     # --- network -> bus -----------------------------------------------------------------
     def _on_readable(self) -> None:
+        if self._rx_batch:
+            self._read_batch()
+            return
+        self._rx_singles += 1
+        try:
+            data, addr = self.sock.recvfrom(MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # ICMP port unreachable surfaces here as ECONNREFUSED
+            self.counters.errors["recv_" + errno.errorcode.get(exc.errno, "oserror").lower()] += 1
+            return
+        if addr[0] != self.remote[0]:
+            self.counters.errors["unknown_sender"] += 1
+            return
+        if self._on_datagram(data) > 1 or self._rx_singles >= RX_PROBE_EVERY:
+            self._rx_batch = True  # the next readable event drains (bounded)
+
+    def _read_batch(self) -> None:
+        """Read datagrams until EAGAIN, at most RX_BATCH_MAX datagrams and RX_FRAMES_MAX frames."""
         recvfrom = self.sock.recvfrom
-        frames = 0
-        for _ in range(RX_BATCH_MAX):
-            if frames >= RX_FRAMES_MAX:  # bounded work per pass: timers (heartbeats) and other fds run
-                return
-            try:
-                data, addr = recvfrom(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # ICMP port unreachable surfaces here as ECONNREFUSED
-                self.counters.errors["recv_" + errno.errorcode.get(exc.errno, "oserror").lower()] += 1
-                continue
-            if addr[0] != self.remote[0]:
-                self.counters.errors["unknown_sender"] += 1
-                continue
-            frames += self._on_datagram(data)
+        frames = dgrams = 0
+        try:
+            for _ in range(RX_BATCH_MAX):
+                if frames >= RX_FRAMES_MAX:  # bounded work per pass: timers (heartbeats) and other fds run
+                    dgrams = RX_BATCH_MAX  # more may wait: stay in batch mode
+                    return
+                try:
+                    data, addr = recvfrom(MAX_DATAGRAM)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:  # ICMP port unreachable surfaces here as ECONNREFUSED
+                    self.counters.errors["recv_" + errno.errorcode.get(exc.errno, "oserror").lower()] += 1
+                    continue
+                dgrams += 1
+                if addr[0] != self.remote[0]:
+                    self.counters.errors["unknown_sender"] += 1
+                    continue
+                frames += self._on_datagram(data)
+        finally:
+            self._rx_batch = dgrams > 1  # one or none: the datagrams come one at a time again
+            self._rx_singles = 0
 
     def _on_datagram(self, data: bytes) -> int:
         """Decode and route one datagram of the peer; -> the frames it carried."""
@@ -170,7 +204,7 @@ class UdpPeer:
         up = self.state.up
         if self.state.silent(time.monotonic()):
             # datagrams waiting unread in our own socket (a long loop pass) are not the peer's silence
-            self._on_readable()
+            self._read_batch()
         self.state.check(time.monotonic())
         if up and not self.state.up:
             # hold what the peer has not confirmed (frames queued in this pass leave at its end too)
