@@ -17,6 +17,19 @@ Per run: frames sent (replayed), delivered (consumer), lost = sent - delivered -
 gateways, latency from the replay stamp to the consumer's decode (p50/p99 ms), MQTT messages/s against
 frames/s, CPU per 1,000 frames of the gateways' process and of the broker. The machine is shared: each
 figure is one run, +-30 %.
+
+`--where vm` (run it inside the test VM, as root; issue 12): real gateway processes instead. Per gateway a
+network namespace cbfl<i> with its own vcan0 (MTU 72) and a veth pair to the root namespace
+(10.201.<i>.1 root side, .2 gateway side); in it `python -m bridge vcan0
+"mqtt://10.201.<i>.1:1883/fleet?gateway=gwNNN&format=native"` and canplayer replaying the first --seconds
+of the Durango trace at recorded speed into that vcan0. Mosquitto (bridge/tools/rigbroker.py's config) in
+the root namespace on 0.0.0.0:1883; the consumer (paho, qos 1, root namespace) counts per gateway and
+measures latency from the gateway's kernel RX timestamp (carried by native) to its decode: one clock, the
+VM's. CPU and RSS of each process from /proc. On the VM's two emulated vCPUs one gateway keeps up, 4
+fall behind (no loss), 8 lose frames (docs/scale-out.md).
+
+    .venv/bin/python -m bridge.hw.testvm --vcan 1 --timeout 1500 --mem 2G -- \
+        .venv/bin/python benchmarks/fleet.py --where vm --gateways 1,4 --seconds 20 --json /tmp/fleet-vm.json
 """
 
 from __future__ import annotations
@@ -116,7 +129,7 @@ def run_gateways(port: int, n: int, fmt: str, seconds: float, trace_path: Path, 
     return out
 
 
-def run_consumer(port: int, fmt: str, idle_s: float) -> dict:
+def run_consumer(port: int, fmt: str, idle_s: float, iface: str = "can0") -> dict:
     import paho.mqtt.client as paho
 
     from bridge.codec import mqtt_payload as mp
@@ -144,7 +157,7 @@ def run_consumer(port: int, fmt: str, idle_s: float) -> dict:
     c.max_inflight_messages_set(1000)
     c.on_message = on_message
     c.connect("127.0.0.1", port)
-    c.subscribe(f"{PREFIX}/+/can0/rx" + ("/+" if fmt == "per-id" else ""), qos=1)
+    c.subscribe(f"{PREFIX}/+/{iface}/rx" + ("/+" if fmt == "per-id" else ""), qos=1)
     c.loop_start()
     print("ready", flush=True)
     sys.stdin.readline()  # the gateways are done
@@ -161,6 +174,117 @@ def run_consumer(port: int, fmt: str, idle_s: float) -> dict:
 def broker_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_stat(pid: int) -> tuple[float, int]:
+    """(CPU seconds, RSS kB) of a process; (0, 0) once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        rss = next(int(x.split()[1]) for x in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if x.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0.0, 0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), rss
+
+
+def wait_online(port: int, names: set, timeout: float) -> float:
+    """Seconds until every gateway in `names` published status online (retained)."""
+    import paho.mqtt.client as paho
+
+    seen: set = set()
+    t0 = time.monotonic()
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-status-{os.getpid()}")
+    c.on_message = lambda _c, _u, m: (b'"online"' in m.payload) and seen.add(m.topic.split("/")[1])
+    c.connect("127.0.0.1", port)
+    c.subscribe(f"{PREFIX}/+/status", qos=1)
+    c.loop_start()
+    while not names <= seen and time.monotonic() - t0 < timeout:
+        time.sleep(0.2)
+    c.loop_stop()
+    c.disconnect()
+    if not names <= seen:
+        raise RuntimeError(f"gateways not online after {timeout:.0f} s: {sorted(names - seen)}")
+    return time.monotonic() - t0
+
+
+def vm_run(n: int, seconds: float, trace: Path, logdir: Path) -> dict:
+    """N real gateway processes, one network namespace and vcan0 each, Mosquitto in the root namespace."""
+    from bridge.hw import netns
+    from bridge.tools.rigbroker import RigBroker
+
+    cut = logdir / "trace.log"
+    lines = trace.read_text().splitlines()
+    t0 = float(lines[0].split(")")[0][1:])
+    keep = [x for x in lines if float(x.split(")")[0][1:]) - t0 <= seconds]
+    cut.write_text("\n".join(keep) + "\n")
+    src_iface = keep[0].split()[1]
+    port = 1883
+    names = [f"cbfl{i}" for i in range(n)]
+    broker = RigBroker(logdir, "0.0.0.0", port)
+    gws: list[subprocess.Popen] = []
+    players: list[subprocess.Popen] = []
+    try:
+        for i, ns in enumerate(names):
+            netns.ip("netns", "add", ns)
+            netns.ip("link", "add", f"fl{i}", "type", "veth", "peer", "veth0", "netns", ns)
+            netns.ip("addr", "add", f"10.201.{i}.1/24", "dev", f"fl{i}")
+            netns.ip("link", "set", f"fl{i}", "up")
+            netns.ip("addr", "add", f"10.201.{i}.2/24", "dev", "veth0", netns=ns)
+            for args in (("link", "set", "lo", "up"), ("link", "set", "veth0", "up"),
+                         ("link", "add", "vcan0", "type", "vcan"), ("link", "set", "vcan0", "mtu", "72", "up")):
+                netns.ip(*args, netns=ns)
+        broker.start()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        for i, ns in enumerate(names):
+            url = f"mqtt://10.201.{i}.1:{port}/{PREFIX}?gateway=gw{i:03d}&format=native"
+            log = open(logdir / f"gw{i:03d}.log", "wb")
+            gws.append(subprocess.Popen(netns.exec_argv(ns, [sys.executable, "-m", "bridge", "vcan0", url]),
+                                        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT)))
+            log.close()
+        startup = wait_online(port, {f"gw{i:03d}" for i in range(n)}, timeout=180)
+        me = [sys.executable, str(Path(__file__).resolve())]
+        cons = subprocess.Popen([*me, "--role", "consumer", "--port", str(port), "--format", "native",
+                                 "--iface", "vcan0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert cons.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        g0 = [proc_stat(g.pid) for g in gws]
+        b0 = proc_stat(broker.proc.pid)[0]
+        start = time.monotonic()
+        players = [subprocess.Popen(netns.exec_argv(ns, ["canplayer", "-I", str(cut), f"vcan0={src_iface}"]))
+                   for ns in names]
+        for pl in players:
+            pl.wait()
+        replay_s = time.monotonic() - start
+        time.sleep(2.0)  # the last batches leave the gateways
+        g1 = [proc_stat(g.pid) for g in gws]
+        b1 = proc_stat(broker.proc.pid)[0]
+        cons.stdin.write("done\n")
+        cons.stdin.flush()
+        c = json.loads(cons.stdout.read().strip().splitlines()[-1])
+        cons.wait()
+    finally:
+        for g in gws:
+            if g.poll() is None:
+                g.terminate()
+        for g in gws:
+            try:
+                g.wait(20)
+            except subprocess.TimeoutExpired:
+                g.kill()
+        broker.stop()
+        for i, ns in enumerate(names):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            subprocess.run(["ip", "link", "del", f"fl{i}"], capture_output=True)
+    sent = len(keep) * n
+    gw_cpu = sum(b[0] - a[0] for a, b in zip(g0, g1))
+    return {"where": "vm", "gateways": n, "format": "native", "sent": sent, "delivered": c["delivered"],
+            "lost": sent - c["delivered"], "per_gateway": c["per_gateway"], "trace_rate": len(keep) / seconds,
+            "replay_s": replay_s, "frames_per_s": c["delivered"] / max(c["span_s"], 1e-9),
+            "messages_per_s": c["messages"] / max(c["span_s"], 1e-9), "p50_ms": c["p50_ms"], "p99_ms": c["p99_ms"],
+            "gateway_cpu_pct_each": 100 * gw_cpu / n / replay_s, "broker_cpu_pct": 100 * (b1 - b0) / replay_s,
+            "gateway_cpu_ms_per_1k": 1e6 * gw_cpu / max(sent, 1),
+            "broker_cpu_ms_per_1k": 1e6 * (b1 - b0) / max(sent, 1),
+            "gateway_rss_kb": max(x[1] for x in g1), "startup_s": startup, "load": os.getloadavg()}
 
 
 def one_run(broker, n: int, fmt: str, seconds: float, trace: Path, procs: int) -> dict:
@@ -215,12 +339,30 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="seconds of the trace each gateway replays")
     p.add_argument("--trace", default=str(ROOT / "bridge" / "tools" / "data" / "durango_mapswitch.log"))
     p.add_argument("--json", help="write the results here too")
+    p.add_argument("--where", choices=("host", "vm"), default="host",
+                   help="vm: real gateway processes, a namespace and vcan0 each (inside the test VM, as root)")
+    p.add_argument("--iface", default="can0", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.role == "gateways":
         print(json.dumps(run_gateways(a.port, a.n, a.format, a.seconds, Path(a.trace), a.first)))
         return 0
     if a.role == "consumer":
-        print(json.dumps(run_consumer(a.port, a.format, idle_s=3.0)))
+        print(json.dumps(run_consumer(a.port, a.format, idle_s=3.0, iface=a.iface)))
+        return 0
+    if a.where == "vm":
+        import tempfile
+
+        results = []
+        for n in (int(x) for x in a.gateways.split(",")):
+            r = vm_run(n, a.seconds, Path(a.trace), Path(tempfile.mkdtemp(prefix="canbridge-fleetvm-")))
+            results.append(r)
+            print(f"VM {n:3d} gw native sent {r['sent']:7d} delivered {r['delivered']:7d} lost {r['lost']:6d} "
+                  f"{r['frames_per_s']:8.0f} f/s (trace {r['trace_rate'] * n:.0f}) {r['messages_per_s']:7.0f} msg/s "
+                  f"p50 {r['p50_ms'] or 0:7.1f} ms p99 {r['p99_ms'] or 0:7.1f} ms  CPU % gateway each "
+                  f"{r['gateway_cpu_pct_each']:5.1f} broker {r['broker_cpu_pct']:5.1f}  RSS {r['gateway_rss_kb']} kB "
+                  f"startup {r['startup_s']:.1f} s  load {r['load'][0]:.2f}", flush=True)
+            if a.json:
+                Path(a.json).write_text(json.dumps(results, indent=1))
         return 0
     from tests.mqtt_broker import Broker
 

@@ -23,7 +23,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 
 # --- 1. Debian packages ------------------------------------------------------------------------
 command -v apt-get >/dev/null || { echo "setup: apt-get not found: this script supports Debian/Ubuntu only" >&2; exit 1; }
-want=(qemu-system-x86 kmod iproute2 can-utils tshark systemd udev mosquitto zsh)  # tshark: libpcap; zsh: completion tests
+want=(qemu-system-x86 kmod iproute2 can-utils tshark systemd udev mosquitto mosquitto-clients zsh)  # tshark: libpcap; zsh: completion tests
 python3 -c 'import venv, ensurepip' 2>/dev/null || want+=(python3-venv)
 missing=()
 for p in "${want[@]}"; do installed "$p" || missing+=("$p"); done
