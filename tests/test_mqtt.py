@@ -560,3 +560,30 @@ def test_shared_subscription_splits_a_fleet_between_consumers(mosquitto):
     finally:
         for s in everyone:
             s.close()
+
+
+def test_a_publish_and_its_puback_are_written_in_the_pass_that_made_them(mosquitto):
+    """paho driven by an external loop only asks for write interest when it queues a packet: the gateway's
+    PUBLISH (end-of-pass flush) and the mirror's PUBACK (made while reading) must still reach the kernel in
+    that same loop pass, not one pass later (counted in passes, not time)."""
+    from bridge.core.reactor import EVENT_WRITE
+
+    gw = Side(url(mosquitto, gateway="gw1"))
+    mirror = Side(url(mosquitto, gateway="backend", source="gw1/can0", read_only=0))
+    assert pump([gw, mirror], connected(gw, mirror))
+    pump([gw, mirror], lambda: False, timeout=0.3)  # the SUBSCRIBE is acknowledged
+    for side in (gw, mirror):
+        assert not side.peer.client.want_write()
+    for i in range(3):
+        gw.router.from_bus(gw.bus, 0, frames_of(1, start=i))
+        gw.reactor.run_once(0)  # the pass that read the frame: its end-of-pass flush publishes
+        assert not gw.peer.client.want_write(), "the PUBLISH waits in paho for the next pass"
+        assert not gw.reactor.interest(gw.peer._fd) & EVENT_WRITE
+        before = len(mirror.bus.frames)
+        assert pump([mirror], lambda: len(mirror.bus.frames) > before)  # stops after the pass that read it
+        assert not mirror.peer.client.want_write(), "the PUBACK waits in paho for the next pass"
+        assert not mirror.reactor.interest(mirror.peer._fd) & EVENT_WRITE
+    assert mirror.bus.frames == frames_of(3)
+    assert pump([gw], lambda: gw.peer.counters.tx_frames == 3)
+    gw.close()
+    mirror.close()

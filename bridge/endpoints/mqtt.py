@@ -2,7 +2,10 @@
 (commands on our `tx` topics, remote gateways' `rx` topics named by `source=`) go to our buses.
 paho-mqtt 2.x (callback API 2) does the MQTT protocol; our reactor does its I/O (no paho thread):
 the client's socket is registered with add_reader / add_writer (on_socket_open/close/register_write/
-unregister_write), loop_read() on readable, loop_write() on writable, loop_misc() once a second.
+unregister_write), loop_read() on readable, loop_write() on writable, loop_misc() once a second. What paho
+queued in a pass (our PUBLISHes at the end-of-pass flush, the PUBACKs of messages just read) is written in
+that same pass (_write_now): with an external loop paho only asks for write interest, which would leave every
+packet to the next pass, at the cost of that pass and two epoll_ctl calls per packet.
 The TCP connect and the TLS handshake are ours too, non-blocking in the reactor (bridge.security.tls
 Handshake); paho gets the connected socket (_Client) and sends its CONNECT over it, so a broker that does not
 answer never stalls the loop. Only resolving a host name (getaddrinfo) blocks, as for TCP peers.
@@ -258,12 +261,19 @@ class MqttPeer:
                 return
             tls_pending = bool(getattr(sock, "pending", None) and sock.pending())
             if not tls_pending and not self._more.poll(0):
-                return
+                break
+        self._write_now()  # the PUBACKs (and anything else) the packets just read made paho queue
         if tls_pending:
             self.reactor.call_soon(self._readable)  # TLS holds decrypted bytes epoll will not signal again
 
     def _writable(self) -> None:
         self.client.loop_write()
+
+    def _write_now(self) -> None:
+        """Hand what paho queued to the kernel now, in this loop pass (paho with an external loop only
+        registers write interest). What does not fit stays queued, and paho keeps write interest for it."""
+        if self._fd >= 0 and self.client.want_write():
+            self.client.loop_write()
 
     def _tick(self) -> None:
         if self._fd >= 0:
@@ -437,6 +447,7 @@ class MqttPeer:
                 else:
                     self._store.add(channel, part)
         self._drain()
+        self._write_now()  # the frames leave in the pass that read them, not in the next one
         self._gauges()
 
     def _drain(self) -> None:
