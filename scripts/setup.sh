@@ -2,7 +2,7 @@
 # scripts/setup.sh - idempotent bootstrap of a Debian/Ubuntu machine for canbridge (dev and CI).
 # Installs what is missing, and only that:
 #   apt:  qemu-system-x86 kmod iproute2 (the test VM), can-utils, tshark (+ its libpcap: capture filters),
-#         systemd + udev (systemd-analyze verify, udevadm test of udev/), mosquitto (MQTT tests), zsh
+#         systemd + udev (systemd-analyze verify, udevadm test of udev/), mosquitto (MQTT tests), mosquitto-clients (benchmarks/broker_knee.py), zsh
 #         (completion tests), python3-venv (if venv is missing)
 #   .venv with `pip install -e '.[test]'` (again whenever pyproject.toml changes), then '.[fuzz]' best effort
 #   the test VM's kernel cache (~/.cache/canvm, filled by hw/testvm/canvm.sh on its first run)
