@@ -111,7 +111,8 @@ def test_gate_rate_keeps_oldest_and_counts_the_rest():
 
 
 def test_gate_not_allowed_frames_spend_no_tokens():
-    gate, c = access_control.Access(write_allow=access_control.parse_allowlist("123"), rate=1, burst=2).gate(0.0), Counters()
+    access = access_control.Access(write_allow=access_control.parse_allowlist("123"), rate=1, burst=2)
+    gate, c = access.gate(0.0), Counters()
     assert ids(gate.admit(batch(1, 2, 0x123, 3, 0x123, 0x123), 0.0, c)) == [0x123, 0x123]
     assert c.dropped == {"not_allowed": 3, "rate_limited": 1}
 

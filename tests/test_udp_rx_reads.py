@@ -46,7 +46,8 @@ class Pair:
         self.reactor = Reactor()
         router = Router(self.reactor)
         self.got = []
-        router.add_bus(SimpleNamespace(channel=0, send_frames=lambda ch, frames: self.got.extend(frames) or len(frames)))
+        bus = SimpleNamespace(channel=0, send_frames=lambda ch, frames: self.got.extend(frames) or len(frames))
+        router.add_bus(bus)
         self.a = UdpPeer(self.reactor, router, ("127.0.0.1", b_port), ("127.0.0.1", a_port),
                          wire.NativeDatagram(HELLO, 1472), policy=POLICY)
         self.rb = Reactor()
@@ -81,7 +82,7 @@ def test_one_datagram_one_readable_event_one_recvfrom():
         # a quiet bus: datagrams one at a time, each read by the one recvfrom of its readable event
         for i in range(1, udp.RX_PROBE_EVERY - 1):
             p.send(i, 1)
-            assert run_until(p.reactor, lambda: len(p.got) == i + 1)
+            assert run_until(p.reactor, lambda: len(p.got) == i + 1)  # noqa: B023 (called now)
         assert p.sock.calls == udp.RX_PROBE_EVERY - 1 and p.sock.eagain == 0
         assert p.frames() == list(range(udp.RX_PROBE_EVERY - 1))
         assert p.a.counters.rx_frames == udp.RX_PROBE_EVERY - 1

@@ -393,8 +393,8 @@ class TcpClient:
     The backoff starts again from BACKOFF_MIN_S only after a real session (see SESSION_MIN_S): a
     connection the server refuses counts as a failed attempt, whatever TCP or our TLS side said."""
 
-    def __init__(self, reactor: Reactor, router, addr: tuple[str, int], new_wire, routing=(None, None, None), scheme="tcp",
-                 policy: PeerLimits = DEFAULT_LIMITS, tls=None):
+    def __init__(self, reactor: Reactor, router, addr: tuple[str, int], new_wire, routing=(None, None, None),
+                 scheme="tcp", policy: PeerLimits = DEFAULT_LIMITS, tls=None):
         self.reactor = reactor
         self.tls = tls  # bridge.security.tls.Tls: each connection is a TLS client side
         self._handshake = None
