@@ -211,6 +211,23 @@ def test_detect_available_configs(tmp_path, monkeypatch):
     ]
 
 
+def stop_logger(proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Ctrl-C for `python -m can.logger`, reading its stderr meanwhile (a full, unread pipe would block
+    its exit); if it does not stop, kill it and fail with what it wrote."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        _out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _out, err = proc.communicate()
+        pytest.fail(f"can.logger ignored SIGINT for {timeout:.0f} s; stderr:\n{_text(err)[-3000:]}")
+    assert proc.returncode == 0, _text(err)[-3000:]
+
+
+def _text(data) -> str:
+    return data if isinstance(data, str) else data.decode(errors="replace")
+
+
 def test_python_can_logger_and_player(fake, tmp_path):
     """`python -m can.logger -i canbridge` records what the bridge sends (format from the extension,
     BLF here), `python -m can.player -i canbridge` sends a log to the bridge."""
@@ -223,8 +240,7 @@ def test_python_can_logger_and_player(fake, tmp_path):
         bridge.push(frames(BURST, base=0x300))
         time.sleep(1)
     finally:
-        logger.send_signal(signal.SIGINT)
-        logger.wait(30)
+        stop_logger(logger)
     assert _ids(can.LogReader(str(out))) == [0x300 + i for i in range(BURST)]
     channels = {m.channel for m in can.LogReader(str(tmp_path / "out.blf"))}
     assert channels <= {None, 0, 1}  # BLF stores channel numbers: a "GATEWAY/IFACE" name is not kept
@@ -251,7 +267,6 @@ def test_logger_names_the_channel_gateway_iface(fake, tmp_path):
         bridge.push(frames(2))
         time.sleep(1)
     finally:
-        logger.send_signal(signal.SIGINT)
-        logger.wait(30)
+        stop_logger(logger)
     lines = out.read_text().split()
     assert lines[1] == f"127.0.0.1:{bridge.port}/vcan0", lines

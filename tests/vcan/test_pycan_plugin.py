@@ -1,13 +1,14 @@
 """The python-can interface plugin (`interface="canbridge"`) against a real bridge on vcan0."""
 
 import select
-import signal
 import subprocess
 import sys
 import time
 
 import can
 import pytest
+
+from tests.test_pycan import stop_logger
 
 pytestmark = pytest.mark.vcan
 
@@ -91,8 +92,7 @@ def test_python_can_logger_and_player(bridge, vcan0, tmp_path):
         for i in range(5):  # frames born on vcan0 reach the logger (a peer's own frames never return to peers)
             local.send(can.Message(arbitration_id=0x300 + i, data=bytes([i]), is_extended_id=False))
         time.sleep(5)  # the logger reads them (nothing it could be asked; bounded, generous for a loaded VM)
-    logger.send_signal(signal.SIGINT)
-    logger.wait(30)
+    stop_logger(logger)
     assert [(m.arbitration_id, bytes(m.data)) for m in seen] == [(0x100 + i, bytes([i, i])) for i in range(20)]
     logged = [(m.arbitration_id, bytes(m.data)) for m in can.LogReader(str(out))]
     assert logged == [(0x300 + i, bytes([i])) for i in range(5)]
