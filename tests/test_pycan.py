@@ -211,6 +211,14 @@ def test_detect_available_configs(tmp_path, monkeypatch):
     ]
 
 
+def start_logger(*args: str, **popen) -> subprocess.Popen:
+    """`python -m can.logger -i canbridge ARGS...` with Ctrl-C (SIGINT) at its default: a test run
+    started in the background by a non-interactive shell inherits SIGINT ignored, and Python keeps an
+    ignored SIGINT ignored, so the logger would never stop (seen in a fresh-clone run from `nohup ... &`)."""
+    return subprocess.Popen([sys.executable, "-u", "-m", "can.logger", "-i", "canbridge", *args],
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)
+
+
 def stop_logger(proc: subprocess.Popen, timeout: float = 60.0) -> None:
     """Ctrl-C for `python -m can.logger`, reading its stderr meanwhile (a full, unread pipe would block
     its exit); if it does not stop, kill it and fail with what it wrote."""
@@ -233,8 +241,7 @@ def test_python_can_logger_and_player(fake, tmp_path):
     BLF here), `python -m can.player -i canbridge` sends a log to the bridge."""
     bridge = fake()
     out = tmp_path / "out.blf"
-    logger = subprocess.Popen([sys.executable, "-m", "can.logger", "-i", "canbridge", "-c", bridge.url,
-                               "-f", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    logger = start_logger("-c", bridge.url, "-f", str(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         bridge.wait_clients(1, timeout=60)
         bridge.push(frames(BURST, base=0x300))
@@ -260,8 +267,8 @@ def test_logger_names_the_channel_gateway_iface(fake, tmp_path):
     """A candump-format log written by can.logger names the interface GATEWAY/IFACE, not the URL."""
     bridge = fake()
     out = tmp_path / "out.log"
-    logger = subprocess.Popen([sys.executable, "-m", "can.logger", "-i", "canbridge", "-c", bridge.url + "/vcan0",
-                               "-f", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    logger = start_logger("-c", bridge.url + "/vcan0", "-f", str(out), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
     try:
         bridge.wait_clients(1, timeout=60)
         bridge.push(frames(2))

@@ -8,7 +8,7 @@ import time
 import can
 import pytest
 
-from tests.test_pycan import stop_logger
+from tests.test_pycan import start_logger, stop_logger
 
 pytestmark = pytest.mark.vcan
 
@@ -81,8 +81,7 @@ def test_python_can_logger_and_player(bridge, vcan0, tmp_path):
     src = tmp_path / "in.log"
     src.write_text("".join(f"(1700000000.{i:06d}) can0 {0x100 + i:03X}#{i:02X}{i:02X}\n" for i in range(20)))
     out = tmp_path / "out.log"
-    logger = subprocess.Popen([sys.executable, "-u", "-m", "can.logger", "-i", "canbridge", "-c", URL, "-f", str(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logger = start_logger("-c", URL, "-f", str(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with can.Bus(interface="socketcan", channel=vcan0) as local:
         _wait_for_line(logger, "Can Logger (Started")  # printed once its bus is connected
         player = subprocess.run([sys.executable, "-m", "can.player", "-i", "canbridge", "-c", URL, str(src)],
