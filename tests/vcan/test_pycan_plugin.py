@@ -1,5 +1,6 @@
 """The python-can interface plugin (`interface="canbridge"`) against a real bridge on vcan0."""
 
+import os
 import select
 import subprocess
 import sys
@@ -62,14 +63,17 @@ def test_unknown_interface_is_a_clean_error(bridge):
 
 
 def _wait_for_line(proc, text: str, timeout: float = 120.0) -> None:
-    """Read proc's stdout until a line contains `text` (python-can's imports take seconds in the test VM,
-    more when the host is loaded); fails with its stderr if it exits or the bound passes first."""
+    """Read proc's stdout until it contains `text` (python-can's imports take seconds in the test VM,
+    more when the host is loaded); fails with its stderr if it exits or the bound passes first. Reads
+    the pipe's fd itself: select() on a buffered file misses lines that one readline() pulled into the
+    buffer along with the first (the logger prints its two lines at once)."""
+    fd, seen = proc.stdout.fileno(), b""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-        line = proc.stdout.readline() if ready else ""
-        if text in line:
-            return
+        if select.select([fd], [], [], 1.0)[0]:
+            seen += os.read(fd, 4096)
+            if text.encode() in seen:
+                return
         if proc.poll() is not None:
             pytest.fail(f"{proc.args[2]} exited {proc.returncode}: {proc.stderr.read()}")
     pytest.fail(f"no {text!r} from {proc.args[2]} in {timeout} s")
