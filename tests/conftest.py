@@ -29,6 +29,19 @@ def _iface_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
 
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """Tests that run a command's main() in-process install a handler on pytest's captured stderr; put
+    the root logger back after each test (otherwise a later test logs to a closed file: 'Logging error')."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:  # so that `-m vcan` / `-m "not vcan"` (and privileged) select them correctly
         fixtures = set(getattr(item, "fixturenames", ()))

@@ -223,22 +223,34 @@ def test_broker_sigkill_mid_stream_delivered_plus_counted_is_sent(mosquitto):
     mirror.close()
 
 
-def test_broker_absent_at_start_frames_wait_then_arrive_and_stale_ones_are_counted(tmp_path):
-    broker = Broker(tmp_path / "late")
+def test_broker_absent_frames_older_than_max_age_are_counted_stale(tmp_path):
+    broker = Broker(tmp_path / "never")  # its port, never started: every connect is refused
     gw = Side(f"mqtt://127.0.0.1:{broker.port}/fleet?gateway=gw1&max_age=1.5")
-    feed(gw, counted(200))  # will be older than max_age when the broker comes
+    feed(gw, counted(200))
     # the stale sweep (every second) counts them while the broker is away: wait for it, bounded
     assert pump([gw], lambda: gw.peer.counters.dropped["stale"] == 200, timeout=15)
     assert not gw.peer.connected and gw.peer.counters.errors["connect_failed"] >= 1
-    feed(gw, counted(300, 200))
+    assert gw.peer.counters.gauges["queued_frames"] == 0 and gw.peer.counters.tx_frames == 0
+    gw.close()
+
+
+def test_broker_absent_at_start_frames_wait_then_arrive(tmp_path):
+    # default max_age (60 s): the frames outlive any reconnect delay (at most BACKOFF_MAX_S). A short
+    # max_age here made the test race the backoff: frames fed just before the broker came could go stale
+    # before the gateway's next attempt (a CI failure).
+    broker = Broker(tmp_path / "late")
+    gw = Side(f"mqtt://127.0.0.1:{broker.port}/fleet?gateway=gw1")
+    feed(gw, counted(300))
+    assert pump([gw], lambda: gw.peer.counters.errors["connect_failed"] >= 2, timeout=10)
     broker.start()
     try:
         mirror = Side(url(broker, gateway="backend", source="gw1/can0", read_only=0))
         assert pump([mirror], connected(mirror))
-        pump([mirror], lambda: False, timeout=0.3)
-        assert pump([gw, mirror], lambda: len(mirror.bus.frames) >= 300, timeout=20)
-        assert unique(mirror.bus.frames) == set(range(200, 500))
+        pump([mirror], lambda: False, timeout=0.3)  # the SUBSCRIBE is acknowledged before gw is pumped
+        assert pump([gw, mirror], lambda: len(mirror.bus.frames) >= 300, timeout=20), gw.peer.counters.snapshot()
+        assert unique(mirror.bus.frames) == set(range(300))
         assert pump([gw, mirror], lambda: gw.peer.counters.tx_frames == 300)
+        assert not gw.peer.counters.dropped.get("stale")
         mirror.close()
     finally:
         gw.close()
