@@ -137,3 +137,54 @@ class DeliveryTracker:
         held, self.held = self.held or 0, None
         self.counted += held
         return held
+
+
+MAX_PUBLISHERS = 65_536  # (topic) keys a consumer tracks: a fleet of 16k gateways with 4 buses each;
+#                          beyond, the least recently heard is forgotten (counted: forgotten) and baselines again
+
+
+class PublishedFrames:
+    """Consumer-side count of frames lost between an MQTT publisher and us, and of redelivered ones, sans-IO.
+
+    A canbridge publisher puts a PUB_COUNT record in each native message (docs/protocol.md 10): its session
+    (u32, random per process start) and `frames_before`, the frames it put in its earlier messages on the
+    same topic in that session. Its numbering only counts messages its MQTT client accepted, so frames it
+    dropped itself (stale, queue_full: counted at the gateway) make no gap here.
+
+    observe(key, session, first, n) for a message of n frames -> (skip, lost): deliver frames[skip:];
+    `lost` frames of this publisher are missing before it. Rules:
+    - the first message of a key (or of a key forgotten at MAX_PUBLISHERS) sets the baseline: frames sent
+      before we listened are not ours to count;
+    - a new session of a known key (the publisher restarted): the `first` frames of the new session
+      before this message are lost (we were subscribed); what the old session sent after its last
+      message we saw cannot be known;
+    - same session: a gap (first > expected) is lost; frames at or below the expected position are
+      redelivered (a qos 1 resend after a reconnect) and skipped. A message reordered behind a later one
+      (MQTT keeps the order of one publisher's topic, so only across a broker failure) is counted lost
+      when the gap is seen and skipped when it comes: delivered + lost stays the frames sent.
+    Attributes: lost, duplicates (frames skipped), forgotten (keys dropped at the bound)."""
+
+    def __init__(self, max_keys: int = MAX_PUBLISHERS) -> None:
+        self._next: dict = {}  # key -> [session, frames_before of the next message], least recent first
+        self.max_keys = max_keys
+        self.lost = 0
+        self.duplicates = 0
+        self.forgotten = 0
+
+    def observe(self, key, session: int, first: int, n: int) -> tuple[int, int]:
+        state = self._next.pop(key, None)
+        if state is None:
+            if len(self._next) >= self.max_keys:
+                del self._next[next(iter(self._next))]
+                self.forgotten += 1
+            state, lost, skip = [session, first + n], 0, 0
+        elif state[0] != session:
+            state, lost, skip = [session, first + n], first, 0
+        else:
+            expected = state[1]
+            lost, skip = max(0, first - expected), min(n, max(0, expected - first))
+            state[1] = max(expected, first + n)
+        self._next[key] = state  # re-inserted: most recently heard last
+        self.lost += lost
+        self.duplicates += skip
+        return skip, lost

@@ -5,8 +5,11 @@ A batch is a list of (raw, ts_ns): raw a 16-byte `struct can_frame` or 72-byte `
 host byte order (bridge.codec.socketcan), ts_ns the kernel RX timestamp in ns since the epoch.
 Formats (docs/mqtt.md; native byte by byte in docs/protocol.md, section "MQTT payload"):
 
-    native   "CNBR" version(u8=1) flags(u8=0), then FRAME records of bridge.codec.native (channel 0;
-             kernel RX ns, FD flags, len8_dlc). Record types a reader does not know are skipped.
+    native   "CNBR" version(u8=1) flags(u8=0), optionally a PUB_COUNT record (the publisher's session u32 and
+             the frames it put in its earlier messages on this topic: a consumer counts gaps as lost and
+             drops redelivered messages, bridge.codec.frameloss.PublishedFrames), then FRAME records of
+             bridge.codec.native (channel 0; kernel RX ns, FD flags, len8_dlc). Record types a reader does
+             not know are skipped.
              content type application/vnd.canbridge.frames; payload format indicator 0 (bytes).
     json     {"gateway": "gw1", "interface": "can0", "frames": [{"ts": ns, "id": int, "ext": bool,
              "rtr": bool, "err": bool, "fd": bool, "brs": bool, "esi": bool, "len": int,
@@ -59,14 +62,22 @@ def _err(reason: str, detail: str = "") -> MqttPayloadError:
 # ------------------------------------------------------------------------------------------- native
 
 
-def encode_native(frames: list) -> bytes:
-    """Batch -> native payload (6-byte preamble + one 20..84-byte FRAME record per frame).
+def encode_native(frames: list, count: tuple[int, int] | None = None) -> bytes:
+    """Batch -> native payload (6-byte preamble, the 16-byte PUB_COUNT record when `count` is given as
+    (session u32, frames_before u64), one 20..84-byte FRAME record per frame).
     ValueError on a raw frame the kernel never produces (bridge.codec.native.encode_frames)."""
-    return native.STREAM_PREAMBLE + native.encode_frames(0, frames)
+    head = native.STREAM_PREAMBLE if count is None else native.STREAM_PREAMBLE + native.encode_pub_count(*count)
+    return head + native.encode_frames(0, frames)
 
 
 def decode_native(payload) -> list:
-    """Native payload -> batch. Raises MqttPayloadError (bad_magic, bad_version, truncated, and the
+    """Native payload -> batch (see decode_native_counted)."""
+    return decode_native_counted(payload)[0]
+
+
+def decode_native_counted(payload) -> tuple[list, tuple[int, int] | None]:
+    """Native payload -> (batch, (session, frames_before) of its PUB_COUNT record, or None without one).
+    Raises MqttPayloadError (bad_magic, bad_version, truncated, bad_record_length, bad_record, and the
     FRAME record reasons of bridge.codec.native: len_too_large, bad_flags, bad_channel, ...)."""
     buf = bytes(payload)
     if len(buf) < len(native.STREAM_PREAMBLE):
@@ -75,9 +86,14 @@ def decode_native(payload) -> list:
         raise _err("bad_magic", repr(buf[:4]))
     if buf[4] != native.VERSION:
         raise _err("bad_version", f"version {buf[4]}")
+    pos, count = 6, None
+    if len(buf) >= 10 and buf[6] == native.REC_PUB_COUNT:  # only as the first record
+        if buf[8:10] != b"\x00\x0c" or len(buf) < 22:
+            raise _err("bad_record_length", "PUB_COUNT body is not 12 bytes")
+        count, pos = native._RX_COUNT_BODY.unpack_from(buf, 10), 22
     events: list = []
     try:
-        stop, _skipped = native._parse_records(buf, 6, len(buf), events, 1, False)
+        stop, _skipped = native._parse_records(buf, pos, len(buf), events, 1, False)
     except native.NativeProtocolError as exc:
         raise _err(exc.reason, exc.detail) from None
     if stop != len(buf):
@@ -88,7 +104,7 @@ def decode_native(payload) -> list:
             frames.extend(event.frames)
         else:  # HELLO / HEARTBEAT / counts have no place in an MQTT message
             raise _err("bad_record", f"unexpected {type(event).__name__} record")
-    return frames
+    return frames, count
 
 
 # --------------------------------------------------------------------------------------------- json
@@ -239,16 +255,22 @@ def encode(fmt: str, gateway: str, interface: str, frames: list) -> bytes:
 
 
 def decode(fmt: str, payload) -> list:
-    """A received payload of `fmt` -> batch. MqttPayloadError oversize (> MAX_PAYLOAD_BYTES, checked
-    before parsing) or any reason above."""
+    """A received payload of `fmt` -> batch (see decode_counted)."""
+    return decode_counted(fmt, payload)[0]
+
+
+def decode_counted(fmt: str, payload) -> tuple[list, tuple[int, int] | None]:
+    """A received payload of `fmt` -> (batch, (session, frames_before) or None: only native payloads carry
+    a PUB_COUNT). MqttPayloadError oversize (> MAX_PAYLOAD_BYTES, checked before parsing) or any reason
+    above."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise _err("oversize", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
     if fmt == "native":
-        return decode_native(payload)
+        return decode_native_counted(payload)
     if fmt == "json":
-        return decode_json(payload)[2]
+        return decode_json(payload)[2], None
     if fmt == "candump":
-        return decode_candump(payload)
+        return decode_candump(payload), None
     raise _err("bad_format", repr(fmt))
 
 

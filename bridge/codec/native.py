@@ -9,6 +9,8 @@ The byte layout is specified in docs/protocol.md. Summary (all multi-byte fields
     TX_COUNT body = frames_sent(u64)   (UDP control datagrams: FRAME records sent before this datagram)
     RX_COUNT body = session(u32) frames_accounted(u64)   (UDP control datagrams: the receiver's account of
                    that sender session's frames, in the sender's TX_COUNT numbering)
+    PUB_COUNT body = session(u32) frames_before(u64)   (MQTT payloads only, bridge.codec.mqtt_payload; a
+                   stream or datagram reader skips it as an unknown type)
 
 Frames on the forwarding path are raw Linux `struct can_frame` (16 B) / `struct canfd_frame` (72 B)
 in host byte order (see bridge.codec.socketcan); a batch is a list of `(raw, ts_ns)` tuples. The
@@ -50,6 +52,7 @@ REC_FRAME = 0x02
 REC_HEARTBEAT = 0x03
 REC_TX_COUNT = 0x04
 REC_RX_COUNT = 0x05
+REC_PUB_COUNT = 0x06  # MQTT payloads only (docs/protocol.md 10): TCP and UDP readers skip it as unknown
 
 MAX_CHANNELS = 255
 MAX_CHANNEL_NAME = 15  # IFNAMSIZ - 1
@@ -69,7 +72,7 @@ _HELLO_FIXED = struct.Struct(">BBHIB")  # proto_version, reserved, capabilities,
 _HEARTBEAT = struct.Struct(">BBHQ")  # record header + sent_ns
 _TX_COUNT = struct.Struct(">BBHQ")  # record header + frames_sent
 _RX_COUNT = struct.Struct(">BBHIQ")  # record header + session + frames_accounted
-_RX_COUNT_BODY = struct.Struct(">IQ")
+_RX_COUNT_BODY = struct.Struct(">IQ")  # also the PUB_COUNT body
 _U64 = struct.Struct(">Q")
 
 assert _UDP_HDR.size == UDP_HEADER_LEN and _FRAME_HDR.size == FRAME_RECORD_FIXED
@@ -190,6 +193,16 @@ def encode_rx_count(session: int, frames_accounted: int) -> bytes:
         return _RX_COUNT.pack(REC_RX_COUNT, 0, 12, session, frames_accounted)
     except struct.error as e:
         raise ValueError(f"bad RX_COUNT session {session!r} / frames_accounted {frames_accounted!r}") from e
+
+
+def encode_pub_count(session: int, frames_before: int) -> bytes:
+    """(session u32, frames_before u64) -> one PUB_COUNT record (16 bytes; docs/protocol.md 10: an MQTT
+    publisher's session and the frames it put in its earlier messages on the topic). ValueError if out
+    of range."""
+    try:
+        return _RX_COUNT.pack(REC_PUB_COUNT, 0, 12, session, frames_before)
+    except struct.error as e:
+        raise ValueError(f"bad PUB_COUNT session {session!r} / frames_before {frames_before!r}") from e
 
 
 def _append_frame_records(channel: int, frames, out: list) -> None:

@@ -25,6 +25,12 @@ publish_failed (paho refused the message, or the broker answered a PUBACK with a
 at close). With qos=1 a frame counts in tx_frames when the broker has acknowledged its message; paho
 resends unacknowledged messages after a reconnect (so a consumer may see a message twice, never lose
 one the broker acknowledged while it was subscribed). With qos=0 tx_frames counts frames written.
+
+End to end (format=native, batch topics): each message carries a PUB_COUNT record (docs/protocol.md 10), our
+session and the frames we put in earlier messages on its topic. A consuming peer counts the gaps as
+dropped lost_in_transit (messages a broker acknowledged and then lost: killed, restarted without
+persistence, expired) and skips redelivered frames (errors duplicate_frames), so per gateway:
+frames sent = frames delivered + dropped at the gateway + lost_in_transit at the consumer.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import select
 import socket
 import time
@@ -48,6 +55,7 @@ from bridge.codec import mqtt_payload as mp
 from bridge.core.reactor import Reactor
 from bridge.core.stats import Counters
 from bridge.codec import native
+from bridge.codec.frameloss import PublishedFrames
 from bridge.endpoints.tcp import backoff_delay
 from bridge.security.tls import Handshake, Tls, describe
 
@@ -187,6 +195,9 @@ class MqttPeer:
         self._pass: dict[int, list] = {}  # channel -> frames handed over in this loop pass
         self._store = FrameStore(self.counters, STORE_MAX_BYTES, max_age)
         self._unacked: dict[int, int] = {}  # mid -> frames in that message (acknowledged: tx_frames)
+        self._session = secrets.randbits(32)  # PUB_COUNT session: a restarted gateway numbers from 0 again
+        self._published = [0] * len(self.channels)  # per channel: frames in messages paho accepted (PUB_COUNT)
+        self._received = PublishedFrames()  # per topic: gaps and redeliveries of what we consume
         self._connected = False
         self._closing = False
         self._refused = False  # the broker's CONNACK refused us: on_disconnect does not count it again
@@ -458,7 +469,8 @@ class MqttPeer:
                 break
             channel, n, records, age = seg
             if self.fmt == "native" and not self.per_id:  # stored as it is sent: no re-encoding
-                self._send(self._rx_topic(channel), native.STREAM_PREAMBLE + records, n, age)
+                head = native.STREAM_PREAMBLE + native.encode_pub_count(*self._count(channel))
+                self._send(self._rx_topic(channel), head + records, n, age, channel)
             else:
                 self._publish_frames(channel, mp.decode_native(native.STREAM_PREAMBLE + records), age)
 
@@ -471,12 +483,20 @@ class MqttPeer:
             if self.per_id:
                 for f in frames:
                     self._send(f"{base}/{mp.id_topic(f[0])}", mp.encode(self.fmt, self.gateway, iface, [f]), 1, age)
+            elif self.fmt == "native":
+                self._send(base, mp.encode_native(frames, self._count(channel)), len(frames), age, channel)
             else:
                 self._send(base, mp.encode(self.fmt, self.gateway, iface, frames), len(frames), age)
         except ValueError:  # a raw frame no kernel produces
             self.counters.drop("unencodable", len(frames))
 
-    def _send(self, topic: str, payload: bytes, n: int, age: float) -> None:
+    def _count(self, channel: int) -> tuple[int, int]:
+        """The PUB_COUNT of the next message on channel's rx topic: (session, frames_before)."""
+        return self._session, self._published[channel]
+
+    def _send(self, topic: str, payload: bytes, n: int, age: float, channel: int | None = None) -> None:
+        """Hand one message of n frames to paho. channel: its PUB_COUNT numbering, advanced only when paho
+        takes it (a message refused here is counted here and leaves no gap for a consumer to count)."""
         props = self._props(self.fmt)
         if self.max_age:  # the broker drops the message once its frames are older than max_age
             props.MessageExpiryInterval = max(1, math.ceil(self.max_age - age))
@@ -488,6 +508,8 @@ class MqttPeer:
         else:
             self.counters.tx_bytes += len(payload)
             self._unacked[info.mid] = n  # NO_CONN: paho keeps it and sends it after the reconnect
+            if channel is not None:
+                self._published[channel] += n
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         n = self._unacked.pop(mid, None)
@@ -516,16 +538,28 @@ class MqttPeer:
             self.counters.errors["retained_message"] += 1
             return
         try:
-            frames = mp.decode(self.fmt, msg.payload)
+            frames, count = mp.decode_counted(self.fmt, msg.payload)
         except mp.MqttPayloadError as exc:
             self.counters.errors["bad_payload"] += 1
             self.counters.errors[f"bad_payload_{exc.reason}"] += 1
             log.warning("%s: dropped a malformed message on %s: %s", self.name, topic, exc)
             return
+        if count is not None:
+            frames = self._account(topic, count, frames)
         self.counters.rx_frames += len(frames)
         self.counters.rx_bytes += len(msg.payload)
         if frames:
             self.router.from_peer(self, channel, frames)
+
+    def _account(self, topic: str, count: tuple[int, int], frames: list) -> list:
+        """A counted message: gaps before it go to dropped lost_in_transit; -> its frames not seen before."""
+        skip, lost = self._received.observe(topic, count[0], count[1], len(frames))
+        if lost:
+            self.counters.drop("lost_in_transit", lost)
+        if skip:
+            self.counters.errors["duplicate_frames"] += skip
+            return frames[skip:]
+        return frames
 
     def _source_channel(self, topic: str) -> int | None:
         """PREFIX/GW/IFACE/rx[/ID] of a mirrored source -> our channel: the bus of the same name, or our

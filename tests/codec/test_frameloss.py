@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from bridge.codec import native
 from bridge.codec import socketcan as sc
-from bridge.codec.frameloss import DeliveryTracker, FrameLossTracker
+from bridge.codec.frameloss import DeliveryTracker, FrameLossTracker, PublishedFrames
 
 
 def test_first_tx_count_is_the_baseline():
@@ -181,3 +181,24 @@ def test_delivery_restart_within_the_timeout_counts_at_the_new_session():
     d.down(140)
     d.new_peer(53, 140)  # held at a down: the up transition decides, once
     assert d.counted == 60 and d.up(53) == 20 and d.counted == 80
+
+
+def test_published_frames_baseline_gap_redelivery_and_restart():
+    t = PublishedFrames()
+    assert t.observe("fleet/gw1/can0/rx", 1, 500, 10) == (0, 0)  # baseline: earlier frames are not ours
+    assert t.observe("fleet/gw1/can0/rx", 1, 510, 10) == (0, 0)
+    assert t.observe("fleet/gw1/can0/rx", 1, 540, 5) == (0, 20)  # two messages lost on the way
+    assert t.observe("fleet/gw1/can0/rx", 1, 530, 10) == (10, 0)  # late or redelivered: skipped
+    assert t.observe("fleet/gw1/can0/rx", 1, 540, 10) == (5, 0)  # overlaps what was seen: the rest is new
+    assert t.observe("fleet/gw2/can0/rx", 9, 0, 3) == (0, 0)  # another topic, its own numbering
+    assert t.observe("fleet/gw1/can0/rx", 2, 4, 6) == (0, 4)  # restarted: its first 4 frames are lost
+    assert (t.lost, t.duplicates) == (24, 15)
+
+
+def test_published_frames_is_bounded():
+    t = PublishedFrames(max_keys=2)
+    for key in ("a", "b", "c"):
+        t.observe(key, 1, 0, 1)
+    assert t.forgotten == 1
+    assert t.observe("a", 1, 50, 1) == (0, 0)  # forgotten: a new baseline, no false loss
+    assert t.observe("c", 1, 1, 1) == (0, 0)  # still tracked

@@ -53,6 +53,27 @@ def test_native_layout_byte_by_byte():
                        + b"\x11\x22")
 
 
+@given(batches, st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1))
+def test_native_round_trip_with_pub_count(frames, session, before):
+    payload = mp.encode_native(frames, (session, before))
+    assert mp.decode_counted("native", payload) == (frames, (session, before))
+    assert mp.decode("native", payload) == frames  # a reader that does not count still gets the frames
+
+
+def test_pub_count_is_skipped_by_stream_readers_and_checked_by_mqtt_readers():
+    raw = sc.pack_can(0x123, b"\x01")
+    payload = mp.encode_native([(raw, 5)], (7, 9))
+    assert payload[6:22] == b"\x06\x00\x00\x0c" + (7).to_bytes(4, "big") + (9).to_bytes(8, "big")
+    events: list = []
+    stop, skipped = native._parse_records(payload, 6, len(payload), events, 1, False)  # a TCP/UDP reader
+    assert (stop, skipped) == (len(payload), 1) and events[0].frames == [(raw, 5)]
+    assert mp.decode_counted("json", mp.encode_json("gw", "can0", [(raw, 5)]))[1] is None
+    for bad in (payload[:6] + b"\x06\x00\x00\x08" + payload[10:18], payload[:20]):
+        with pytest.raises(mp.MqttPayloadError) as exc:
+            mp.decode_counted("native", bad)
+        assert exc.value.reason in ("bad_record_length", "truncated")
+
+
 def test_json_document_shape():
     raw = sc.pack_can(0x18DAF110 | sc.CAN_EFF_FLAG, b"\x02\x10\x03")
     doc = json.loads(mp.encode_json("gw1", "can0", [(raw, 5)]))
@@ -146,5 +167,6 @@ def test_protocol_doc_mqtt_example_is_what_the_encoder_writes():
     dump = section.split("```hex\n")[1].split("```")[0]
     documented = bytes.fromhex(" ".join(line[6:] for line in dump.strip().splitlines()))
     raw = sc.pack_canfd(0x123, b"\x11\x22", sc.CANFD_BRS)
-    assert mqtt_payload.encode_native([(raw, 0x0102030405060708)]) == documented
-    assert mqtt_payload.decode_native(documented) == [(raw, 0x0102030405060708)]
+    count = (0x0A0B0C0D, 1000)
+    assert mqtt_payload.encode_native([(raw, 0x0102030405060708)], count) == documented
+    assert mqtt_payload.decode_counted("native", documented) == ([(raw, 0x0102030405060708)], count)
