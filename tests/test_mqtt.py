@@ -184,53 +184,66 @@ def publish(client, topic, payload, expiry=None, retain=False):
 
 
 def test_broker_sigkill_mid_stream_delivered_plus_counted_is_sent(mosquitto):
-    gw = Side(url(mosquitto, gateway="gw1"))
-    mirror = Side(url(mosquitto, gateway="backend", source="gw1/can0", read_only=0))
-    assert pump([gw, mirror], connected(gw, mirror))
-    pump([gw, mirror], lambda: False, timeout=0.3)
+    """Two gateways, each mirrored by its own consumer; for each gateway, end to end: sent = delivered +
+    dropped at the gateway + lost_in_transit counted by the consumer (PUB_COUNT, docs/protocol.md 10)."""
+    gws = [Side(url(mosquitto, gateway=f"gw{i}")) for i in (1, 2)]
+    mirrors = [Side(url(mosquitto, gateway=f"backend{i}", source=f"gw{i}/can0", read_only=0)) for i in (1, 2)]
+    every = gws + mirrors
+    assert pump(every, connected(*every))
+    pump(every, lambda: False, timeout=0.3)
+
+    def feed_all(n, start, **kw):
+        for gw in gws:
+            feed(gw, counted(n, start), **kw)
+
     sent = 0
     for _ in range(20):  # part 1: a stream, both sides running
-        feed(gw, counted(100, sent))
+        feed_all(100, sent)
         sent += 100
-        pump([gw, mirror], lambda: False, timeout=0.01)
-    # part 2: 250 messages the broker acknowledges and holds for the mirror, which is not pumped: past its
-    # inflight window (64, tests/mqtt_broker.py) they wait in the broker's memory when it dies
-    feed(gw, counted(500, sent), per_pass=2)
+        pump(every, lambda: False, timeout=0.01)
+    # part 2: 250 messages per gateway the broker acknowledges and holds for the mirrors, which are not
+    # pumped: past their inflight window (64, tests/mqtt_broker.py) they wait in the broker's memory when it dies
+    feed_all(500, sent, per_pass=2)
     sent += 500
-    assert pump([gw], lambda: gw.peer.counters.tx_frames + dropped(gw) == sent, timeout=10)
+    assert pump(gws, lambda: all(gw.peer.counters.tx_frames + dropped(gw) == sent for gw in gws), timeout=10)
     mosquitto.kill()
-    pump([mirror], lambda: not mirror.peer.connected, timeout=5)
-    assert pump([gw], lambda: not gw.peer.connected, timeout=5)
-    feed(gw, counted(1000, sent))  # part 3: while the broker is away: our store-and-forward queue
+    pump(mirrors, lambda: not any(m.peer.connected for m in mirrors), timeout=5)
+    assert pump(gws, lambda: not any(gw.peer.connected for gw in gws), timeout=5)
+    feed_all(1000, sent)  # part 3: while the broker is away: our store-and-forward queue
     sent += 1000
-    assert gw.peer.counters.gauges["queued_frames"] >= 1000
+    assert all(gw.peer.counters.gauges["queued_frames"] >= 1000 for gw in gws)
     mosquitto.start()
-    assert pump([mirror], lambda: mirror.peer.connected, timeout=15)  # the consumer subscribes first
-    pump([mirror], lambda: False, timeout=0.3)
+    assert pump(mirrors, connected(*mirrors), timeout=15)  # the consumers subscribe first
+    pump(mirrors, lambda: False, timeout=0.3)
     for _ in range(10):  # part 4: after the restart
-        feed(gw, counted(100, sent))
+        feed_all(100, sent)
         sent += 100
-        pump([gw, mirror], lambda: False, timeout=0.01)
+        pump(every, lambda: False, timeout=0.01)
     after = set(range(2500, sent))  # queued while the broker was away, or sent after its restart
-    done = lambda: gw.peer.counters.tx_frames + dropped(gw) >= sent and after <= unique(mirror.bus.frames)  # noqa: E731
-    assert pump([gw, mirror], done, timeout=30), (gw.peer.counters.snapshot(), len(unique(mirror.bus.frames)))
-    # the gateway's account is exact: every frame acknowledged by a broker (qos 1) or counted with a reason
-    assert gw.peer.counters.tx_frames + dropped(gw) == sent, gw.peer.counters.snapshot()
-    delivered = unique(mirror.bus.frames)
-    assert set(range(2000)) <= delivered and after <= delivered
-    # only part 2 may be missing: messages the killed broker had acknowledged but not yet forwarded
-    # (a non-persistent single broker loses what it holds in memory; docs/mqtt.md)
-    assert delivered >= set(range(sent)) - set(range(2000, 2500))
-    assert gw.peer.counters.errors["disconnected"] >= 1
-    # end to end, exact (docs/protocol.md 10, PUB_COUNT): redelivered frames are skipped, the killed
-    # broker's losses are counted by the consumer, and with the gateway's drops that is every frame
-    rx = mirror.peer.counters
-    assert len(mirror.bus.frames) == len(delivered) == rx.rx_frames, rx.snapshot()
-    missing = sent - len(delivered)
-    assert rx.dropped["lost_in_transit"] + dropped(gw) == missing, (rx.snapshot(), gw.peer.counters.snapshot())
-    assert rx.dropped["lost_in_transit"] >= 500 - 64 * 2  # the broker's loss is seen, not assumed
-    gw.close()
-    mirror.close()
+
+    def done():
+        return all(gw.peer.counters.tx_frames + dropped(gw) >= sent and after <= unique(m.bus.frames)
+                   for gw, m in zip(gws, mirrors))
+
+    assert pump(every, done, timeout=30), [(gw.peer.counters.snapshot(), len(unique(m.bus.frames)))
+                                           for gw, m in zip(gws, mirrors)]
+    for gw, mirror in zip(gws, mirrors):
+        # the gateway's account is exact: every frame acknowledged by a broker (qos 1) or counted with a reason
+        assert gw.peer.counters.tx_frames + dropped(gw) == sent, gw.peer.counters.snapshot()
+        assert gw.peer.counters.errors["disconnected"] >= 1
+        delivered = unique(mirror.bus.frames)
+        # only part 2 may be missing: messages the killed broker had acknowledged but not yet forwarded
+        # (a non-persistent single broker loses what it holds in memory; docs/mqtt.md)
+        assert delivered >= set(range(sent)) - set(range(2000, 2500))
+        # end to end, exact: redelivered frames are skipped, the killed broker's losses are counted by
+        # the consumer, and with the gateway's drops that is every frame
+        rx = mirror.peer.counters
+        assert len(mirror.bus.frames) == len(delivered) == rx.rx_frames, rx.snapshot()
+        lost = rx.dropped["lost_in_transit"]
+        assert len(delivered) + dropped(gw) + lost == sent, (rx.snapshot(), gw.peer.counters.snapshot())
+        assert lost >= 500 - 64 * 2  # the broker's loss is seen, not assumed
+    for side in every:
+        side.close()
 
 
 def test_broker_absent_frames_older_than_max_age_are_counted_stale(tmp_path):
