@@ -125,21 +125,16 @@ class UdpPeer:
             return
         self._rx_singles += 1
         try:
-            data, addr = self.sock.recvfrom(MAX_DATAGRAM)
-        except (BlockingIOError, InterruptedError):
+            data = self._recv_one()
+        except BlockingIOError:
             return
-        except OSError as exc:  # ICMP port unreachable surfaces here as ECONNREFUSED
-            self.counters.errors["recv_" + errno.errorcode.get(exc.errno, "oserror").lower()] += 1
-            return
-        if addr[0] != self.remote[0]:
-            self.counters.errors["unknown_sender"] += 1
+        if data is None:
             return
         if self._on_datagram(data) > 1 or self._rx_singles >= RX_PROBE_EVERY:
             self._rx_batch = True  # the next readable event drains (bounded)
 
     def _read_batch(self) -> None:
         """Read datagrams until EAGAIN, at most RX_BATCH_MAX datagrams and RX_FRAMES_MAX frames."""
-        recvfrom = self.sock.recvfrom
         frames = dgrams = 0
         try:
             for _ in range(RX_BATCH_MAX):
@@ -147,20 +142,30 @@ class UdpPeer:
                     dgrams = RX_BATCH_MAX  # more may wait: stay in batch mode
                     return
                 try:
-                    data, addr = recvfrom(MAX_DATAGRAM)
-                except (BlockingIOError, InterruptedError):
+                    data = self._recv_one()
+                except BlockingIOError:
                     return
-                except OSError as exc:  # ICMP port unreachable surfaces here as ECONNREFUSED
-                    self.counters.errors["recv_" + errno.errorcode.get(exc.errno, "oserror").lower()] += 1
-                    continue
                 dgrams += 1
-                if addr[0] != self.remote[0]:
-                    self.counters.errors["unknown_sender"] += 1
-                    continue
-                frames += self._on_datagram(data)
+                if data is not None:
+                    frames += self._on_datagram(data)
         finally:
             self._rx_batch = dgrams > 1  # one or none: the datagrams come one at a time again
             self._rx_singles = 0
+
+    def _recv_one(self) -> bytes | None:
+        """One datagram from the peer's host, or None for a read that failed or came from another host
+        (counted). BlockingIOError when nothing waits."""
+        try:
+            data, addr = self.sock.recvfrom(MAX_DATAGRAM)
+        except BlockingIOError:
+            raise
+        except OSError as exc:  # ICMP port unreachable surfaces here as ECONNREFUSED
+            self.counters.errors["recv_" + errno.errorcode.get(exc.errno, "oserror").lower()] += 1
+            return None
+        if addr[0] != self.remote[0]:
+            self.counters.errors["unknown_sender"] += 1
+            return None
+        return data
 
     def _on_datagram(self, data: bytes) -> int:
         """Decode and route one datagram of the peer; -> the frames it carried."""
