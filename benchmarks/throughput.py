@@ -36,7 +36,8 @@ nominal one when the system under test takes CPU from cangen. Figures per system
                    (then it is cangen's limit, not the system's)
   burst            loss of `cangen -g 0` flat out
   latency          kernel RX timestamp on vcan1 minus own-echo timestamp on vcan0 (bridge.tools.probe),
-                   one frame in flight, and for a replay at 2,500 frames/s
+                   one frame in flight, and for a replay at 2,500 frames/s (sent by this process, recorded
+                   by one candump on both buses; --replayer python: recorded by this process too)
   CPU              (utime + stime) of each process across the best zero-loss ladder run, per
                    1,000 frames (and for every run in the CPU section: it falls as the rate rises,
                    since each wakeup's cost is shared by more frames); also across the 2,500
@@ -105,6 +106,8 @@ QUICK = {
     "ladder_budget_s": 40,
 }
 REPLAY_RATE = 2500
+REPLAYER = "candump"  # --replayer: "candump" (we send, candump records: the default) or "python" (this
+#                       process does both, as before 2026-12-03)
 DEFAULT_SYSTEMS = "cangw,python-loop,python-pair,canbridge-tcp,canbridge-udp"
 
 
@@ -579,6 +582,38 @@ def latency_at_rate(tx, rx, count: int, rate: float, settle_s: float = 2.0) -> t
     return probe.compare(sent, received), prober_cpu
 
 
+def latency_at_rate_recorded(workdir: Path, tx, count: int, rate: float) -> tuple[probe.Report, float, float]:
+    """The 2,500 frames/s replay, recorded in C: this process only sends (probe.replay, the same pacing as
+    latency_at_rate, no receiving between frames), and one `candump -L` on vcan0 and vcan1 records both
+    sides with kernel timestamps (us); frames pair by content. The Python replayer that also drained two
+    sockets after every sleep took ~half a vCPU from the systems at this rate.
+    -> (report, CPU s of this process's sending plus candump's, actual rate)."""
+    frames = [(i * 1_000_000_000 // int(rate), numbered_frame(i)) for i in range(count)]
+    path = workdir / "rate.log"
+    before = os.times()
+    with open(path, "wb") as out:
+        dump = subprocess.Popen(["candump", "-L", "-T", str(IDLE_MS), "-r", str(RECORDER_BUFFER), SRC, DST],
+                                stdout=out, stderr=subprocess.DEVNULL)
+    wait_for_socket(dump.pid)
+    cpu0 = time.process_time()
+    actual = count / probe.replay(tx, frames, 1.0)
+    sender_cpu = time.process_time() - cpu0
+    try:
+        dump.wait(IDLE_MS / 1e3 + 30)  # it stops after IDLE_MS of silence
+    except subprocess.TimeoutExpired:
+        dump.kill()
+        dump.wait()
+    after = os.times()
+    recorder_cpu = after.children_user + after.children_system - before.children_user - before.children_system
+    from bridge.codec import candump
+
+    sent, received = [], []
+    for line in path.read_text().splitlines():
+        ts, iface, raw = candump.parse_line(line)
+        (sent if iface == SRC else received).append((ts, raw))
+    return probe.compare(sent, received), sender_cpu + recorder_cpu, actual
+
+
 def report_dict(rep: probe.Report) -> dict:
     return {
         "sent": rep.sent,
@@ -655,10 +690,16 @@ def measure(system: System, workdir: Path, plan: RatePlan, cfg: dict) -> dict:
         with probe_sockets(system) as (tx, rx):
             result["latency_in_flight"] = report_dict(latency_in_flight(tx, rx, cfg["pings"]))
             cpu0 = system.cpu()
-            report, prober_cpu = latency_at_rate(tx, rx, cfg["replay"], REPLAY_RATE)
+            if REPLAYER == "python":
+                report, prober_cpu = latency_at_rate(tx, rx, cfg["replay"], REPLAY_RATE)
+                actual = None
+            else:
+                report, prober_cpu, actual = latency_at_rate_recorded(workdir, tx, cfg["replay"], REPLAY_RATE)
             cpu1 = system.cpu()
             result["latency_at_rate"] = {
                 **report_dict(report),
+                "replayer": REPLAYER,
+                "actual_rate": actual,
                 "prober_cpu_s": prober_cpu,
                 "cpu_s": {k: cpu1[k] - cpu0[k] for k in cpu1},
             }
@@ -806,9 +847,11 @@ def print_cpu(results: list[dict]) -> None:
         print("\n".join(lines))
         replayer = ", ".join(f"{r['system']} {r['latency_at_rate']['prober_cpu_s']:.1f} s" for r in results)
         seconds = results[0]["latency_at_rate"]["sent"] / REPLAY_RATE
-        print(
-            f"  the 2.5k/s latency replayer (Python, this process) used CPU: {replayer}, per {seconds:.0f} s of traffic"
-        )
+        who = "Python, this process" if REPLAYER == "python" else "this process sending, candump recording"
+        print(f"  the 2.5k/s latency replayer ({who}) used CPU: {replayer}, per {seconds:.0f} s of traffic")
+        if REPLAYER == "candump":
+            rates = ", ".join(f"{r['system']} {r['latency_at_rate']['actual_rate']:,.0f}/s" for r in results)
+            print(f"  the 2.5k/s replay's actual rate: {rates}")
 
 
 def print_losses(results: list[dict]) -> None:
@@ -886,6 +929,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="PATH",
         help="a cannelloni binary: adds cannelloni-tcp and cannelloni-udp (-t 1000) to the systems",
     )
+    p.add_argument(
+        "--replayer",
+        choices=("candump", "python"),
+        default="candump",
+        help="who records the 2,500 frames/s replay: candump (default; this process only sends), or this process",
+    )
     p.add_argument("--python-loop", nargs=2, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     p.add_argument("--python-pair", nargs=3, metavar=("SIDE", "SRC", "DST"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -925,6 +974,8 @@ def main(argv: list[str] | None = None) -> int:
     if missing or os.geteuid() != 0:
         sys.exit(f"throughput: needs root and can-utils (missing: {', '.join(missing) or 'root'})")
     cfg = QUICK if args.quick else FULL
+    global REPLAYER
+    REPLAYER = args.replayer
     names = args.systems.split(",")
     if args.cannelloni:
         args.cannelloni = str(Path(args.cannelloni).resolve())
@@ -943,6 +994,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full",
         "config": cfg,
         "replay_rate": REPLAY_RATE,
+        "replayer": REPLAYER,
     }
     print(
         f"canbridge throughput benchmark, {header['date']}, kernel {header['kernel']}, "
