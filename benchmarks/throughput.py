@@ -106,8 +106,8 @@ QUICK = {
     "ladder_budget_s": 40,
 }
 REPLAY_RATE = 2500
-REPLAYER = "cangen"  # --replayer: "cangen" (cangen sends, candump records: the default), "candump" (this
-#                      process sends, candump records) or "python" (this process does both, as before 2026-12-03)
+REPLAYER = "candump"  # --replayer: "candump" (this process sends, candump records: the default) or "python"
+#                       (this process does both, as before 2026-12-03)
 DEFAULT_SYSTEMS = "cangw,python-loop,python-pair,canbridge-tcp,canbridge-udp"
 
 
@@ -430,12 +430,6 @@ class RatePlan:
             return 0, 1
         return GAP_MS, max(1, round(rate * self.per_burst / room))
 
-    def even_gap_ms(self, rate: float) -> float:
-        """cangen -g for one frame per sleep at `rate` frames/s: the period less cangen's time per frame
-        and its sleep's overshoot (per_burst - GAP_MS, from the calibration)."""
-        overshoot = max(0.0, self.per_burst - GAP_MS / 1e3)
-        return max(0.0, (1 / rate - self.per_frame - overshoot) * 1e3)
-
     def describe(self) -> str:
         return (
             f"cangen on the idle bus: startup {self.startup * 1e3:.0f} ms, {self.per_burst * 1e3:.2f} ms per "
@@ -588,14 +582,12 @@ def latency_at_rate(tx, rx, count: int, rate: float, settle_s: float = 2.0) -> t
     return probe.compare(sent, received), prober_cpu
 
 
-def latency_at_rate_recorded(workdir: Path, tx, count: int, rate: float,
-                             plan: RatePlan | None = None) -> tuple[probe.Report, float, float]:
-    """The 2,500 frames/s replay recorded by one `candump -L` on vcan0 and vcan1 (kernel timestamps, us;
-    frames pair by content). Sent by `cangen -g GAP -D i` when `plan` is given (one frame per sleep, the
-    gap from plan's calibration: RatePlan.even_gap_ms), else by this process (probe.replay, the pacing of
-    latency_at_rate, no receiving between frames). In the VM the old replayer (send and drain two sockets
-    in Python) took ~60 % of a vCPU at this rate, this process sending alone ~37 %, candump ~21 %.
-    -> (report, CPU s of the sender and candump, actual rate)."""
+def latency_at_rate_recorded(workdir: Path, tx, count: int, rate: float) -> tuple[probe.Report, float, float]:
+    """The 2,500 frames/s replay sent by this process (probe.replay, the pacing of latency_at_rate, no
+    receiving between frames) and recorded by one `candump -L` on vcan0 and vcan1 (kernel timestamps, us;
+    frames pair by content). In the VM, sending alone took ~37 % of a vCPU at this rate and candump ~21 %.
+    (cangen cannot replace the sender: in TCG its sleep overshoots, so one frame per sleep made 1,967 to
+    2,781 frames/s instead of 2,500, 2026-12-03.) -> (report, CPU s of the sender and candump, actual rate)."""
     frames = [(i * 1_000_000_000 // int(rate), numbered_frame(i)) for i in range(count)]
     path = workdir / "rate.log"
     before = os.times()
@@ -604,13 +596,7 @@ def latency_at_rate_recorded(workdir: Path, tx, count: int, rate: float,
                                 stdout=out, stderr=subprocess.DEVNULL)
     wait_for_socket(dump.pid)
     cpu0 = time.process_time()
-    if plan is None:
-        actual = count / probe.replay(tx, frames, 1.0)
-    else:  # cangen: its CPU is in the children's times below
-        argv = ["cangen", SRC, "-g", f"{plan.even_gap_ms(rate):.3f}", "-n", str(count), "-L", "8", "-I", "i", "-D", "i"]
-        start = time.monotonic()
-        subprocess.run(argv, check=True, capture_output=True, timeout=60 + count / 500)
-        actual = count / (time.monotonic() - start)
+    actual = count / probe.replay(tx, frames, 1.0)
     sender_cpu = time.process_time() - cpu0
     try:
         dump.wait(IDLE_MS / 1e3 + 30)  # it stops after IDLE_MS of silence
@@ -708,8 +694,7 @@ def measure(system: System, workdir: Path, plan: RatePlan, cfg: dict) -> dict:
                 report, prober_cpu = latency_at_rate(tx, rx, cfg["replay"], REPLAY_RATE)
                 actual = None
             else:
-                report, prober_cpu, actual = latency_at_rate_recorded(
-                    workdir, tx, cfg["replay"], REPLAY_RATE, plan if REPLAYER == "cangen" else None)
+                report, prober_cpu, actual = latency_at_rate_recorded(workdir, tx, cfg["replay"], REPLAY_RATE)
             cpu1 = system.cpu()
             result["latency_at_rate"] = {
                 **report_dict(report),
@@ -862,8 +847,7 @@ def print_cpu(results: list[dict]) -> None:
         print("\n".join(lines))
         replayer = ", ".join(f"{r['system']} {r['latency_at_rate']['prober_cpu_s']:.1f} s" for r in results)
         seconds = results[0]["latency_at_rate"]["sent"] / REPLAY_RATE
-        who = {"python": "Python, this process", "candump": "this process sending, candump recording",
-               "cangen": "cangen sending, candump recording"}[REPLAYER]
+        who = "Python, this process" if REPLAYER == "python" else "this process sending, candump recording"
         print(f"  the 2.5k/s latency replayer ({who}) used CPU: {replayer}, per {seconds:.0f} s of traffic")
         if REPLAYER != "python":
             rates = ", ".join(f"{r['system']} {r['latency_at_rate']['actual_rate']:,.0f}/s" for r in results)
@@ -947,10 +931,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--replayer",
-        choices=("cangen", "candump", "python"),
-        default="cangen",
-        help="the 2,500 frames/s replay: cangen sends, candump records (default); this process sends, candump "
-        "records; or this process does both (the figures before 2026-12-03)",
+        choices=("candump", "python"),
+        default="candump",
+        help="the 2,500 frames/s replay: this process sends, candump records (default); or this process does "
+        "both (the figures before 2026-12-03)",
     )
     p.add_argument("--python-loop", nargs=2, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
     p.add_argument("--python-pair", nargs=3, metavar=("SIDE", "SRC", "DST"), help=argparse.SUPPRESS)

@@ -28,7 +28,7 @@ import struct
 from collections import deque
 from dataclasses import dataclass
 
-from bridge.codec.base import CLOSED, NEED_DATA, StreamInput, pack_datagrams
+from bridge.codec.base import CLOSED, NEED_DATA, StreamInput, events, pack_datagrams
 from bridge.codec.socketcan import CAN_FRAME as _CAN
 from bridge.codec.socketcan import CAN_RTR_FLAG as _RTR
 from bridge.codec.socketcan import CANFD_FDF as _FDF
@@ -481,6 +481,30 @@ class StreamDecoder(StreamInput):
         self.frames_decoded = 0
         self.records_skipped = 0
 
+
+    def receive_all(self, data: bytes) -> list:
+        """receive_data(data), then next_event() until NEED_DATA or CLOSED, as one list: what a stream
+        reader does with each read, with the same events and errors (an error raises, and raises again
+        on every later call). The usual read (the HELLO is in, nothing buffered or pending, whole
+        records) is parsed where it lies: no copy into the buffer and no call per event, which with
+        one frame in flight is most of the decoder's time (docs/benchmarks.md)."""
+        if not data or self._buf or self._pending or self._error is not None or self.hello is None or self._eof:
+            self.receive_data(data)
+            return list(events(self))
+        self.bytes_received += len(data)
+        out: list = []
+        try:
+            pos, skipped = _parse_records(data, 0, len(data), out, len(self.hello.channels), False)
+        except NativeProtocolError as e:
+            self._error = e
+            raise
+        self.records_skipped += skipped
+        if pos < len(data):  # the start of a record the next read completes
+            self._buf += memoryview(data)[pos:]
+        for ev in out:
+            if type(ev) is Frames:
+                self.frames_decoded += len(ev.frames)
+        return out
 
     def next_event(self):
         """-> Hello | Heartbeat | TxCount | RxCount | Frames | NEED_DATA | CLOSED (EOF on a record boundary).

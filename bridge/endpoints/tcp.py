@@ -134,15 +134,18 @@ class StreamPeer:
         """Encode [(channel, frames)] holding `count` frames and write them in one write (counted)."""
         encode = self.wire.encode
         try:
-            data = b"".join([encode(ch, frames) for ch, frames in batches])
+            if len(batches) == 1:  # a lone frame or one pass's batch: no list, no join
+                data = encode(*batches[0])
+            else:
+                data = b"".join([encode(ch, frames) for ch, frames in batches])
         except ValueError as exc:  # a frame no kernel would hand us: count the batch, keep the peer
             log.error("%s: cannot encode %d frames: %s", self.name, count, exc)
             self.counters.drop("unencodable", count)
             return
         self.counters.tx_frames += count
         self.counters.tx_bytes += len(data)
-        self._last_tx = time.monotonic()
         self._write(data, count)
+        self._last_tx = time.monotonic()  # after the send: with one frame in flight the clock read is latency
 
     def _write(self, data: bytes, frames: int = 0) -> None:
         """transport.write(data), recorded in the ledger (for dropped{unacked_at_close})."""
@@ -159,7 +162,7 @@ class StreamPeer:
         self._feed(b"")
 
     def _feed(self, data: bytes) -> None:
-        greeted = self.wire.describe_peer()
+        greeted = self.counters.gauges.get("peer")  # set once the peer has greeted (describe_peer formats a string)
         try:
             batches = self.wire.feed(data)
         except ProtocolError as exc:

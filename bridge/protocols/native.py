@@ -7,7 +7,6 @@ import os
 import time
 
 from bridge.codec import native, sealed
-from bridge.codec.base import events
 from bridge.codec.frameloss import DeliveryTracker, FrameLossTracker
 from bridge.errors import ConfigError
 from bridge.protocols import transports
@@ -36,10 +35,9 @@ class NativeStream:
         return native.encode_heartbeat(now_ns)
 
     def feed(self, data: bytes) -> list:
-        self.decoder.receive_data(data)
         out = []
-        for event in events(self.decoder):
-            if isinstance(event, native.Frames):
+        for event in self.decoder.receive_all(data):
+            if type(event) is native.Frames:
                 out.append((event.channel, event.frames))
             elif isinstance(event, native.Hello):
                 self.peer_hello = event

@@ -794,3 +794,41 @@ def test_seq_random_within_window(seqs, start):
         for i, s in enumerate(seqs) if i
     ]
     assert results == expected
+
+
+def _receive_all_or_error(data: bytes, cuts: list):
+    """Feed through receive_all in the chunks `cuts` makes; -> (events, counters) or the error's reason."""
+    dec = StreamDecoder()
+    out = []
+    try:
+        for a, b in pairwise([0, *sorted(cuts), len(data)]):
+            if b > a:
+                out += dec.receive_all(data[a:b])
+    except ProtocolError as exc:
+        return exc.reason
+    return out, (dec.bytes_received, dec.frames_decoded, dec.records_skipped)
+
+
+def _loop_or_error(data: bytes, cuts: list):
+    """The same through receive_data + next_event (the h11 loop receive_all replaces)."""
+    dec = StreamDecoder()
+    out = []
+    try:
+        for a, b in pairwise([0, *sorted(cuts), len(data)]):
+            if b > a:
+                dec.receive_data(data[a:b])
+                out += drain(dec)[:-1]
+    except ProtocolError as exc:
+        return exc.reason
+    return out, (dec.bytes_received, dec.frames_decoded, dec.records_skipped)
+
+
+@given(st.lists(timed_frames, max_size=12), st.lists(st.integers(0, 2000), max_size=6), st.binary(max_size=40))
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_receive_all_is_the_event_loop_in_one_call(frames, cuts, junk):
+    """The fast path (whole records, nothing buffered, parsed in place) gives what the general loop gives:
+    the same events, counters and errors, for valid streams cut anywhere and for garbage after them."""
+    good = stream(nv.encode_frames(0, frames), nv.encode_heartbeat(5), nv.encode_frames(0, frames[:1]))
+    for data in (good, good + junk):
+        cut = [c for c in cuts if c < len(data)]
+        assert _receive_all_or_error(data, cut) == _loop_or_error(data, cut)
