@@ -74,6 +74,7 @@ from typing import ClassVar
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bridge.codec import candump  # noqa: E402
 from bridge.tools import probe  # noqa: E402
 from bridge.codec.socketcan import CAN_EFF_FLAG, pack_can  # noqa: E402
 from bridge.endpoints.socketcan import RX_BUFFER  # noqa: E402
@@ -106,8 +107,6 @@ QUICK = {
     "ladder_budget_s": 40,
 }
 REPLAY_RATE = 2500
-REPLAYER = "candump"  # --replayer: "candump" (this process sends, candump records: the default) or "python"
-#                       (this process does both, as before 2026-12-03)
 DEFAULT_SYSTEMS = "cangw,python-loop,python-pair,canbridge-tcp,canbridge-udp"
 
 
@@ -605,8 +604,6 @@ def latency_at_rate_recorded(workdir: Path, tx, count: int, rate: float) -> tupl
         dump.wait()
     after = os.times()
     recorder_cpu = after.children_user + after.children_system - before.children_user - before.children_system
-    from bridge.codec import candump
-
     sent, received = [], []
     for line in path.read_text().splitlines():
         ts, iface, raw = candump.parse_line(line)
@@ -690,7 +687,7 @@ def measure(system: System, workdir: Path, plan: RatePlan, cfg: dict) -> dict:
         with probe_sockets(system) as (tx, rx):
             result["latency_in_flight"] = report_dict(latency_in_flight(tx, rx, cfg["pings"]))
             cpu0 = system.cpu()
-            if REPLAYER == "python":
+            if cfg["replayer"] == "python":
                 report, prober_cpu = latency_at_rate(tx, rx, cfg["replay"], REPLAY_RATE)
                 actual = None
             else:
@@ -698,7 +695,7 @@ def measure(system: System, workdir: Path, plan: RatePlan, cfg: dict) -> dict:
             cpu1 = system.cpu()
             result["latency_at_rate"] = {
                 **report_dict(report),
-                "replayer": REPLAYER,
+                "replayer": cfg["replayer"],
                 "actual_rate": actual,
                 "prober_cpu_s": prober_cpu,
                 "cpu_s": {k: cpu1[k] - cpu0[k] for k in cpu1},
@@ -847,9 +844,10 @@ def print_cpu(results: list[dict]) -> None:
         print("\n".join(lines))
         replayer = ", ".join(f"{r['system']} {r['latency_at_rate']['prober_cpu_s']:.1f} s" for r in results)
         seconds = results[0]["latency_at_rate"]["sent"] / REPLAY_RATE
-        who = "Python, this process" if REPLAYER == "python" else "this process sending, candump recording"
+        python = results[0]["latency_at_rate"]["replayer"] == "python"
+        who = "Python, this process" if python else "this process sending, candump recording"
         print(f"  the 2.5k/s latency replayer ({who}) used CPU: {replayer}, per {seconds:.0f} s of traffic")
-        if REPLAYER != "python":
+        if not python:
             rates = ", ".join(f"{r['system']} {r['latency_at_rate']['actual_rate']:,.0f}/s" for r in results)
             print(f"  the 2.5k/s replay's actual rate: {rates}")
 
@@ -974,9 +972,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [t for t in ("cangen", "candump", "cangw") if not shutil.which(t)]
     if missing or os.geteuid() != 0:
         sys.exit(f"throughput: needs root and can-utils (missing: {', '.join(missing) or 'root'})")
-    cfg = QUICK if args.quick else FULL
-    global REPLAYER
-    REPLAYER = args.replayer
+    cfg = {**(QUICK if args.quick else FULL), "replayer": args.replayer}
     names = args.systems.split(",")
     if args.cannelloni:
         args.cannelloni = str(Path(args.cannelloni).resolve())
@@ -995,7 +991,6 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full",
         "config": cfg,
         "replay_rate": REPLAY_RATE,
-        "replayer": REPLAYER,
     }
     print(
         f"canbridge throughput benchmark, {header['date']}, kernel {header['kernel']}, "

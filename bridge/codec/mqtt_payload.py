@@ -62,12 +62,16 @@ def _err(reason: str, detail: str = "") -> MqttPayloadError:
 # ------------------------------------------------------------------------------------------- native
 
 
+def native_head(count: tuple[int, int] | None = None) -> bytes:
+    """What comes before the FRAME records of a native payload: the 6-byte preamble, and the 16-byte
+    PUB_COUNT record when `count` is given as (session u32, frames_before u64)."""
+    return native.STREAM_PREAMBLE if count is None else native.STREAM_PREAMBLE + native.encode_pub_count(*count)
+
+
 def encode_native(frames: list, count: tuple[int, int] | None = None) -> bytes:
-    """Batch -> native payload (6-byte preamble, the 16-byte PUB_COUNT record when `count` is given as
-    (session u32, frames_before u64), one 20..84-byte FRAME record per frame).
+    """Batch -> native payload (native_head(count), one 20..84-byte FRAME record per frame).
     ValueError on a raw frame the kernel never produces (bridge.codec.native.encode_frames)."""
-    head = native.STREAM_PREAMBLE if count is None else native.STREAM_PREAMBLE + native.encode_pub_count(*count)
-    return head + native.encode_frames(0, frames)
+    return native_head(count) + native.encode_frames(0, frames)
 
 
 def decode_native(payload) -> list:
@@ -86,13 +90,9 @@ def decode_native_counted(payload) -> tuple[list, tuple[int, int] | None]:
         raise _err("bad_magic", repr(buf[:4]))
     if buf[4] != native.VERSION:
         raise _err("bad_version", f"version {buf[4]}")
-    pos, count = 6, None
-    if len(buf) >= 10 and buf[6] == native.REC_PUB_COUNT:  # only as the first record
-        if buf[8:10] != b"\x00\x0c" or len(buf) < 22:
-            raise _err("bad_record_length", "PUB_COUNT body is not 12 bytes")
-        count, pos = native._RX_COUNT_BODY.unpack_from(buf, 10), 22
     events: list = []
     try:
+        count, pos = native.read_pub_count(buf, len(native.STREAM_PREAMBLE))  # only as the first record
         stop, _skipped = native._parse_records(buf, pos, len(buf), events, 1, False)
     except native.NativeProtocolError as exc:
         raise _err(exc.reason, exc.detail) from None

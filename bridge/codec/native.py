@@ -205,6 +205,18 @@ def encode_pub_count(session: int, frames_before: int) -> bytes:
         raise ValueError(f"bad PUB_COUNT session {session!r} / frames_before {frames_before!r}") from e
 
 
+def read_pub_count(buf, pos: int) -> tuple[tuple[int, int] | None, int]:
+    """A PUB_COUNT record at buf[pos:] -> ((session, frames_before), the position after it); a record of
+    another type (or none) -> (None, pos). NativeProtocolError bad_record_length for a PUB_COUNT whose
+    body is not 12 bytes or is cut short."""
+    if len(buf) < pos + 4 or buf[pos] != REC_PUB_COUNT:
+        return None, pos
+    end = pos + _RX_COUNT.size
+    if _REC_HDR.unpack_from(buf, pos)[2] != _RX_COUNT_BODY.size or len(buf) < end:
+        raise _err("bad_record_length", "PUB_COUNT body is not 12 bytes")
+    return _RX_COUNT_BODY.unpack_from(buf, pos + 4), end
+
+
 def _append_frame_records(channel: int, frames, out: list) -> None:
     """Append one FRAME record (bytes, 20..84 long) per (raw, ts_ns) of `frames` to `out`.
 
@@ -480,7 +492,6 @@ class StreamDecoder(StreamInput):
         self.hello: Hello | None = None
         self.frames_decoded = 0
         self.records_skipped = 0
-
 
     def receive_all(self, data: bytes) -> list:
         """receive_data(data), then next_event() until NEED_DATA or CLOSED, as one list: what a stream

@@ -469,8 +469,7 @@ class MqttPeer:
                 break
             channel, n, records, age = seg
             if self.fmt == "native" and not self.per_id:  # stored as it is sent: no re-encoding
-                head = native.STREAM_PREAMBLE + native.encode_pub_count(*self._count(channel))
-                self._send(self._rx_topic(channel), head + records, n, age, channel)
+                self._send(self._rx_topic(channel), mp.native_head(self._count(channel)) + records, n, age, channel)
             else:
                 self._publish_frames(channel, mp.decode_native(native.STREAM_PREAMBLE + records), age)
 

@@ -73,6 +73,7 @@ class StreamPeer:
         self._pending = PendingFrames(self.counters, max_age=policy.max_age, overflow=policy.overflow)
         self._slow = False  # overflow=disconnect tripped; closing at the next loop step
         self.on_refused = None  # server connections: on_refused(ProtocolError) logs a bad greeting (rate-limited)
+        self._peer: str | None = None  # describe_peer() once the peer greeted (not formatted again per read)
         self._last_rx = self._last_tx = time.monotonic()
         _tune(sock, policy)
         self._ledger = WriteLedger(ledger_horizon(sock))
@@ -162,7 +163,7 @@ class StreamPeer:
         self._feed(b"")
 
     def _feed(self, data: bytes) -> None:
-        greeted = self.counters.gauges.get("peer")  # set once the peer has greeted (describe_peer formats a string)
+        greeted = self._peer
         try:
             batches = self.wire.feed(data)
         except ProtocolError as exc:
@@ -175,7 +176,7 @@ class StreamPeer:
             return
         if greeted is None and (peer := self.wire.describe_peer()):
             log.info("%s: peer is %s", self.name, peer)
-            self.counters.gauges["peer"] = peer
+            self.counters.gauges["peer"] = self._peer = peer
         for channel, frames in batches:
             self.counters.rx_frames += len(frames)
             self.router.from_peer(self.owner, channel, frames)
