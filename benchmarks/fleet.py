@@ -22,7 +22,7 @@ figure is one run, +-30 %.
 network namespace cbfl<i> with its own vcan0 (MTU 72) and a veth pair to the root namespace
 (10.201.<i>.1 root side, .2 gateway side); in it `python -m bridge vcan0
 "mqtt://10.201.<i>.1:1883/fleet?gateway=gwNNN&format=native"` and canplayer replaying the first --seconds
-of the Durango trace at recorded speed into that vcan0. Mosquitto (bridge/tools/rigbroker.py's config) in
+of the Durango trace at recorded speed into that vcan0. Mosquitto (bridge/tools/rig/broker.py's config) in
 the root namespace on 0.0.0.0:1883; the consumer (paho, qos 1, root namespace) counts per gateway and
 measures latency from the gateway's kernel RX timestamp (carried by native) to its decode: one clock, the
 VM's. CPU and RSS of each process from /proc. On the VM's two emulated vCPUs one gateway keeps up, 4
@@ -210,7 +210,7 @@ def wait_online(port: int, names: set, timeout: float) -> float:
 def vm_run(n: int, seconds: float, trace: Path, logdir: Path) -> dict:
     """N real gateway processes, one network namespace and vcan0 each, Mosquitto in the root namespace."""
     from bridge.hw import netns
-    from bridge.tools.rigbroker import RigBroker
+    from bridge.tools.rig.broker import RigBroker
 
     cut = logdir / "trace.log"
     lines = trace.read_text().splitlines()

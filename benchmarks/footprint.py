@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bridge.codec import socketcan as sc  # noqa: E402
-from bridge.tools import probe  # noqa: E402
+from bridge.tools.logs import probe  # noqa: E402
 
 PORT = 29780
 FRAMES = 2000

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import throughput as tp  # noqa: E402
 
 from bridge.codec.socketcan import pack_can  # noqa: E402
-from bridge.tools import probe  # noqa: E402
+from bridge.tools.logs import probe  # noqa: E402
 
 ROOT = tp.ROOT
 ETH_P_ALL = 0x0003

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bridge.codec.candump import read_log  # noqa: E402
-from bridge.tools.demo import DEFAULT_TRACE  # noqa: E402
+from bridge.tools.rig.demo import DEFAULT_TRACE  # noqa: E402
 from tests.rig.soak import FAULTS, Soak  # noqa: E402
 
 

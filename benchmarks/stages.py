@@ -144,7 +144,7 @@ def main() -> int:
     p.add_argument("--pings", type=int, default=500)
     args = p.parse_args()
     import throughput as tp
-    from bridge.tools import probe
+    from bridge.tools.logs import probe
 
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"stages-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)

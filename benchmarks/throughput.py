@@ -35,7 +35,7 @@ nominal one when the system under test takes CPU from cangen. Figures per system
                    or the flat-out burst if that lost nothing. ">=" when nothing was ever lost
                    (then it is cangen's limit, not the system's)
   burst            loss of `cangen -g 0` flat out
-  latency          kernel RX timestamp on vcan1 minus own-echo timestamp on vcan0 (bridge.tools.probe),
+  latency          kernel RX timestamp on vcan1 minus own-echo timestamp on vcan0 (bridge.tools.logs.probe),
                    one frame in flight, and for a replay at 2,500 frames/s (sent by this process, recorded
                    by one candump on both buses; --replayer python: recorded by this process too)
   CPU              (utime + stime) of each process across the best zero-loss ladder run, per
@@ -75,7 +75,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bridge.codec import candump  # noqa: E402
-from bridge.tools import probe  # noqa: E402
+from bridge.tools.logs import probe  # noqa: E402
 from bridge.codec.socketcan import CAN_EFF_FLAG, pack_can  # noqa: E402
 from bridge.endpoints.socketcan import RX_BUFFER  # noqa: E402
 from bridge.hw.cansock import CAN_RAW_FILTER, SO_RCVBUFFORCE, SOL_CAN_RAW  # noqa: E402

@@ -1,4 +1,4 @@
-"""Shell completion (`canbridge completion bash|zsh`, bridge/tools/completion.py) in real shells: bash runs
+"""Shell completion (`canbridge completion bash|zsh`, bridge/cli/completion.py) in real shells: bash runs
 the completion function as readline would; zsh completes in an interactive shell on a pseudo-terminal (zpty)."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""bridge.tools.dissect (extraction API + scapy layers) and bridge/tools/wireshark/canbridge.lua (with tshark).
+"""bridge.tools.inspect.dissect (extraction API + scapy layers) and
+bridge/tools/inspect/wireshark/canbridge.lua (with tshark).
 
 The captures are real pcapng files: Ethernet/IP/TCP/UDP packets whose payloads come from our own
 encoders, LINKTYPE_CAN_SOCKETCAN (227) records written the way libpcap does, and one capture of
@@ -30,9 +31,9 @@ from bridge.codec import socketcand as scd
 from bridge.codec.base import events
 from bridge.codec.socketcan import CAN_EFF_FLAG, CAN_ERR_FLAG, CAN_RTR_FLAG, pack_can, pack_canfd, unpack
 from bridge.protocols.native import NativeDatagram
-from bridge.tools import dissect
+from bridge.tools.inspect import dissect
 
-LUA = Path(bridge.__file__).parent / "tools" / "wireshark" / "canbridge.lua"
+LUA = Path(bridge.__file__).parent / "tools" / "inspect" / "wireshark" / "canbridge.lua"
 T0 = 1_742_339_088_146_472_000  # ns; multiples of 1 us survive pcapng's default microsecond resolution
 CLIENT, SERVER = "10.0.0.1", "10.0.0.2"
 

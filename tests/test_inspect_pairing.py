@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from bridge.codec import pcapng
 from bridge.codec import socketcan as sc
-from bridge.tools import inspect
+from bridge.tools.inspect import inspect
 
 MS = 1_000_000
 

@@ -2,16 +2,21 @@
 hw/ (imported as bridge.hw) imports nothing else from bridge/. Every import in every module counts, also
 the lazy ones inside functions. The order, lowest first:
     bridge.hw < bridge.errors < codec < core < security < endpoints < protocols < daemon < tools < cli < top
-(top: bridge.pycan, bridge.__main__; bridge.frame, the CanFrame of the API edges, is pure and counts as a
-codec). A module may import its own layer and lower ones."""
+(top: the bridge.pycan package, bridge.__main__; bridge.frame, the CanFrame of the API edges, is pure and
+counts as a codec). A module may import its own layer and lower ones. Inside bridge/tools/ each task has a
+room (TOOL_ROOMS) that may import only the rooms listed for it, and no module sits directly in bridge/tools/.
+No two modules import each other, directly or round a longer circle."""
 
 import ast
 from pathlib import Path
+
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ["bridge.hw", "bridge.errors", "bridge.codec", "bridge.core", "bridge.security", "bridge.endpoints",
           "bridge.protocols", "bridge.daemon", "bridge.tools", "bridge.cli", "top"]
 TOP = ("bridge.pycan", "bridge.__main__")  # the modules at the top of the package
+# bridge/tools/ by what a person does (bridge/tools/__init__.py): room -> the other rooms it may import
+TOOL_ROOMS = {"logs": set(), "inspect": {"logs"}, "live": {"logs"}, "rig": {"logs"}}
 
 
 def layer_of(module: str) -> int:
@@ -58,22 +63,107 @@ def imports_of(path: Path, module: str) -> list[tuple[int, str]]:
     return out
 
 
-def violations() -> list[str]:
-    found = []
+def sources():
+    """(path, dotted name) of every module of the product: bridge/ and hw/."""
     for top in ("bridge", "hw"):
         for path in sorted((ROOT / top).rglob("*.py")):
-            module = module_name(path)
-            mine = layer_of(module)
-            for line, target in imports_of(path, module):
-                theirs = layer_of(target)
-                if theirs > mine:
-                    found.append(f"{path.relative_to(ROOT)}:{line}: {module} ({LAYERS[mine]}) imports {target} "
-                                 f"({LAYERS[theirs]})")
+            yield path, module_name(path)
+
+
+def tool_room(module: str) -> str | None:
+    """"bridge.tools.live.dump" -> "live"; None outside bridge/tools/ and for the package itself."""
+    parts = module.split(".")
+    return parts[2] if parts[:2] == ["bridge", "tools"] and len(parts) > 2 else None
+
+
+def violations() -> list[str]:
+    found = []
+    for path, module in sources():
+        mine, room = layer_of(module), tool_room(module)
+        for line, target in imports_of(path, module):
+            theirs, other = layer_of(target), tool_room(target)
+            where = f"{path.relative_to(ROOT)}:{line}: {module}"
+            if theirs > mine:
+                found.append(f"{where} ({LAYERS[mine]}) imports {target} ({LAYERS[theirs]})")
+            elif room and other and other != room and other not in TOOL_ROOMS.get(room, set()):
+                found.append(f"{where} (tools room {room}) imports {target} (tools room {other})")
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the product modules it imports (lazy imports too; a package's own __init__ is not an
+    edge of its modules: importing bridge.tools.live.dump runs bridge/tools/live/__init__.py first, by
+    Python's rule, not by our choice)."""
+    known = {module for _path, module in sources()}
+    return {module: {t for _line, t in imports_of(path, module) if t in known and t != module}
+            for path, module in sources()}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted: every import circle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(v: str) -> None:  # recursion depth is bounded by the module count (~150)
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
     return found
 
 
 def test_no_layer_imports_a_higher_one():
     assert violations() == []
+
+
+def test_no_import_circle():
+    assert circles(import_graph()) == []
+
+
+def test_the_circle_check_catches_a_circle(monkeypatch):
+    """The checker itself: the circle issue 19 removed (dump <-> mqtt_source), put back, is reported."""
+    graph = import_graph()
+    graph["bridge.tools.live.source"] = graph["bridge.tools.live.source"] | {"bridge.tools.live.opener"}
+    assert any("bridge.tools.live.opener" in c and "bridge.tools.live.source" in c for c in circles(graph))
+
+
+def test_tools_hold_rooms_only():
+    """Every module of bridge/tools/ lives in a room of TOOL_ROOMS (no module directly in bridge/tools/ but
+    its __init__), and every room says in its __init__ docstring what it is for."""
+    tools = ROOT / "bridge" / "tools"
+    assert sorted(p.name for p in tools.glob("*.py")) == ["__init__.py"]
+    rooms = sorted(p.name for p in tools.iterdir() if (p / "__init__.py").exists())
+    assert rooms == sorted(TOOL_ROOMS)
+    for room in rooms:
+        assert ast.get_docstring(ast.parse((tools / room / "__init__.py").read_text())), room
+
+
+def test_the_check_catches_a_crossing_between_tool_rooms(monkeypatch):
+    """The checker itself: the probe (logs) importing the local source (live) is reported."""
+    fake = ROOT / "bridge" / "tools" / "logs" / "probe.py"
+    text = fake.read_text() + "\nfrom bridge.tools.live import local\n"
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: text if self == fake else real(self, *a, **k))
+    assert any("(tools room logs) imports bridge.tools.live.local (tools room live)" in v for v in violations())
 
 
 def test_hw_is_imported_as_bridge_hw_only():

@@ -1,4 +1,4 @@
-"""Log files in every python-can format (bridge/tools/logfiles.py), `canbridge replay` on bad files and
+"""Log files in every python-can format (bridge/tools/logs/logfiles.py), `canbridge replay` on bad files and
 `canbridge dump -f/-l` into each format (from a fake bridge over loopback: no CAN needed on the host)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import can
 import pytest
 
 from bridge.frame import CanFrame
-from bridge.tools.logfiles import LogFileError, LogWriter, formats, read_frames
+from bridge.tools.logs.logfiles import LogFileError, LogWriter, formats, read_frames
 from tests.fakebridge import FakeBridge
 
 TS0 = 1_700_000_000_000_000_000

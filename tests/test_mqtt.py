@@ -564,9 +564,9 @@ def test_frame_store_bounds_and_staleness():
 
 
 def test_dump_source_reads_a_fleet_with_wildcards(mosquitto):
-    """bridge.tools.mqtt_source (the source `canbridge dump/top mqtt://...` use): can0 of every gateway,
+    """bridge.tools.live.mqtt_source (the source `canbridge dump/top mqtt://...` use): can0 of every gateway,
     named GATEWAY/IFACE, the gateway's timestamps, malformed messages skipped and counted."""
-    from bridge.tools.mqtt_source import MqttSource
+    from bridge.tools.live.mqtt_source import MqttSource
 
     src = MqttSource(f"mqtt://127.0.0.1:{mosquitto.port}/fleet/+/can0,100:7FF")
     gws = [Side(url(mosquitto, gateway=f"gw{i}")) for i in range(2)]

@@ -223,7 +223,7 @@ def test_an_idle_dump_source_keeps_its_connection(mosquitto, publisher):
     """dump/top sleep in poll() while a fleet is quiet, so the source asks for no MQTT keepalive (nothing would
     send its PINGREQs: the broker dropped an idle dump after 1.5 x keepalive) and the kernel's TCP keepalive
     watches the link instead."""
-    from bridge.tools import mqtt_source as ms
+    from bridge.tools.live import mqtt_source as ms
 
     src = ms.MqttSource(f"mqtt://127.0.0.1:{mosquitto.port}/fleet/+/can0")
     try:

@@ -18,8 +18,8 @@ from bridge.daemon import control, reload
 from bridge.daemon.logfmt import JsonFormatter, setup_logging
 from bridge.daemon.metrics import snapshot_metrics
 from bridge.errors import ConfigError
-from bridge.tools.stats_client import main as stats_main
-from bridge.tools.stats_client import render
+from bridge.tools.live.stats_client import main as stats_main
+from bridge.tools.live.stats_client import render
 
 
 # --- histogram ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Progress on stderr (bridge/tools/progress.py): `canbridge capture` counts per interface (real AF_PACKET
+"""Progress on stderr (bridge/tools/logs/progress.py): `canbridge capture` counts per interface (real AF_PACKET
 capture of lo, needs root), plain lines in pipes and under TERM=dumb, a live rich line on a terminal (a real
 pseudo-terminal), nothing with -q; the replay loop's progress callbacks over a real socket."""
 
@@ -16,8 +16,8 @@ import time
 import pytest
 
 from bridge.codec import socketcan as sc
-from bridge.tools.progress import rate_text
-from bridge.tools.replay import play
+from bridge.tools.logs.progress import rate_text
+from bridge.tools.logs.replay import play
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="capture needs root (AF_PACKET)")
 
@@ -115,9 +115,9 @@ def test_demo_progress_follows_the_replay(monkeypatch):
     plain lines with frames done and rate, timed from the first frame."""
     import io
 
-    from bridge.tools import probe
-    from bridge.tools.demo import _Counted
-    from bridge.tools.progress import Progress
+    from bridge.tools.logs import probe
+    from bridge.tools.rig.demo import _Counted
+    from bridge.tools.logs.progress import Progress
 
     monkeypatch.setenv("CANBRIDGE_PROGRESS_S", "0.3")
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

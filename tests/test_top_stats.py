@@ -1,4 +1,4 @@
-"""bridge.tools.top.TopStats: per-ID count, rate, period, jitter and changed bytes (pure, no I/O)."""
+"""bridge.tools.live.top.TopStats: per-ID count, rate, period, jitter and changed bytes (pure, no I/O)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from bridge.codec import socketcan as sc
-from bridge.tools.top import PERIOD_SAMPLES, TopStats, render
+from bridge.tools.live.top import PERIOD_SAMPLES, TopStats, render
 
 MS = 1_000_000
 T0 = 1_700_000_000 * 1_000_000_000

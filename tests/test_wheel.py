@@ -19,11 +19,11 @@ def test_wheel_layout_and_installed_imports(tmp_path):
     assert not [n for n in names if n.startswith("hw/")]
     assert {"bridge/hw/cansock.py", "bridge/hw/testvm/canvm.sh", "bridge/tools/data/durango_mapswitch.log",
             "bridge/tools/data/LICENSE-ElDominio-CANBUSlogs-GPL-3.0.txt",
-            "bridge/tools/wireshark/canbridge.lua"} <= set(names)
+            "bridge/tools/inspect/wireshark/canbridge.lua"} <= set(names)
     assert zipfile.ZipFile(wheel).read("bridge/hw/__init__.py") == (ROOT / "hw" / "__init__.py").read_bytes()
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = ("import sys, importlib.util; import bridge.hw.cansock, bridge.tools.demo as d; "
+    code = ("import sys, importlib.util; import bridge.hw.cansock, bridge.tools.rig.demo as d; "
             "print(bridge.hw.cansock.__file__, d.DEFAULT_TRACE.is_file(), importlib.util.find_spec('hw'))")
     # -S: no site-packages, so neither the editable install nor the checkout is on the path
     out = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)},

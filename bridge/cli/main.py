@@ -35,15 +35,15 @@ URLs: tcp://HOST:PORT, tcp-listen://[ADDR]:PORT (ADDR defaults to 127.0.0.1), ud
 # subcommand -> "module:function"; each function takes argv (after the subcommand) and returns the exit
 # status. Imported lazily so that `canbridge IFACE PEER` never pays for scapy, rich or matplotlib.
 SUBCOMMANDS = {
-    "demo": "bridge.tools.demo:main",
-    "replay": "bridge.tools.replay:main",
+    "demo": "bridge.tools.rig.demo:main",
+    "replay": "bridge.tools.logs.replay:main",
     "testvm": "bridge.hw.testvm.runner:main",
-    "capture": "bridge.tools.capture:main",
-    "inspect": "bridge.tools.inspect:main",
-    "dump": "bridge.tools.dump:main",
-    "top": "bridge.tools.top:main",
+    "capture": "bridge.tools.inspect.capture:main",
+    "inspect": "bridge.tools.inspect.inspect:main",
+    "dump": "bridge.tools.live.dump:main",
+    "top": "bridge.tools.live.top:main",
     "link": "bridge.cli.link:main",
-    "stats": "bridge.tools.stats_client:main",
+    "stats": "bridge.tools.live.stats_client:main",
 }
 
 
@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv else ""
     try:
-        if command == "completion":  # bash/zsh scripts generated from every parser (bridge/tools/completion.py)
-            from bridge.tools.completion import main as completion
+        if command == "completion":  # bash/zsh scripts generated from every parser (bridge/cli/completion.py)
+            from bridge.cli.completion import main as completion
 
             return completion(argv[1:], SUBCOMMANDS, _bridge_parser(), _run_parser())
         if command in SUBCOMMANDS:

@@ -291,7 +291,7 @@ def describe_error_frame(raw: bytes, sep: str = "\n\t") -> str | None:
     The data bytes are read past `len` as lib.c does (the kernel zeroes them). Returns "" when
     there is nothing to say (no known class, counters 0) and None when the class bits exceed
     CAN_ERR_CNT, which lib.c calls invalid ("Error class 0x%x is invalid"); in both cases candump
-    prints its previous line buffer again (see bridge.tools.dump). Not an error frame -> ""."""
+    prints its previous line buffer again (see bridge.tools.live.dump). Not an error frame -> ""."""
     can_id = sc.HEADER.unpack_from(raw)[0]
     if not can_id & sc.CAN_ERR_FLAG:
         return ""

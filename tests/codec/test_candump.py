@@ -21,7 +21,7 @@ from bridge.codec.candump import (
 )
 from bridge.errors import ProtocolError
 from bridge.frame import CanFrame
-from bridge.tools.demo import DEFAULT_TRACE
+from bridge.tools.rig.demo import DEFAULT_TRACE
 
 EFF, RTR, ERR = sc.CAN_EFF_FLAG, sc.CAN_RTR_FLAG, sc.CAN_ERR_FLAG
 BRS, ESI, FDF = sc.CANFD_BRS, sc.CANFD_ESI, sc.CANFD_FDF
@@ -547,7 +547,8 @@ def test_python_can_agrees_on_random_frames(raw):
 # the test VM; tests/vcan/test_dump.py compares against the live tool)
 
 from bridge.codec.candump import describe_error_frame, format_dropcount, format_screen  # noqa: E402
-from bridge.tools.dump import Formatter, Rx  # noqa: E402
+from bridge.tools.live.dump import Formatter  # noqa: E402
+from bridge.tools.live.source import Rx  # noqa: E402
 
 SCREEN_GOLDEN = [
     # raw, plain, indent_sff + ascii
@@ -602,7 +603,7 @@ def test_dropcount_notice():
 
 
 def test_dump_formatter_lines():
-    """bridge.tools.dump.Formatter: candump's line layout, interface column, -t d/z, -L -x, -e quirk."""
+    """bridge.tools.live.dump.Formatter: candump's line layout, interface column, -t d/z, -L -x, -e quirk."""
     ts = 1_795_300_875_450_930_999
     f = Formatter(["vcan0", "any"], timestamps="d")
     assert f.frame(Rx("vcan0", cc(0x123, b"\x11"), ts))[0] == " (000.000000)  vcan0  123   [1]  11"

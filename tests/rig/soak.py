@@ -1,4 +1,4 @@
-"""Soak and fault run: a CAN trace looped through two bridges (bridge/tools/rig.py) while faults are injected on
+"""Soak and fault run: a CAN trace looped through two bridges (bridge/tools/rig/rig.py) while faults are injected on
 a schedule; at the end every frame sent is either delivered or accounted for, and the bridges'
 memory is compared before and after. Used by benchmarks/soak.py (10 minutes per transport) and, in
 a short form, by tests/vcan/test_soak.py.
@@ -31,8 +31,8 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from bridge.tools import probe
-from bridge.tools.rig import GW_ADDR, TCP_PORT, UDP_PORT, Rig
+from bridge.tools.logs import probe
+from bridge.tools.rig.rig import GW_ADDR, TCP_PORT, UDP_PORT, Rig
 from bridge.hw import netns
 
 FAULTS = ("kill", "link", "blackhole", "slow", "scan")
@@ -193,7 +193,7 @@ class Soak:
 
     # --- traffic ----------------------------------------------------------------------------
     def _start_side(self, side: str) -> subprocess.Popen:
-        from bridge.tools.rig import bridge_args
+        from bridge.tools.rig.rig import bridge_args
 
         return self.rig.start_bridge(side, bridge_args(self.transport, side))
 

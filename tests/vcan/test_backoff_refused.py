@@ -17,7 +17,7 @@ import pytest
 
 from bridge.codec import native
 from bridge.hw import netns
-from bridge.tools.rig import GW_ADDR, Rig
+from bridge.tools.rig.rig import GW_ADDR, Rig
 from tests.pki import make_pki
 from tests.test_backoff import max_attempts
 from tests.vcan.test_e2e import counters_at_exit

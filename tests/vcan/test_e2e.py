@@ -1,5 +1,5 @@
 """End to end: two canbridge processes in two network namespaces joined by veth, a vcan in each.
-Frames go into the gateway's vcan0 and are recorded on the remote's vcan0 (see bridge/tools/rig.py)."""
+Frames go into the gateway's vcan0 and are recorded on the remote's vcan0 (see bridge/tools/rig/rig.py)."""
 
 import json
 import re
@@ -12,9 +12,9 @@ import pytest
 from bridge.codec import native
 from bridge.codec import socketcan as sc
 from bridge.codec.candump import read_log
-from bridge.tools import probe
-from bridge.tools.demo import DEFAULT_TRACE
-from bridge.tools.rig import GW_ADDR, REMOTE_ADDR, TCP_PORT, UDP_PORT, Rig
+from bridge.tools.logs import probe
+from bridge.tools.rig.demo import DEFAULT_TRACE
+from bridge.tools.rig.rig import GW_ADDR, REMOTE_ADDR, TCP_PORT, UDP_PORT, Rig
 from bridge.hw import netns
 
 pytestmark = pytest.mark.vcan

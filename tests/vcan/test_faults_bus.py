@@ -1,5 +1,5 @@
 """Bus faults (issue 5): interface down/up, deleted and re-created, BUS-OFF and restart, TX queue full.
-Two canbridge processes in two namespaces (bridge/tools/rig.py, TCP); the fault hits the gateway's vcan0 (or the
+Two canbridge processes in two namespaces (bridge/tools/rig/rig.py, TCP); the fault hits the gateway's vcan0 (or the
 remote's, for ENOBUFS). Each test checks that the same bridge process resumes forwarding in both
 directions on its own and that its counters (SIGUSR1 -> `counters: {json}` in its log) report it."""
 
@@ -14,8 +14,8 @@ import pytest
 
 from bridge.codec import canerr
 from bridge.codec import socketcan as sc
-from bridge.tools import probe
-from bridge.tools.rig import GW_ADDR, TCP_PORT, Rig
+from bridge.tools.logs import probe
+from bridge.tools.rig.rig import GW_ADDR, TCP_PORT, Rig
 from bridge.hw import netns
 from bridge.hw.cansock import CAN_RAW_ERR_FILTER, CAN_RAW_FILTER, SOL_CAN_RAW
 

@@ -1,5 +1,5 @@
 """Peer faults end to end (issue 5 points 1 and 2), two bridges in two namespaces joined by veth
-(bridge/tools/rig.py): a pulled cable (netem 100 % loss, or the veth link set down) is detected on both sides
+(bridge/tools/rig/rig.py): a pulled cable (netem 100 % loss, or the veth link set down) is detected on both sides
 within the configured `timeout` and the bridges recover without a restart; a UDP peer is marked down
 and up; a stalled TCP client neither delays a healthy one nor grows the queues; frames queued
 during an outage longer than `max_age` are not replayed onto the bus."""
@@ -14,8 +14,8 @@ import pytest
 from bridge.codec import native
 from bridge.codec import socketcan as sc
 from bridge.endpoints.pending import PENDING_MAX_BYTES, PENDING_MAX_FRAMES
-from bridge.tools import probe
-from bridge.tools.rig import GW_ADDR, REMOTE_ADDR, TCP_PORT, UDP_PORT, Rig
+from bridge.tools.logs import probe
+from bridge.tools.rig.rig import GW_ADDR, REMOTE_ADDR, TCP_PORT, UDP_PORT, Rig
 from bridge.hw import netns
 from tests.vcan.test_e2e import counters_at_exit, steady
 

@@ -14,9 +14,9 @@ import pytest
 
 from bridge.codec import candump
 from bridge.codec import socketcan as sc
-from bridge.tools import probe
-from bridge.tools.demo import DEFAULT_TRACE
-from bridge.tools.rig import Rig
+from bridge.tools.logs import probe
+from bridge.tools.rig.demo import DEFAULT_TRACE
+from bridge.tools.rig.rig import Rig
 
 pytestmark = pytest.mark.vcan
 DURANGO = DEFAULT_TRACE
@@ -79,7 +79,7 @@ def test_capture_can_frames_read_by_tshark_and_scapy(vcan0, tmp_path):
             assert row[2] in ("1", "True"), row
         if length and not can_id & sc.CAN_RTR_FLAG:
             assert bytes.fromhex(row[7])[:length] == bytes(data[:length]), row
-    from bridge.tools import dissect
+    from bridge.tools.inspect import dissect
 
     got = [f.raw for f in dissect.bus_frames(dissect.read_packets(out))]
     assert [candump.format_frame(r) for r in got] == [candump.format_frame(r) for r in FRAMES]

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from bridge.hw import netns
-from bridge.tools.rig import GW_ADDR, REMOTE_ADDR, UDP_PORT, Rig
+from bridge.tools.rig.rig import GW_ADDR, REMOTE_ADDR, UDP_PORT, Rig
 from tests.vcan.test_e2e import counters_at_exit
 from tests.vcan.test_faults_peers import SIDES, peer_state
 

@@ -1,6 +1,6 @@
 """End to end through a real Mosquitto (docs/mqtt.md): vcan0 -> gateway bridge process -> mosquitto ->
 a second bridge process (source=GW/vcan0, read_only=0) -> its vcan0, in the two network namespaces of
-bridge/tools/rig.py. The broker runs in the gateway's namespace on a free port; the remote reaches it over
+bridge/tools/rig/rig.py. The broker runs in the gateway's namespace on a free port; the remote reaches it over
 the veth. Every payload format; classic (Durango trace), CAN FD, EFF, RTR and len8_dlc frames."""
 
 import subprocess
@@ -9,8 +9,8 @@ import time
 import pytest
 
 from bridge.codec.candump import read_log
-from bridge.tools.demo import DEFAULT_TRACE
-from bridge.tools.rig import GW_ADDR, Rig
+from bridge.tools.rig.demo import DEFAULT_TRACE
+from bridge.tools.rig.rig import GW_ADDR, Rig
 from bridge.hw import netns
 from tests.mqtt_broker import MOSQUITTO, Broker, free_port
 from tests.vcan.test_e2e import fd_zoo

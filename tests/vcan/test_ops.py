@@ -16,7 +16,7 @@ import pytest
 
 from bridge.codec import socketcan as sc
 from bridge.daemon import control
-from bridge.tools import probe
+from bridge.tools.logs import probe
 
 pytestmark = pytest.mark.vcan
 

@@ -21,7 +21,7 @@ from bridge.codec import socketcan as sc
 from bridge.codec.base import events
 from bridge.codec.filters import parse_filters
 from bridge.daemon.privileges import capabilities, drop_privileges
-from bridge.tools import probe
+from bridge.tools.logs import probe
 
 pytestmark = pytest.mark.vcan
 

@@ -1,4 +1,4 @@
-"""TLS with mutual authentication and sealed UDP between two bridges of the rig (bridge/tools/rig.py): frames cross,
+"""TLS with mutual authentication and sealed UDP between two bridges of the rig (bridge/tools/rig/rig.py): frames cross,
 and a peer without a valid certificate or key can neither connect nor inject; every failure is counted.
 
 The gateway (10.200.0.1) listens / is the UDP peer of the remote (10.200.0.2); attackers are sockets this
@@ -16,8 +16,8 @@ import pytest
 
 from bridge.codec import native, sealed
 from bridge.codec import socketcan as sc
-from bridge.tools import probe
-from bridge.tools.rig import GW_ADDR, REMOTE_ADDR, TCP_PORT, UDP_PORT, Rig
+from bridge.tools.logs import probe
+from bridge.tools.rig.rig import GW_ADDR, REMOTE_ADDR, TCP_PORT, UDP_PORT, Rig
 from bridge.hw import netns
 from tests.pki import make_pki
 from tests.vcan.test_e2e import counters_at_exit, steady

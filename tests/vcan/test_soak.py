@@ -7,7 +7,7 @@ frames may be lost only inside fault windows, and the gateway's RSS must stay fl
 import pytest
 
 from bridge.codec.candump import read_log
-from bridge.tools.demo import DEFAULT_TRACE
+from bridge.tools.rig.demo import DEFAULT_TRACE
 from tests.rig.soak import FAULTS, Soak
 
 pytestmark = pytest.mark.vcan

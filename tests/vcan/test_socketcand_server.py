@@ -10,8 +10,8 @@ import pytest
 
 from bridge.codec.candump import read_log
 from bridge.frame import CanFrame
-from bridge.tools import probe
-from bridge.tools.demo import DEFAULT_TRACE
+from bridge.tools.logs import probe
+from bridge.tools.rig.demo import DEFAULT_TRACE
 
 pytestmark = pytest.mark.vcan
 

@@ -10,11 +10,11 @@ format, `-t` timestamps, `-L` log lines (readable by canplayer, python-can and
 bridge.codec.candump), `-l` log files (candump-DATE_TIME.log) and their stderr notices, `-s` silent
 modes, `-H` hardware timestamps, `-r` receive buffer, `-D`, `-e` error-frame text, `-a`, `-x`.
 `-f FILE` (can-utils after 2023.03) logs into FILE, in any python-can format chosen by its extension
-(bridge/tools/logfiles.py). Not implemented: `-c` (colour), `-i` (binary), `-S` (swap).
+(bridge/tools/logs/logfiles.py). Not implemented: `-c` (colour), `-i` (binary), `-S` (swap).
 Local interfaces are read from CAN_RAW sockets whose filters are applied in the kernel; timestamps
 are kernel RX times (SO_TIMESTAMPNS). A remote source is a canbridge serving `tcp-listen://`
-(bridge/tools/remote.py): frames arrive in the native protocol with the gateway's kernel RX
-timestamps, and the filters are applied here. An MQTT source (bridge/tools/mqtt_source.py) reads a
+(bridge/tools/live/remote.py): frames arrive in the native protocol with the gateway's kernel RX
+timestamps, and the filters are applied here. An MQTT source (bridge/tools/live/mqtt_source.py) reads a
 fleet's `rx` topics on a broker; its frames are named GATEWAY/IFACE and carry the gateway's timestamps.
 
 Kernel drops (SO_RXQ_OVFL: our receive queue was full) are always reported, in candump -d's
@@ -26,208 +26,20 @@ in a -l/-f .log file as candump writes them.
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import select
 import signal
-import socket
-import struct
 import sys
 import time
-from dataclasses import dataclass
 
-from bridge.tools import logfiles, probe
-from bridge.tools.remote import RemoteBridge, RemoteClosed
 from bridge.codec import candump
 from bridge.codec import socketcan as sc
-from bridge.codec.filters import FilterSet, parse_filters
-from bridge.hw.cansock import SO_RCVBUFFORCE, SO_RXQ_OVFL, SO_TIMESTAMPNS
-from bridge.errors import ConfigError
+from bridge.tools.live.local import LocalSource
+from bridge.tools.live.opener import open_sources
+from bridge.tools.live.source import Drops, InterfaceDown, Rx, SourceClosed, waiting
+from bridge.tools.logs import logfiles
 
-READ_BATCH = 256  # frames read from one socket per poll round: other sources get their turn
-MSG_DONTROUTE = 0x04  # set by CAN_RAW on frames sent from this host (candump -x "TX")
-_ANC = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(4) + socket.CMSG_SPACE(48)  # TIMESTAMPNS, RXQ_OVFL, TIMESTAMPING
-SO_TIMESTAMPING = 37  # linux/net_tstamp.h; also the control message type (SCM_TIMESTAMPING)
-_TIMESTAMPING_FLAGS = (1 << 4) | (1 << 3) | (1 << 6)  # SOF_TIMESTAMPING_SOFTWARE | RX_SOFTWARE | RAW_HARDWARE
 ANIMATION = "|/-\\"  # candump -s 1
-_TIMESPEC = struct.Struct("=qq")
-_U32 = struct.Struct("=I")
-
-
-@dataclass(slots=True)
-class Rx:
-    """One received frame: interface name, raw can_frame/canfd_frame, kernel RX time in ns,
-    tx = sent from this host (only known for local sockets)."""
-
-    iface: str
-    raw: bytes
-    ts_ns: int
-    tx: bool = False
-
-
-@dataclass(slots=True)
-class Drops:
-    """The kernel dropped `dropped` frames for this socket (SO_RXQ_OVFL), `total` since open."""
-
-    iface: str
-    dropped: int
-    total: int
-
-
-class SourceClosed(Exception):
-    """A remote bridge closed the connection or sent malformed data; a local socket failed."""
-
-
-class InterfaceDown(SourceClosed):
-    """ENETDOWN on a local interface: candump says "read: Network is down" and exits 1 (with -D it says
-    "IFACE: interface down" and goes on)."""
-
-
-def split_spec(spec: str) -> tuple[str, FilterSet]:
-    """"vcan0,123:7FF" -> ("vcan0", FilterSet); raises FilterError (a ConfigError)."""
-    name, _, filters = spec.partition(",")
-    if not name:
-        raise ConfigError(f"{spec!r}: expected IFACE[,FILTERS] or tcp://HOST[:PORT][/IFACE][,FILTERS]")
-    return name, parse_filters(filters)
-
-
-class LocalSource:
-    """A CAN_RAW socket on IFACE (`any`: every CAN interface) with its filters in the kernel.
-    Raises OSError when the interface is missing or AF_CAN is not supported."""
-
-    def __init__(self, spec: str, hw_timestamps: bool = False, down_exits: bool = True) -> None:
-        self.name, rx_filter = split_spec(spec)
-        self.any = self.name == "any"
-        self.sock = probe.open_can("" if self.any else self.name, rx_filter=rx_filter, rxq_ovfl=True)
-        self.drops = 0
-        self.hw = hw_timestamps
-        self.down_exits = down_exits
-        if hw_timestamps:  # candump -H: the third timespec of SCM_TIMESTAMPING (0 where there is no hardware clock)
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, _TIMESTAMPING_FLAGS)
-
-    def set_rcvbuf(self, size: int) -> str | None:
-        """candump -r: SO_RCVBUFFORCE, else SO_RCVBUF; -> candump's warning when the kernel capped it."""
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
-        except PermissionError:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-            if self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < size * 2:
-                return "The socket receive buffer size was adjusted due to /proc/sys/net/core/rmem_max."
-        return None
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    @staticmethod
-    def waiting() -> bool:
-        return False  # the kernel socket is readable while frames wait
-
-    def read(self) -> list:
-        """Up to READ_BATCH Rx (and Drops) in arrival order; [] when nothing is waiting."""
-        out: list = []
-        recvmsg = self.sock.recvmsg
-        for _ in range(READ_BATCH):
-            try:
-                raw, anc, flags, addr = recvmsg(sc.CANFD_MTU, _ANC)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if exc.errno != errno.ENETDOWN:
-                    raise SourceClosed(f"{self.name}: {exc.strerror}") from None
-                if self.down_exits:  # candump 2023.03: perror("read"), exit 1
-                    raise InterfaceDown(f"read: {os.strerror(errno.ENETDOWN)}") from None
-                sys.stderr.write(f"{self.name}: interface down\n")  # -D: say so, wait for it to come back
-                break
-            ts, ovfl = 0, None
-            for level, kind, data in anc:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and not self.hw:
-                    sec, nsec = _TIMESPEC.unpack_from(data)
-                    ts = sec * 1_000_000_000 + nsec
-                elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING and self.hw:
-                    sec, nsec = _TIMESPEC.unpack_from(data, 2 * _TIMESPEC.size)  # [2]: raw hardware
-                    ts = sec * 1_000_000_000 + nsec
-                elif level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL:
-                    ovfl = _U32.unpack_from(data)[0]
-            iface = addr[0] if self.any else self.name
-            if ovfl is not None and ovfl != self.drops:  # the count rides on the next queued frame
-                out.append(Drops(iface, (ovfl - self.drops) & 0xFFFFFFFF, ovfl))
-                self.drops = ovfl
-            out.append(Rx(iface, raw, ts, bool(flags & MSG_DONTROUTE)))
-        return out
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class RemoteSource:
-    """One interface of a remote canbridge (`tcp-listen://` side), native protocol over TCP (TLS with
-    ?tls_ca=..&tls_cert=..&tls_key=..), through bridge.tools.remote: "tcp://HOST[:PORT][/IFACE][?TLS][,FILTERS]"
-    (IFACE: the bridge's first interface when omitted). Raises ConfigError for a bad URL or an unknown
-    interface, OSError when unreachable."""
-
-    def __init__(self, spec: str) -> None:
-        url, _, filters = spec.partition(",")
-        self.filter = parse_filters(filters)
-        self.remote = RemoteBridge(url)
-        self.url = self.remote.url
-        self.name = self.remote.name
-
-    def fileno(self) -> int:
-        return self.remote.fileno()
-
-    def waiting(self) -> bool:
-        """Frames came with the bridge's HELLO: read() has them although the socket is not readable."""
-        return bool(self.remote.backlog)
-
-    def read(self) -> list:
-        try:
-            frames = self.remote.read()
-        except RemoteClosed as exc:
-            raise SourceClosed(str(exc)) from None
-        return [Rx(self.name, raw, ts) for raw, ts in self.filter.filter_batch(frames)]
-
-    def close(self) -> None:
-        self.remote.close()
-
-
-def waiting(sources) -> list:
-    """poll()-style [(fd, POLLIN)] of the sources holding frames their socket no longer signals."""
-    return [(s.fileno(), select.POLLIN) for s in sources if s.waiting()]
-
-
-def open_sources(specs: list[str], prog: str, **local) -> tuple[list, int]:
-    """Open every source of `canbridge dump`/`top`: (sources, 0), or ([], exit status) after printing
-    why (2: a bad spec, 1: the interface or bridge cannot be opened); nothing is left open on failure.
-    local: keyword arguments of LocalSource (hw_timestamps, down_exits)."""
-    sources: list = []
-    try:
-        for spec in specs:
-            sources.append(open_source(spec, **local))
-        return sources, 0
-    except ConfigError as exc:
-        print(f"canbridge {prog}: error: {exc}", file=sys.stderr)
-        status = 2
-    except OSError as exc:
-        print(f"canbridge {prog}: {spec}: {exc.strerror or exc}", file=sys.stderr)
-        status = 1
-    for s in sources:
-        s.close()
-    return [], status
-
-
-MQTT_SCHEMES = ("mqtt://", "mqtts://")  # a fleet's broker: bridge/tools/mqtt_source.py
-
-
-def open_source(spec: str, **local):
-    """IFACE[,FILTERS] -> LocalSource(spec, **local); tcp://... -> RemoteSource; mqtt[s]://... -> MqttSource."""
-    if spec.startswith(MQTT_SCHEMES):
-        try:  # paho-mqtt is the optional extra canbridge[mqtt]: imported only for an mqtt:// source
-            from bridge.tools.mqtt_source import MqttSource
-        except ImportError as exc:
-            raise ConfigError(f"{spec}: MQTT sources need paho-mqtt 2.x: pip install 'canbridge[mqtt]' "
-                              f"({exc})") from None
-        return MqttSource(spec)
-    return RemoteSource(spec) if "://" in spec else LocalSource(spec, **local)
 
 
 class Formatter:
@@ -350,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
 
 class FileLog:
     """candump -l / -f: frames into a log file. .log: candump's log lines, byte for byte (with DROPCOUNT
-    notices, as candump writes them); other extensions: python-can's writer (bridge/tools/logfiles.py).
+    notices, as candump writes them); other extensions: python-can's writer (bridge/tools/logs/logfiles.py).
     Raises LogFileError."""
 
     def __init__(self, path: str, names, extra: bool) -> None:

@@ -18,14 +18,14 @@ import uuid
 from pathlib import Path
 
 from bridge.codec import native
-from bridge.tools import probe
+from bridge.tools.logs import probe
 from bridge.hw import netns
 
 GW_ADDR = "10.200.0.1"
 REMOTE_ADDR = "10.200.0.2"
 TCP_PORT = native.DEFAULT_PORT
 UDP_PORT = 29601
-MQTT_PORT = 1883  # Mosquitto in the gateway's namespace (bridge/tools/rigbroker.py)
+MQTT_PORT = 1883  # Mosquitto in the gateway's namespace (bridge/tools/rig/broker.py)
 MQTT_PREFIX = "demo"
 
 
@@ -102,7 +102,7 @@ class Rig:
 
     def start_pair(self, transport: str) -> None:
         if transport == "mqtt" and self.broker is None:
-            from bridge.tools.rigbroker import RigBroker
+            from bridge.tools.rig.broker import RigBroker
 
             self.broker = RigBroker(self.logdir, GW_ADDR, MQTT_PORT)
             self.broker.start(wrap=lambda argv: netns.exec_argv(self.gw, argv))

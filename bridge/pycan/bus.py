@@ -6,10 +6,10 @@
     bus = can.Bus(interface="canbridge", channel="mqtt://broker/fleet/truck17/can0")  # through a broker
     python -m can.logger -i canbridge -c tcp://gateway:29600/can0 -f trace.blf
 
-An mqtt:// or mqtts:// channel goes through a fleet's MQTT broker instead: bridge/tools/pycan_mqtt.py.
+An mqtt:// or mqtts:// channel goes through a fleet's MQTT broker instead: bridge/pycan/mqtt.py.
 
 The bridge must listen with `tcp-listen://`. The plugin speaks the native protocol (docs/protocol.md)
-through bridge.tools.remote: it reads the bridge's HELLO, finds the named interface in its channel list
+through bridge.tools.live.remote: it reads the bridge's HELLO, finds the named interface in its channel list
 (the first one when the URL has no path), and exchanges frames of that channel only.
 Message.timestamp is the gateway's kernel RX time; Message.channel is "GATEWAY/IFACE" (e.g.
 "gateway/can0", "127.0.0.1:29700/vcan0": the port only when it is not 29600).
@@ -38,7 +38,7 @@ from bridge.codec import canerr, native
 from bridge.codec import socketcan as sc
 from bridge.errors import ConfigError
 from bridge.frame import CanFrame
-from bridge.tools.remote import RemoteBridge, RemoteClosed
+from bridge.tools.live.remote import RemoteBridge, RemoteClosed
 
 CONFIG_GLOB = "/etc/canbridge/*.toml"  # where _detect_available_configs looks; env CANBRIDGE_CONFIGS overrides
 _STATES = {canerr.BUS_OFF: can.BusState.ERROR, canerr.ERROR_PASSIVE: can.BusState.PASSIVE,
@@ -88,9 +88,9 @@ class CanBridgeBus(can.BusABC):
     when the bridge is unreachable, refuses the TLS handshake, or has no such interface."""
 
     def __new__(cls, channel=None, *args, **kwargs):
-        """channel mqtt:// or mqtts://: a fleet's broker instead of a bridge (bridge/tools/pycan_mqtt.py)."""
+        """channel mqtt:// or mqtts://: a fleet's broker instead of a bridge (bridge/pycan/mqtt.py)."""
         if cls is CanBridgeBus and isinstance(channel, str) and channel.startswith(("mqtt://", "mqtts://")):
-            from bridge.tools.pycan_mqtt import MqttBus  # paho-mqtt only when asked for (canbridge[mqtt])
+            from bridge.pycan.mqtt import MqttBus  # paho-mqtt only when asked for (canbridge[mqtt])
 
             return MqttBus(channel, *args, **kwargs)  # not a CanBridgeBus: its __init__ does not run again
         return super().__new__(cls)

@@ -1,7 +1,7 @@
 """`canbridge replay LOG IFACE`: write a CAN log onto a CAN interface with its recorded timing (like
 can-utils canplayer, plus a speed factor). Every frame goes to IFACE whatever interface the log names.
 
-LOG is any format python-can knows, chosen by its extension (bridge/tools/logfiles.py): .log (candump,
+LOG is any format python-can knows, chosen by its extension (bridge/tools/logs/logfiles.py): .log (candump,
 read by our own codec), .asc, .blf, .csv, .db, .mf4, .trc. A file that cannot be read gets one line on
 stderr and exit status 2; IFACE that cannot be opened, exit status 1."""
 
@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from bridge.tools.progress import Progress, rate_text
+from bridge.tools.logs.progress import Progress, rate_text
 
 PROGRESS_EVERY = 256  # frames between progress checks when the replay is behind schedule (flat out)
 
@@ -25,8 +25,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress on stderr (shown live on a terminal, else a line every 5 s)")
     args = p.parse_args(argv)
-    from bridge.tools import probe
-    from bridge.tools.logfiles import LogFileError, read_frames
+    from bridge.tools.logs import probe
+    from bridge.tools.logs.logfiles import LogFileError, read_frames
 
     try:
         frames = [(ts, raw) for ts, _iface, raw in read_frames(args.log)]
@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
 def play(sock, frames: list, speed: float, on_progress) -> None:
     """Send (ts_ns, raw) frames with their recorded spacing divided by speed (0 = flat out), as
     probe.replay does; on_progress(frames_sent) after every PROGRESS_EVERY frames and while waiting."""
-    from bridge.tools import probe
+    from bridge.tools.logs import probe
 
     if not frames:
         return

@@ -27,7 +27,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from bridge.codec import socketcan as sc
-from bridge.tools.dump import Rx, SourceClosed, open_sources, waiting
+from bridge.tools.live.opener import open_sources
+from bridge.tools.live.source import Rx, SourceClosed, waiting
 
 REFRESH_HZ = 4
 PERIOD_SAMPLES = 64  # inter-arrival times kept per ID for mean and jitter: ~0.6 s of a 100 Hz ID

@@ -19,7 +19,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 from bridge.codec import socketcan as sc
-from bridge.tools.probe import percentile
+from bridge.tools.logs.probe import percentile
 
 DEFAULT_WINDOW_S = 2.0  # a frame not delivered within this is lost (a bridge drops older frames too)
 HOPS = ("bus_to_bus", "bus_to_wire", "wire_to_bus")
@@ -120,7 +120,7 @@ def report_dict(p: Pairing) -> dict:
 
 def load(paths: list[str], ports: dict) -> tuple[dict, dict, dict]:
     """(bus iface -> [(t, raw)], wire iface -> [(t, raw)], undecodable counts) from capture files."""
-    from bridge.tools import dissect
+    from bridge.tools.inspect import dissect
 
     if any(ports.values()):
         dissect.bind_ports(**ports)

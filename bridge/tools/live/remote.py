@@ -1,7 +1,7 @@
 """The one HELLO client of the native protocol: connect to a bridge serving `tcp-listen://`, read
 its HELLO, pick one of its interfaces, answer with our HELLO, then read that interface's frames.
 
-Used by `canbridge dump`/`top` (bridge/tools/dump.py) and the python-can plugin (bridge/pycan.py).
+Used by `canbridge dump`/`top` (bridge/tools/live/dump.py) and the python-can plugin (bridge/pycan/bus.py).
 
     url: "tcp://HOST[:PORT][/IFACE][?tls_ca=PATH&tls_cert=PATH&tls_key=PATH&tls_server_name=NAME]"
          (port 29600 by default; IFACE: the bridge's first interface when omitted)
@@ -24,6 +24,7 @@ from bridge.codec.base import events
 from bridge.errors import ConfigError
 from bridge.security import tls
 from bridge.security.options import TLS_OPTIONS, Security
+from bridge.tools.live.source import Rx, SourceClosed, parse_filters
 
 DEFAULT_PORT = native.DEFAULT_PORT
 CONNECT_TIMEOUT_S = 5.0
@@ -171,3 +172,34 @@ class RemoteBridge:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class RemoteSource:
+    """One interface of a remote canbridge (`tcp-listen://` side), native protocol over TCP (TLS with
+    ?tls_ca=..&tls_cert=..&tls_key=..), through bridge.tools.live.remote: "tcp://HOST[:PORT][/IFACE][?TLS][,FILTERS]"
+    (IFACE: the bridge's first interface when omitted). Raises ConfigError for a bad URL or an unknown
+    interface, OSError when unreachable."""
+
+    def __init__(self, spec: str) -> None:
+        url, _, filters = spec.partition(",")
+        self.filter = parse_filters(filters)
+        self.remote = RemoteBridge(url)
+        self.url = self.remote.url
+        self.name = self.remote.name
+
+    def fileno(self) -> int:
+        return self.remote.fileno()
+
+    def waiting(self) -> bool:
+        """Frames came with the bridge's HELLO: read() has them although the socket is not readable."""
+        return bool(self.remote.backlog)
+
+    def read(self) -> list:
+        try:
+            frames = self.remote.read()
+        except RemoteClosed as exc:
+            raise SourceClosed(str(exc)) from None
+        return [Rx(self.name, raw, ts) for raw, ts in self.filter.filter_batch(frames)]
+
+    def close(self) -> None:
+        self.remote.close()

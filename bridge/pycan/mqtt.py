@@ -1,4 +1,4 @@
-"""The python-can plugin (bridge/pycan.py) on a fleet's MQTT broker (docs/mqtt.md): one gateway's bus as a
+"""The python-can plugin (bridge/pycan/bus.py) on a fleet's MQTT broker (docs/mqtt.md): one gateway's bus as a
 python-can bus, through the broker instead of a direct connection to the gateway.
 
     bus = can.Bus(interface="canbridge", channel="mqtt://broker/fleet/truck17/can0")
@@ -6,7 +6,7 @@ python-can bus, through the broker instead of a direct connection to the gateway
                                                  "&password_file=mqtt.pw&format=json")
 
 channel: mqtt[s]://[USER@]BROKER[:PORT]/PREFIX/GATEWAY/IFACE[?format=..&topics=per-id&share=GROUP
-&password_file=..&tls_ca=..&tls_cert=..&tls_key=..] (the options of bridge/tools/mqtt_source.py).
+&password_file=..&tls_ca=..&tls_cert=..&tls_key=..] (the options of bridge/tools/live/mqtt_source.py).
 recv() reads PREFIX/GATEWAY/IFACE/rx (GATEWAY and IFACE may be `+`: then Message.channel tells which
 gateway's bus a frame came from, "GATEWAY/IFACE"); Message.timestamp is the gateway's kernel RX time.
 send() publishes one frame per message on PREFIX/GATEWAY/IFACE/tx with qos 1 and waits for the broker's
@@ -33,8 +33,8 @@ from bridge.codec import mqtt_payload as mp
 from bridge.codec import socketcan as sc
 from bridge.errors import ConfigError
 from bridge.frame import CanFrame
-from bridge.tools.dump import SourceClosed
-from bridge.tools.mqtt_source import MqttSource, parse_url
+from bridge.tools.live.source import SourceClosed
+from bridge.tools.live.mqtt_source import MqttSource, parse_url
 
 SEND_TIMEOUT_S = 5.0  # send(timeout=None): the broker's PUBACK must come within this
 SEND_EXPIRY_S = 60  # message expiry of what send() publishes: the gateway's default max_age for MQTT

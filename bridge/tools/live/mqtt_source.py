@@ -24,7 +24,7 @@ import paho.mqtt.client as paho
 
 from bridge.codec import mqtt_payload as mp
 from bridge.errors import ConfigError
-from bridge.tools.dump import Rx, SourceClosed, parse_filters
+from bridge.tools.live.source import Rx, SourceClosed, parse_filters
 
 CONNECT_TIMEOUT_S = 5.0  # CONNACK and SUBACK must come within this
 KEEPALIVE_S = 0  # no MQTT keepalive: dump and top sleep in poll() until a frame comes, so nothing would send

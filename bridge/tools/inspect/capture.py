@@ -157,7 +157,7 @@ class Capture:
         self.count = count
         self.captured = 0
         self.per_source = [0] * len(sources)  # records written, by source
-        self.progress = progress  # bridge.tools.progress.Progress: live count per interface, or None
+        self.progress = progress  # bridge.tools.logs.progress.Progress: live count per interface, or None
         self.start_ns = time.time_ns()
         self.reactor = Reactor()
         self.reactor.stop_on_signals(signal.SIGINT, signal.SIGTERM)
@@ -251,7 +251,7 @@ def main(argv: list[str]) -> int:
         print(f"canbridge capture: error: {name}: {exc} (capturing needs root or CAP_NET_RAW)", file=sys.stderr)
         return 1
     output = PcapngOutput(args.write, sources, int(args.file_size * 1e6), args.files)
-    from bridge.tools.progress import Progress
+    from bridge.tools.logs.progress import Progress
 
     capture = Capture(sources, output, args.count, args.duration, Progress("canbridge capture", quiet=args.quiet))
     if not args.quiet:

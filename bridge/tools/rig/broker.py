@@ -1,4 +1,4 @@
-"""Mosquitto for the two-namespace rig (bridge/tools/rig.py, `canbridge demo --transport mqtt`): one broker
+"""Mosquitto for the two-namespace rig (bridge/tools/rig/rig.py, `canbridge demo --transport mqtt`): one broker
 process in the gateway's namespace, listening on GW_ADDR so the gateway reaches it locally and the remote
 over the veth. Anonymous, no persistence, a generated config in the rig's log directory.
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 # shipped in the wheel beside this module (GPL-3.0, see data/SOURCE.txt), so an installed demo finds it
-DEFAULT_TRACE = Path(__file__).resolve().parent / "data" / "durango_mapswitch.log"
+DEFAULT_TRACE = Path(__file__).resolve().parents[1] / "data" / "durango_mapswitch.log"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
         print(f"canbridge demo: trace not found: {args.trace} (give --trace FILE)", file=sys.stderr)
         return 2
     transports = [t.strip() for t in args.transport.split(",") if t.strip()]
-    from bridge.tools.rig import TRANSPORTS
+    from bridge.tools.rig.rig import TRANSPORTS
 
     if any(t not in TRANSPORTS for t in transports):
         print(f"canbridge demo: --transport takes {', '.join(TRANSPORTS)}; got {args.transport!r}", file=sys.stderr)
@@ -67,8 +67,8 @@ def main(argv: list[str]) -> int:
 
 def _run(args, transports: list[str]) -> int:
     from bridge.codec.candump import read_log
-    from bridge.tools.progress import Progress, rate_text
-    from bridge.tools.rig import Rig
+    from bridge.tools.logs.progress import Progress, rate_text
+    from bridge.tools.rig.rig import Rig
 
     frames = [(ts, raw) for ts, _iface, raw in read_log(args.trace)]
     if args.limit:
