@@ -25,7 +25,8 @@ def test_one_input(data: bytes) -> None:
         check_raw(raw)
         check(0 <= ts < 2**64, f"ts {ts}")
     if fmt == "native":
-        check(mp.decode_counted(fmt, mp.encode_native(frames, count)) == (frames, count), "PUB_COUNT round trip")
+        again = mp.encode_native(frames, count and count[:2], count[2] if count else 0)
+        check(mp.decode_counted(fmt, again) == (frames, count), "PUB_COUNT round trip")
     again = mp.decode(fmt, mp.encode(fmt, "gw", "can0", frames))
     if fmt == "candump":
         frames = [(raw, ts // 1000 * 1000) for raw, ts in frames]

@@ -543,24 +543,54 @@ def test_a_60_s_outage_at_the_durango_rate_stays_under_5_mb_then_everything_arri
         broker.stop()
 
 
-def test_frame_store_bounds_and_staleness():
-    from bridge.endpoints.mqtt import FrameStore
+def test_outbox_bounds_staleness_and_accounting():
+    """The outbox alone (bridge.endpoints.mqtt_outbox) with a fake send: coalescing while nothing can be
+    sent, the byte bound (oldest first), stale messages, the window, and taken = tx + dropped + unconfirmed."""
+    from bridge.endpoints.mqtt_outbox import Outbox
+    from bridge.endpoints.mqtt_store import MESSAGE_OVERHEAD_BYTES
 
     now = [100.0]
     counters = Counters()
-    store = FrameStore(counters, max_bytes=24 * 1000,  # counted(): 24-byte records
-                        max_age=10, clock=lambda: now[0])
-    store.add(0, counted(600))  # 600 frames: two segments (512 + 88)
+    sent = []
+    mids = iter(range(1, 10_000))
+
+    def send(m, age):
+        sent.append((m.seq, m.frames, m.count))
+        return next(mids)
+
+    box = Outbox(counters, ["fleet/gw1/can0/rx"], send, numbered=True,
+                 max_bytes=24 * 1000 + 3 * MESSAGE_OVERHEAD_BYTES, max_age=10, clock=lambda: now[0])
+    box.take(0, counted(600))  # no connection: waits; cut at 512 frames per message
+    box.flush()
     now[0] += 5
-    store.add(0, counted(600, 600))  # 1200 frames > 1000 fit: the oldest segment goes
-    assert counters.dropped["queue_full"] == 512 and store.frames == 688
-    now[0] += 6  # the 88-frame segment (last appended at 100) is stale now, the rest (105) is not
-    store.drop_stale()
-    assert counters.dropped["stale"] == 88 and store.frames == 600
-    channel, n, records, _age = store.pop()
-    assert (channel, n) == (0, 512) and len(mp.decode_native(native.STREAM_PREAMBLE + records)) == 512
-    store.discard("closed")
-    assert counters.dropped["closed"] == 88 and not store
+    box.take(0, counted(600, 600))
+    box.flush()
+    box.sweep()  # 512 | 88 (created at 100) | 512 | 88 open (created at 105): the oldest 512 do not fit
+    assert counters.dropped["queue_full"] == 512 and box.backend.messages == 2 and not sent
+    now[0] += 1.5
+    box.sweep()  # the open message is older than SEGMENT_SPAN_S: sealed into the store
+    assert box.backend.messages == 3 and box.backend.frames == 688
+    now[0] += 4  # the 88-frame message created at 100 is stale now
+    box.sweep()
+    assert counters.dropped["stale"] == 88 and box.backend.frames == 600
+    assert box.pub_dropped("fleet/gw1/can0/rx") == 600  # numbered, dropped unsent: told to consumers
+    box.connected(receive_max=1)  # a window of one message
+    assert sent == [(2, 512, (box.state["session"], 600))] and box.inflight == 1
+    box.take(0, counted(5, 2000))
+    box.flush()
+    assert len(sent) == 1 and box.inflight == 1  # the window is full: waits
+    assert box.acknowledged(1, ok=True) and counters.tx_frames == 512
+    assert [s[:2] for s in sent[1:]] == [(3, 88)]  # the window: one at a time, oldest first
+    assert box.acknowledged(2, ok=False)  # refused by the broker: publish_failed, and told to consumers
+    assert counters.dropped["publish_failed"] == 88 and box.pub_dropped("fleet/gw1/can0/rx") == 688
+    assert [s[:2] for s in sent[2:]] == [(4, 5)]
+    box.lost(type("C", (), {"drop_out_messages": lambda self: []})())  # the connection is gone
+    box.connected(receive_max=20)
+    assert sent[3] == sent[2]  # resent: the same message, the same PUB_COUNT
+    assert not box.acknowledged(3, ok=True)  # a PUBACK of the old connection: not ours any more
+    box.close()
+    assert box.unconfirmed == 5 and not counters.dropped["closed"]  # sent, never acknowledged
+    assert counters.tx_frames + sum(counters.dropped.values()) + box.unconfirmed == 1200 + 5
 
 
 def test_dump_source_reads_a_fleet_with_wildcards(mosquitto):
@@ -638,11 +668,11 @@ def test_a_publish_and_its_puback_are_written_in_the_pass_that_made_them(mosquit
         gw.router.from_bus(gw.bus, 0, frames_of(1, start=i))
         gw.reactor.run_once(0)  # the pass that read the frame: its end-of-pass flush publishes
         assert not gw.peer.client.want_write(), "the PUBLISH waits in paho for the next pass"
-        assert not gw.reactor.interest(gw.peer._fd) & EVENT_WRITE
+        assert not gw.reactor.interest(gw.peer.connection.fd) & EVENT_WRITE
         before = len(mirror.bus.frames)
         assert pump([mirror], lambda: len(mirror.bus.frames) > before)  # noqa: B023 (called now); stops after the pass that read it
         assert not mirror.peer.client.want_write(), "the PUBACK waits in paho for the next pass"
-        assert not mirror.reactor.interest(mirror.peer._fd) & EVENT_WRITE
+        assert not mirror.reactor.interest(mirror.peer.connection.fd) & EVENT_WRITE
     assert mirror.bus.frames == frames_of(3)
     assert pump([gw], lambda: gw.peer.counters.tx_frames == 3)
     gw.close()

@@ -147,43 +147,55 @@ class PublishedFrames:
     """Consumer-side count of frames lost between an MQTT publisher and us, and of redelivered ones, sans-IO.
 
     A canbridge publisher puts a PUB_COUNT record in each native message (docs/protocol.md 10): its session
-    (u32, random per process start) and `frames_before`, the frames it put in its earlier messages on the
-    same topic in that session. Its numbering only counts messages its MQTT client accepted, so frames it
-    dropped itself (stale, queue_full: counted at the gateway) make no gap here.
+    (u32, random per process start) and `frames_before`, the frames it numbered on the same topic in that
+    session before this message; and, once it has dropped numbered frames itself (stale, queue_full, a
+    broker's refusal: counted at the gateway), a PUB_DROPPED record with their total in the session.
 
-    observe(key, session, first, n) for a message of n frames -> (skip, lost): deliver frames[skip:];
-    `lost` frames of this publisher are missing before it. Rules:
+    observe(key, session, first, n, dropped=0) for a message of n frames -> (skip, lost): deliver
+    frames[skip:]; `lost` is the change of this publisher's lost figure (negative when a PUB_DROPPED
+    explains a gap counted earlier). Rules:
     - the first message of a key (or of a key forgotten at MAX_PUBLISHERS) sets the baseline: frames sent
-      before we listened are not ours to count;
+      before we listened are not ours to count, nor frames dropped before it;
     - a new session of a known key (the publisher restarted): the `first` frames of the new session
-      before this message are lost (we were subscribed); what the old session sent after its last
-      message we saw cannot be known;
+      before this message are lost (we were subscribed), less those it says it dropped; what the old
+      session sent after its last message we saw cannot be known;
     - same session: a gap (first > expected) is lost; frames at or below the expected position are
       redelivered (a qos 1 resend after a reconnect) and skipped. A message reordered behind a later one
       (MQTT keeps the order of one publisher's topic, so only across a broker failure) is counted lost
       when the gap is seen and skipped when it comes: delivered + lost stays the frames sent.
-    Attributes: lost, duplicates (frames skipped), forgotten (keys dropped at the bound)."""
+    - lost per key and session = gaps - (the latest PUB_DROPPED - the one at its baseline), at least 0:
+      a latest figure, as FrameLossTracker's (a refusal the publisher learns after sending later messages
+      shows as a gap first and is taken back when a message tells it).
+    Attributes: lost (total, a latest figure), duplicates (frames skipped), forgotten (keys dropped at the
+    bound)."""
 
     def __init__(self, max_keys: int = MAX_PUBLISHERS) -> None:
-        self._next: dict = {}  # key -> [session, frames_before of the next message], least recent first
+        # key -> [session, frames_before of the next message, gaps, dropped at baseline, latest dropped, net],
+        # least recently heard first
+        self._next: dict = {}
         self.max_keys = max_keys
         self.lost = 0
         self.duplicates = 0
         self.forgotten = 0
 
-    def observe(self, key, session: int, first: int, n: int) -> tuple[int, int]:
+    def observe(self, key, session: int, first: int, n: int, dropped: int = 0) -> tuple[int, int]:
         state = self._next.pop(key, None)
+        skip = 0
         if state is None:
             if len(self._next) >= self.max_keys:
                 del self._next[next(iter(self._next))]
                 self.forgotten += 1
-            state, lost, skip = [session, first + n], 0, 0
+            state = [session, first + n, 0, dropped, dropped, 0]
         elif state[0] != session:
-            state, lost, skip = [session, first + n], first, 0
+            state = [session, first + n, first, 0, dropped, 0]
         else:
             expected = state[1]
-            lost, skip = max(0, first - expected), min(n, max(0, expected - first))
+            state[2] += max(0, first - expected)
+            skip = min(n, max(0, expected - first))
             state[1] = max(expected, first + n)
+            state[4] = max(state[4], dropped)
+        net = max(0, state[2] - (state[4] - state[3]))
+        lost, state[5] = net - state[5], net
         self._next[key] = state  # re-inserted: most recently heard last
         self.lost += lost
         self.duplicates += skip

@@ -62,16 +62,20 @@ def _err(reason: str, detail: str = "") -> MqttPayloadError:
 # ------------------------------------------------------------------------------------------- native
 
 
-def native_head(count: tuple[int, int] | None = None) -> bytes:
-    """What comes before the FRAME records of a native payload: the 6-byte preamble, and the 16-byte
-    PUB_COUNT record when `count` is given as (session u32, frames_before u64)."""
-    return native.STREAM_PREAMBLE if count is None else native.STREAM_PREAMBLE + native.encode_pub_count(*count)
+def native_head(count: tuple[int, int] | None = None, dropped: int = 0) -> bytes:
+    """What comes before the FRAME records of a native payload: the 6-byte preamble, the 16-byte
+    PUB_COUNT record when `count` is given as (session u32, frames_before u64), and after it a 12-byte
+    PUB_DROPPED record when `dropped` (frames the publisher numbered and dropped itself) is not 0."""
+    if count is None:
+        return native.STREAM_PREAMBLE
+    head = native.STREAM_PREAMBLE + native.encode_pub_count(*count)
+    return head + native.encode_pub_dropped(dropped) if dropped else head
 
 
-def encode_native(frames: list, count: tuple[int, int] | None = None) -> bytes:
-    """Batch -> native payload (native_head(count), one 20..84-byte FRAME record per frame).
+def encode_native(frames: list, count: tuple[int, int] | None = None, dropped: int = 0) -> bytes:
+    """Batch -> native payload (native_head(count, dropped), one 20..84-byte FRAME record per frame).
     ValueError on a raw frame the kernel never produces (bridge.codec.native.encode_frames)."""
-    return native_head(count) + native.encode_frames(0, frames)
+    return native_head(count, dropped) + native.encode_frames(0, frames)
 
 
 def decode_native(payload) -> list:
@@ -79,8 +83,9 @@ def decode_native(payload) -> list:
     return decode_native_counted(payload)[0]
 
 
-def decode_native_counted(payload) -> tuple[list, tuple[int, int] | None]:
-    """Native payload -> (batch, (session, frames_before) of its PUB_COUNT record, or None without one).
+def decode_native_counted(payload) -> tuple[list, tuple[int, int, int] | None]:
+    """Native payload -> (batch, (session, frames_before, frames_dropped) of its PUB_COUNT and PUB_DROPPED
+    records (frames_dropped 0 without PUB_DROPPED), or None without a PUB_COUNT).
     Raises MqttPayloadError (bad_magic, bad_version, truncated, bad_record_length, bad_record, and the
     FRAME record reasons of bridge.codec.native: len_too_large, bad_flags, bad_channel, ...)."""
     buf = bytes(payload)
@@ -93,6 +98,9 @@ def decode_native_counted(payload) -> tuple[list, tuple[int, int] | None]:
     events: list = []
     try:
         count, pos = native.read_pub_count(buf, len(native.STREAM_PREAMBLE))  # only as the first record
+        if count is not None:  # PUB_DROPPED only right after it
+            dropped, pos = native.read_pub_dropped(buf, pos)
+            count = (*count, dropped)
         stop, _skipped = native._parse_records(buf, pos, len(buf), events, 1, False)
     except native.NativeProtocolError as exc:
         raise _err(exc.reason, exc.detail) from None
@@ -259,9 +267,9 @@ def decode(fmt: str, payload) -> list:
     return decode_counted(fmt, payload)[0]
 
 
-def decode_counted(fmt: str, payload) -> tuple[list, tuple[int, int] | None]:
-    """A received payload of `fmt` -> (batch, (session, frames_before) or None: only native payloads carry
-    a PUB_COUNT). MqttPayloadError oversize (> MAX_PAYLOAD_BYTES, checked before parsing) or any reason
+def decode_counted(fmt: str, payload) -> tuple[list, tuple[int, int, int] | None]:
+    """A received payload of `fmt` -> (batch, (session, frames_before, frames_dropped) or None: only native
+    payloads carry a PUB_COUNT). MqttPayloadError oversize (> MAX_PAYLOAD_BYTES, checked before parsing) or any reason
     above."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise _err("oversize", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")

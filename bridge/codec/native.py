@@ -11,6 +11,8 @@ The byte layout is specified in docs/protocol.md. Summary (all multi-byte fields
                    that sender session's frames, in the sender's TX_COUNT numbering)
     PUB_COUNT body = session(u32) frames_before(u64)   (MQTT payloads only, bridge.codec.mqtt_payload; a
                    stream or datagram reader skips it as an unknown type)
+    PUB_DROPPED body = frames_dropped(u64)   (MQTT payloads only, after a PUB_COUNT: frames of the session
+                   numbered on the topic and then dropped by the publisher itself)
 
 Frames on the forwarding path are raw Linux `struct can_frame` (16 B) / `struct canfd_frame` (72 B)
 in host byte order (see bridge.codec.socketcan); a batch is a list of `(raw, ts_ns)` tuples. The
@@ -53,6 +55,7 @@ REC_HEARTBEAT = 0x03
 REC_TX_COUNT = 0x04
 REC_RX_COUNT = 0x05
 REC_PUB_COUNT = 0x06  # MQTT payloads only (docs/protocol.md 10): TCP and UDP readers skip it as unknown
+REC_PUB_DROPPED = 0x07  # MQTT payloads only, right after PUB_COUNT (docs/protocol.md 10)
 
 MAX_CHANNELS = 255
 MAX_CHANNEL_NAME = 15  # IFNAMSIZ - 1
@@ -215,6 +218,26 @@ def read_pub_count(buf, pos: int) -> tuple[tuple[int, int] | None, int]:
     if _REC_HDR.unpack_from(buf, pos)[2] != _RX_COUNT_BODY.size or len(buf) < end:
         raise _err("bad_record_length", "PUB_COUNT body is not 12 bytes")
     return _RX_COUNT_BODY.unpack_from(buf, pos + 4), end
+
+
+def encode_pub_dropped(frames_dropped: int) -> bytes:
+    """frames_dropped u64 -> one PUB_DROPPED record (12 bytes; docs/protocol.md 10: frames the publisher
+    numbered on the topic in this session and then dropped itself). ValueError if out of range."""
+    try:
+        return _TX_COUNT.pack(REC_PUB_DROPPED, 0, 8, frames_dropped)
+    except struct.error as e:
+        raise ValueError(f"bad PUB_DROPPED frames_dropped {frames_dropped!r}") from e
+
+
+def read_pub_dropped(buf, pos: int) -> tuple[int, int]:
+    """A PUB_DROPPED record at buf[pos:] -> (frames_dropped, the position after it); a record of another
+    type (or none) -> (0, pos). NativeProtocolError bad_record_length for a body that is not 8 bytes."""
+    if len(buf) < pos + 4 or buf[pos] != REC_PUB_DROPPED:
+        return 0, pos
+    end = pos + _TX_COUNT.size
+    if _REC_HDR.unpack_from(buf, pos)[2] != _U64.size or len(buf) < end:
+        raise _err("bad_record_length", "PUB_DROPPED body is not 8 bytes")
+    return _U64.unpack_from(buf, pos + 4)[0], end
 
 
 def _append_frame_records(channel: int, frames, out: list) -> None:

@@ -31,8 +31,9 @@ The numbering state (dict, JSON-ready) is the outbox's: {"session": u32 of the P
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 MESSAGE_OVERHEAD_BYTES = 160  # a stored message's own cost beyond its records (object, topic string, dict slot):
 #                               counted in `bytes`, so the bound holds for one-frame (per-id) messages too

@@ -202,3 +202,18 @@ def test_published_frames_is_bounded():
     assert t.forgotten == 1
     assert t.observe("a", 1, 50, 1) == (0, 0)  # forgotten: a new baseline, no false loss
     assert t.observe("c", 1, 1, 1) == (0, 0)  # still tracked
+
+
+def test_published_frames_gaps_the_publisher_dropped_itself_are_not_lost():
+    """PUB_DROPPED (docs/protocol.md 10): frames the publisher numbered and dropped itself (counted at the
+    gateway) are no loss in transit, whether the figure comes with the gap or after it (a refusal the
+    publisher learned of after sending later messages: the gap is taken back)."""
+    t = PublishedFrames()
+    key = "fleet/gw1/can0/rx"
+    assert t.observe(key, 1, 0, 10, dropped=4) == (0, 0)  # baseline: drops before it are not ours
+    assert t.observe(key, 1, 30, 10, dropped=14) == (0, 10)  # gap 20, 10 of them dropped by the publisher
+    assert t.observe(key, 1, 50, 10, dropped=14) == (0, 10)  # another gap of 10, unexplained (yet)
+    assert t.observe(key, 1, 60, 10, dropped=24) == (0, -10)  # the publisher tells: it dropped them
+    assert t.lost == 10
+    assert t.observe(key, 2, 30, 5, dropped=30) == (0, 0)  # a restart: its first 30 frames all dropped there
+    assert t.lost == 10

@@ -53,10 +53,10 @@ def test_native_layout_byte_by_byte():
                        + b"\x11\x22")
 
 
-@given(batches, st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1))
-def test_native_round_trip_with_pub_count(frames, session, before):
-    payload = mp.encode_native(frames, (session, before))
-    assert mp.decode_counted("native", payload) == (frames, (session, before))
+@given(batches, st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1))
+def test_native_round_trip_with_pub_count(frames, session, before, dropped):
+    payload = mp.encode_native(frames, (session, before), dropped)
+    assert mp.decode_counted("native", payload) == (frames, (session, before, dropped))
     assert mp.decode("native", payload) == frames  # a reader that does not count still gets the frames
 
 
@@ -68,7 +68,12 @@ def test_pub_count_is_skipped_by_stream_readers_and_checked_by_mqtt_readers():
     stop, skipped = native._parse_records(payload, 6, len(payload), events, 1, False)  # a TCP/UDP reader
     assert (stop, skipped) == (len(payload), 1) and events[0].frames == [(raw, 5)]
     assert mp.decode_counted("json", mp.encode_json("gw", "can0", [(raw, 5)]))[1] is None
-    for bad in (payload[:6] + b"\x06\x00\x00\x08" + payload[10:18], payload[:20]):
+    dropped = mp.encode_native([(raw, 5)], (7, 9), 3)
+    assert dropped[22:34] == b"\x07\x00\x00\x08" + (3).to_bytes(8, "big")  # PUB_DROPPED after PUB_COUNT
+    events = []
+    assert native._parse_records(dropped, 6, len(dropped), events, 1, False)[1] == 2  # skipped by TCP/UDP
+    for bad in (payload[:6] + b"\x06\x00\x00\x08" + payload[10:18], payload[:20],
+                dropped[:22] + b"\x07\x00\x00\x04" + dropped[26:30] + dropped[34:]):
         with pytest.raises(mp.MqttPayloadError) as exc:
             mp.decode_counted("native", bad)
         assert exc.value.reason in ("bad_record_length", "truncated")
@@ -169,4 +174,4 @@ def test_protocol_doc_mqtt_example_is_what_the_encoder_writes():
     raw = sc.pack_canfd(0x123, b"\x11\x22", sc.CANFD_BRS)
     count = (0x0A0B0C0D, 1000)
     assert mqtt_payload.encode_native([(raw, 0x0102030405060708)], count) == documented
-    assert mqtt_payload.decode_counted("native", documented) == ([(raw, 0x0102030405060708)], count)
+    assert mqtt_payload.decode_counted("native", documented) == ([(raw, 0x0102030405060708)], (*count, 0))
