@@ -3,7 +3,8 @@ system service), with a generated config: anonymous, a password file (mosquitto_
 with the certificates of tests/pki.py. Tests marked `mosquitto` fail (never skip) when the binary is
 missing: scripts/setup.sh installs the Debian package.
 
-Broker(tmp_path, ...).start() / .kill() (SIGKILL) / .restart() (same port) / .stop(); the fixture
+Broker(tmp_path, ...).start() / .kill() (SIGKILL) / .pause() (SIGSTOP) / .resume() / .restart() (same port) /
+.stop(); the broker keeps Mosquitto's defaults (Receive Maximum 20) unless `extra` config lines say otherwise. The fixture
 running(tmp_path) is the body of a `mosquitto` fixture: a started anonymous broker, stopped at teardown.
 """
 
@@ -37,14 +38,15 @@ class Broker:
     require_cert)."""
 
     def __init__(self, directory: Path, *, users: dict | None = None, acl: str | None = None,
-                 tls: dict | None = None, require_cert: bool = False, port: int | None = None) -> None:
+                 tls: dict | None = None, require_cert: bool = False, port: int | None = None,
+                 extra: tuple = ()) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         lines = ["per_listener_settings false", "persistence false", f"listener {self.port} 127.0.0.1",
                  "log_dest stderr", "log_type error", "log_type warning", "log_type notice",
-                 "max_queued_messages 100000", "max_inflight_messages 64"]
+                 "max_queued_messages 100000", *extra]  # max_inflight_messages left at 20: our Receive Maximum
         if os.geteuid() == 0:  # as root mosquitto switches to user mosquitto, who cannot read pytest's tmp_path
             lines.append(f"user {pwd.getpwuid(0).pw_name}")
         if users:
@@ -82,10 +84,17 @@ class Broker:
         raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log.read_text()[-2000:]}")
 
     def kill(self) -> None:
-        """SIGKILL: no clean disconnect, no session saved (persistence false)."""
+        """SIGKILL (also of a paused broker): no clean disconnect, no session saved (persistence false)."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(5)
+
+    def pause(self) -> None:
+        """SIGSTOP: the TCP connections stay up, nothing is read or answered (a hung broker)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
 
     def restart(self) -> Broker:
         self.kill()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from bridge.endpoints import mqtt as ep
+from bridge.endpoints.mqtt_connection import CONNECT_TIMEOUT_S
 from tests.mqtt_broker import needs_mosquitto
 from tests.test_mqtt import Side
 

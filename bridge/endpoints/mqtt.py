@@ -39,7 +39,7 @@ from bridge.codec import native
 from bridge.codec.frameloss import PublishedFrames
 from bridge.core.reactor import Reactor
 from bridge.core.stats import Counters
-from bridge.endpoints.mqtt_connection import Connection, _Client
+from bridge.endpoints.mqtt_connection import STABLE_S, Connection, _Client
 from bridge.endpoints.mqtt_outbox import DEFAULT_MAX_AGE_S, WINDOW_MAX, Outbox
 from bridge.endpoints.mqtt_store import Message
 from bridge.endpoints.mqtt_version import Mqtt5
@@ -120,7 +120,7 @@ class MqttPeer:
         self._connected = False
         self._closing = False
         self._refused = False  # the broker's CONNACK refused us: on_disconnect does not count it again
-        self._taken_over = 0  # times another client with our client id took our session
+        self._short = 0  # connections in a row that ended within STABLE_S of their CONNACK
         self._started = time.time()
         self._fd_capable, self._version = fd, version
         self._bad = BadMessageLog(reactor, self.name)
@@ -182,23 +182,31 @@ class MqttPeer:
         if self._closing:
             return
         refused, self._refused = self._refused, False
+        lived = self.connection.down()
         if self.mqtt.taken_over(reason_code):
             self.counters.errors["session_taken_over"] += 1
-            self._taken_over += 1
-            if self._taken_over == 1:
-                log.warning("%s: another client connected with our client id %r and took our session: two "
-                            "gateways with the same gateway= (or client_id=)? (told once; counted "
-                            "errors{session_taken_over})", self.name, self.client_id)
         if was:
             self.counters.errors["disconnected"] += 1
-            if not self._taken_over:
-                log.warning("%s: connection lost (%s); frames wait in the outbox (max_age %s s)",
-                            self.name, reason_code, self.max_age)
+            self._lost_line(reason_code, lived)
         elif not refused:  # e.g. the broker's TLS refused our certificate after the handshake (TLS 1.3)
             self.connection.failed("connect_failed",
                                    f"connection closed before the broker accepted it ({reason_code})")
-        self.connection.down()
         self._gauges()
+
+    def _lost_line(self, reason_code, lived: float) -> None:
+        """Log a lost connection; connections that keep ending soon after the CONNACK are told once (two
+        clients with one client id take each other's session: Mosquitto 2.0 just closes the old one)."""
+        if lived >= STABLE_S:
+            self._short = 0
+        else:
+            self._short += 1
+        if self._short <= 1:
+            log.warning("%s: connection lost (%s); frames wait in the outbox (max_age %s s)",
+                        self.name, reason_code, self.max_age)
+        elif self._short == 2:
+            log.warning("%s: connection lost again within %g s of the CONNACK (%s): is another client using our "
+                        "client id %r (two gateways with the same gateway= or client_id=)? Told once; counted in "
+                        "errors{disconnected}", self.name, STABLE_S, reason_code, self.client_id)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         for rc in reason_codes:
