@@ -204,9 +204,9 @@ class MqttPeer:
             log.warning("%s: connection lost (%s); frames wait in the outbox (max_age %s s)",
                         self.name, reason_code, self.max_age)
         elif self._short == 2:
-            log.warning("%s: connection lost again within %g s of the CONNACK (%s): is another client using our "
-                        "client id %r (two gateways with the same gateway= or client_id=)? Told once; counted in "
-                        "errors{disconnected}", self.name, STABLE_S, reason_code, self.client_id)
+            log.warning("%s: connection lost again within %g s of the CONNACK (%s): a broker restarting, or "
+                        "another client with our client id %r (two gateways with the same gateway= or client_id=)? "
+                        "Told once; counted in errors{disconnected}", self.name, STABLE_S, reason_code, self.client_id)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         for rc in reason_codes:
