@@ -93,7 +93,7 @@ def test_one_readable_event_reads_many_messages(tmp_path):
     from tests.test_mqtt import connected, pump, raw_client, publish, unique, counted
     from bridge.codec import mqtt_payload as mp
 
-    broker = Broker(tmp_path / "b").start()
+    broker = Broker(tmp_path / "b", extra=("max_inflight_messages 0",)).start()  # all 50 sent to us at once
     mirror = Side(f"mqtt://127.0.0.1:{broker.port}/fleet?gateway=backend&source=gw1/can0&read_only=0")
     try:
         assert pump([mirror], connected(mirror))

@@ -32,7 +32,7 @@ def mosquitto_path() -> str:
 def config_text(addr: str, port: int) -> str:
     lines = [f"listener {port} {addr}", "allow_anonymous true", "persistence false", "log_dest stderr",
              "log_type error", "log_type warning", "log_type notice", "log_type information",
-             f"max_queued_messages {QUEUE_LIMIT}", "max_inflight_messages 64"]
+             f"max_queued_messages {QUEUE_LIMIT}"]  # Receive Maximum left at 20, as a stock Mosquitto
     if os.geteuid() == 0:  # as root mosquitto switches to user mosquitto, who cannot read the rig's log dir
         lines.append("user root")
     return "\n".join(lines) + "\n"
