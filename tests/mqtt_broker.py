@@ -4,8 +4,9 @@ with the certificates of tests/pki.py. Tests marked `mosquitto` fail (never skip
 missing: scripts/setup.sh installs the Debian package.
 
 Broker(tmp_path, ...).start() / .kill() (SIGKILL) / .pause() (SIGSTOP) / .resume() / .restart() (same port) /
-.stop(); the broker keeps Mosquitto's defaults (Receive Maximum 20) unless `extra` config lines say otherwise. The fixture
-running(tmp_path) is the body of a `mosquitto` fixture: a started anonymous broker, stopped at teardown.
+.stop(); the broker keeps Mosquitto's defaults (Receive Maximum 20) unless `extra` config lines say otherwise.
+The fixture running(tmp_path) is the body of a `mosquitto` fixture: a started anonymous broker, stopped at
+teardown.
 """
 
 from __future__ import annotations
