@@ -115,7 +115,8 @@ def run_gateways(port: int, n: int, fmt: str, seconds: float, trace_path: Path, 
     reactor.run()
     timer.cancel()
     end = time.monotonic() + 15  # let the last messages be acknowledged
-    while time.monotonic() < end and any(p.counters.gauges.get("queued_frames") or p._unacked for _r, _b, p in gws):
+    while time.monotonic() < end and any(p.counters.gauges.get("queued_frames") or p.outbox.inflight
+                                         for _r, _b, p in gws):
         reactor.run_once(0.01)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     out = {"sent": sent[0], "acked": sum(p.counters.tx_frames for _r, _b, p in gws),
