@@ -2,9 +2,12 @@
 real Mosquitto (tests/mqtt_broker.py) and canbridge mirrors (format=native, source=), with the broker
 paused (SIGSTOP, messages unacknowledged) and then killed (SIGKILL) and restarted twice mid-stream.
 
-Checked per gateway, each run: every frame its mirror got is in the order sent (ids strictly increasing:
-none twice), and delivered + dropped at the gateway + lost_in_transit at the mirror = sent (with
-unconfirmed_frames at the gateway counted as well: they are delivered or seen as a gap).
+Gateways alternate between format=native and format=json. Checked per gateway, each run: every frame its
+mirror got is in the order sent; native: ids strictly increasing (none twice: the mirror skips
+redelivered frames by PUB_COUNT) and delivered + dropped at the gateway + lost_in_transit at the mirror =
+sent; json (no count, so a reordering is not hidden as a loss plus a skipped duplicate): the first
+arrival of each frame in increasing order, redeliveries only of frames already seen, and every frame
+delivered or dropped at the gateway (a broker loss would show here as missing frames).
 
     .venv/bin/python -m benchmarks.mqtt_outage --runs 10 [--frames 20000] [--gateways 2]
 Prints one line per run and the pass count; exit 1 if any run missed.
@@ -28,8 +31,10 @@ def _ids(frames):
 
 def one_run(directory: Path, n: int, gateways: int) -> tuple[bool, str]:
     broker = Broker(directory).start()
-    gws = [Side(url(broker, gateway=f"gw{i}")) for i in range(gateways)]
-    mirrors = [Side(url(broker, gateway=f"backend{i}", source=f"gw{i}/can0", read_only=0)) for i in range(gateways)]
+    fmts = ["native" if i % 2 == 0 else "json" for i in range(gateways)]
+    gws = [Side(url(broker, gateway=f"gw{i}", format=f)) for i, f in enumerate(fmts)]
+    mirrors = [Side(url(broker, gateway=f"backend{i}", format=f, source=f"gw{i}/can0", read_only=0))
+               for i, f in enumerate(fmts)]
     every = gws + mirrors
     try:
         assert pump(every, lambda: all(s.peer.connected for s in every), timeout=15)
@@ -65,16 +70,26 @@ def one_run(directory: Path, n: int, gateways: int) -> tuple[bool, str]:
         pump(every, settled, timeout=60)
         pump(every, lambda: False, timeout=0.5)
         notes, ok = [], True
-        for gw, m in zip(gws, mirrors):
+        for gw, m, fmt in zip(gws, mirrors, fmts):
             got = _ids(m.bus.frames)
-            ordered = all(a < b for a, b in zip(got, got[1:]))
             g, c = gw.peer.counters, m.peer.counters
             lost = c.dropped.get("lost_in_transit", 0)
             gw_dropped = sum(g.dropped.values())
-            identity = len(got) + gw_dropped + lost == sent
+            if fmt == "native":
+                ordered = all(a < b for a, b in zip(got, got[1:]))
+                delivered, twice = len(got), 0
+            else:
+                first, seen = [], set()
+                for i in got:
+                    if i not in seen:
+                        seen.add(i)
+                        first.append(i)
+                ordered = all(a < b for a, b in zip(first, first[1:]))
+                delivered, twice = len(first), len(got) - len(first)
+            identity = delivered + gw_dropped + lost == sent
             ok &= ordered and identity
-            notes.append(f"{gw.peer.gateway}: sent {sent} delivered {len(got)} dropped {gw_dropped} lost {lost} "
-                         f"dup_skipped {c.errors.get('duplicate_frames', 0)} unconfirmed "
+            notes.append(f"{gw.peer.gateway} ({fmt}): sent {sent} delivered {delivered} dropped {gw_dropped} "
+                         f"lost {lost} skipped {c.errors.get('duplicate_frames', 0)} twice {twice} unconfirmed "
                          f"{g.gauges.get('unconfirmed_frames', 0)} ordered {ordered} identity {identity}")
         return ok, "; ".join(notes)
     finally:
