@@ -39,7 +39,7 @@ from bridge.codec import native
 from bridge.codec.frameloss import PublishedFrames
 from bridge.core.reactor import Reactor
 from bridge.core.stats import Counters
-from bridge.endpoints.mqtt_connection import STABLE_S, Connection, _Client
+from bridge.endpoints.mqtt_connection import STABLE_S, Connection, new_client
 from bridge.endpoints.mqtt_outbox import DEFAULT_MAX_AGE_S, WINDOW_MAX, Outbox
 from bridge.endpoints.mqtt_store import Message
 from bridge.endpoints.mqtt_version import Mqtt5
@@ -95,11 +95,12 @@ class BadMessageLog:
 class MqttPeer:
     """One MQTT client. channels: our bus names by channel index (the HELLO's); sources: the
     `GATEWAY/IFACE` patterns whose rx topics we mirror; tls: an ssl.SSLContext or None;
-    read_only: subscribe to nothing (frames from the broker never reach a bus); backend: the outbox's
+    read_only: subscribe to nothing (frames from the broker never reach a bus); password_file: its first
+    line is the password (read when the peer opens); backend: the outbox's
     storage (bridge.endpoints.mqtt_store; default in memory)."""
 
     def __init__(self, reactor: Reactor, router, *, host: str, port: int, prefix: str, gateway: str,
-                 channels: list, client_id: str, username: str | None = None, password: str | None = None,
+                 channels: list, client_id: str, username: str | None = None, password_file: str | None = None,
                  qos: int = 1, fmt: str = "native", per_id: bool = False, keepalive: int = DEFAULT_KEEPALIVE_S,
                  session_expiry: int = DEFAULT_SESSION_EXPIRY_S, share: str | None = None,
                  sources: tuple = (), read_only: bool = True, max_age: float = DEFAULT_MAX_AGE_S,
@@ -128,15 +129,10 @@ class MqttPeer:
         self.outbox = Outbox(self.counters, [f"{prefix}/{gateway}/{iface}/rx" for iface in self.channels],
                              self._publish, numbered=fmt == "native" and not per_id, per_id=per_id,
                              backend=backend, max_age=max_age)
-        self.client = c = _Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=v.protocol,
-                                  reconnect_on_failure=False)
+        self.client = c = new_client(v, client_id, username=username, password_file=password_file, tls=tls)
         c.max_queued_messages_set(PAHO_QUEUE_LIMIT)
         c.max_inflight_messages_set(0)  # no limit of paho's: the outbox keeps the window (and paho would
         #                                  otherwise queue and resend by itself, out of our order)
-        if username is not None:
-            c.username_pw_set(username, password)
-        if tls is not None:
-            c.tls_set_context(tls)
         c.will_set(self.status_topic, self._status("offline"), qos=1, retain=True, properties=v.publish_props("json"))
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect

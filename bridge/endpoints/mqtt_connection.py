@@ -65,6 +65,28 @@ class _Client(paho.Client):
         return paho.MQTT_ERR_SUCCESS
 
 
+def read_password(path: str) -> str:
+    """The password in `path`: its first line (never a password in a URL or on a command line)."""
+    with open(path, encoding="utf-8") as f:
+        return f.readline().rstrip("\r\n")
+
+
+def new_client(version, client_id: str = "", *, username: str | None = None, password_file: str | None = None,
+               tls=None, client_class=_Client) -> paho.Client:
+    """The one place a paho client is made (the peer, and the backend tools: bridge/tools/live/mqtt_source.py,
+    bridge/pycan/mqtt.py): callback API 2, the protocol of `version` (bridge.endpoints.mqtt_version), no
+    automatic reconnect, the user name and the password read from password_file, TLS from an
+    ssl.SSLContext. client_class: _Client (ours: the socket comes from Connection, never a blocking
+    connect) or paho.Client (a tool that may block in paho's own connect)."""
+    c = client_class(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version.protocol,
+                     reconnect_on_failure=False)
+    if username is not None:
+        c.username_pw_set(username, read_password(password_file) if password_file else None)
+    if tls is not None:
+        c.tls_set_context(tls)
+    return c
+
+
 class Connection:
     """One broker connection for `client` (a _Client): name for logs; counters get connect_failed /
     connect_refused; tls: an ssl.SSLContext or None; on_change(): gauges to refresh."""

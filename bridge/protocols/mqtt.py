@@ -136,14 +136,11 @@ class Mqtt(PeerProtocolBase):
         from bridge.endpoints.mqtt import MqttPeer
 
         x = peer.extra
-        password = None
-        if x.get("password_file"):
-            with open(x["password_file"], encoding="utf-8") as f:
-                password = f.readline().rstrip("\r\n")
         hello = ctx.hello
         return MqttPeer(ctx.reactor, ctx.router, host=peer.host, port=peer.port, prefix=x["prefix"],
                         gateway=x["gateway"], channels=list(hello.channels), client_id=x["client_id"],
-                        username=x["username"], password=password, qos=x["qos"], fmt=x["format"],
+                        username=x["username"], password_file=x.get("password_file"), qos=x["qos"],
+                        fmt=x["format"],
                         per_id=x["per_id"], keepalive=x["keepalive"], session_expiry=x["session_expiry"],
                         share=x["share"], sources=x["source"], read_only=peer.access.read_only,
                         max_age=x["max_age"], tls=cls._tls(ctx, peer), fd=bool(hello.capabilities & 1),

@@ -26,8 +26,6 @@ from collections import deque
 
 import can
 import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from bridge.codec import mqtt_payload as mp
 from bridge.codec import socketcan as sc
@@ -101,10 +99,7 @@ class MqttBus(can.BusABC):
         if msg.is_fd and not self._fd:
             raise can.CanOperationError(f"canbridge: {self._src.name}: CAN FD is off (fd=False)")
         raw = CanFrame.from_message(msg).to_raw()
-        props = Properties(PacketTypes.PUBLISH)
-        props.PayloadFormatIndicator = 1 if self._src.fmt in mp.UTF8_FORMATS else 0
-        props.ContentType = mp.CONTENT_TYPES[self._src.fmt]
-        props.MessageExpiryInterval = SEND_EXPIRY_S
+        props = self._src.mqtt.publish_props(self._src.fmt, SEND_EXPIRY_S)
         payload = mp.encode(self._src.fmt, self._gateway, self._iface, [(raw, time.time_ns())])
         info = self._src.client.publish(self._tx_topic, payload, qos=1, properties=props)
         if info.rc != paho.MQTT_ERR_SUCCESS:

@@ -16,14 +16,18 @@ A malformed message is skipped and counted in `bad_messages` (a fleet must not s
 from __future__ import annotations
 
 import socket
-import ssl
 import time
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import paho.mqtt.client as paho
 
 from bridge.codec import mqtt_payload as mp
+from bridge.endpoints.mqtt_connection import new_client
+from bridge.endpoints.mqtt_version import Mqtt5
 from bridge.errors import ConfigError
+from bridge.protocols.mqtt import DEFAULT_PORT, DEFAULT_TLS_PORT
+from bridge.security.options import Security
+from bridge.security.tls import client_context
 from bridge.tools.live.source import Rx, SourceClosed, parse_filters
 
 CONNECT_TIMEOUT_S = 5.0  # CONNACK and SUBACK must come within this
@@ -53,7 +57,7 @@ def parse_url(url: str) -> dict:
         raise ConfigError(f"{url!r}: format must be one of {', '.join(mp.FORMATS)}")
     tls = parts.scheme == "mqtts"
     try:
-        port = parts.port or (8883 if tls else 1883)
+        port = parts.port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
     except ValueError as exc:
         raise ConfigError(f"{url!r}: bad port: {exc}") from None
     return {"scheme": parts.scheme, "host": parts.hostname or "127.0.0.1", "port": port,
@@ -83,19 +87,13 @@ class MqttSource:
         topic = f"{u['prefix']}/{u['gateway']}/{u['iface']}/rx" + ("/+" if o.get("topics") == "per-id" else "")
         if o.get("share"):
             topic = f"$share/{o['share']}/{topic}"
-        c = self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
-                                      reconnect_on_failure=False)
-        if u["user"]:
-            password = None
-            if o.get("password_file"):
-                with open(o["password_file"], encoding="utf-8") as f:
-                    password = f.readline().rstrip("\r\n")
-            c.username_pw_set(u["user"], password)
-        if u["scheme"] == "mqtts":
-            ctx = ssl.create_default_context(cafile=o.get("tls_ca"))
-            if o.get("tls_cert"):
-                ctx.load_cert_chain(o["tls_cert"], o.get("tls_key"))
-            c.tls_set_context(ctx)
+        self.mqtt = Mqtt5()  # the protocol version's room, shared with the gateway peer
+        tls = None
+        if u["scheme"] == "mqtts":  # the system CAs unless tls_ca; ConfigError naming a file that does not load
+            tls = client_context(Security(tls_cert=o.get("tls_cert"), tls_key=o.get("tls_key"),
+                                          tls_ca=o.get("tls_ca")), url)
+        c = self.client = new_client(self.mqtt, username=u["user"], password_file=o.get("password_file"), tls=tls,
+                                     client_class=paho.Client)  # a blocking connect: dump has nothing else to do
         state: dict = {}
         c.on_connect = lambda _c, _u, _f, rc, _p: state.update(connack=rc)
         c.on_subscribe = lambda _c, _u, _m, rcs, _p: state.update(suback=rcs)
@@ -104,12 +102,12 @@ class MqttSource:
         c.connect(u["host"], u["port"], KEEPALIVE_S)  # OSError when unreachable
         _tcp_keepalive(c.socket())
         self._wait(lambda: "connack" in state)
-        if state["connack"].is_failure:
+        if self.mqtt.failed(state["connack"]):
             c.socket() and c.socket().close()
             raise ConfigError(f"{url}: the broker refused the connection: {state['connack']}")
         c.subscribe(topic, qos=0)
         self._wait(lambda: "suback" in state)
-        if state["suback"][0].is_failure:
+        if self.mqtt.failed(state["suback"][0]):
             raise ConfigError(f"{url}: the broker refused the subscription to {topic}: {state['suback'][0]}")
 
     def _wait(self, cond) -> None:
