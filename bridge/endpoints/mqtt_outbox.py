@@ -271,7 +271,7 @@ class Outbox:
         what was sent and not acknowledged is unconfirmed (the broker may have it)."""
         self.counters.drop("closed", sum(map(len, self._pass.values())))
         self._pass.clear()
-        durable = getattr(self.backend, "durable", False)
+        durable = self.backend.durable
         if self._open:
             if durable:
                 self._append([self._seal(ch) for ch in list(self._open)])

@@ -23,9 +23,16 @@ Contract of a backend (the outbox is its only user, single-threaded):
   persists it alone (a drop changes the PUB_DROPPED count without an append).
 - messages, frames, bytes: what is stored now (bytes: payload records + MESSAGE_OVERHEAD_BYTES each, the
   figure the outbox bounds); close(): release it (a durable backend keeps its messages for the next run).
+- durable: False here. True: at close the outbox seals what waits into the store and counts nothing as
+  dropped{closed}; the next run's outbox finds the messages (pending()) and the state (load_state()).
 
 The numbering state (dict, JSON-ready) is the outbox's: {"session": u32 of the PUB_COUNT records,
-"published": {topic: frames numbered on it}, "dropped": {topic: frames numbered and then dropped by us}}.
+"next_seq": the seq of the next message, "published": {topic: frames numbered on it}, "dropped": {topic:
+frames numbered and then dropped by us (PUB_DROPPED)}}. A backend stores it as given and returns it as
+given; the outbox mutates the dict it passed, so a backend that keeps it in memory must copy it if it
+needs the value as of the call (the in-memory one keeps the reference: same process, same dict).
+Message.sent is set by the outbox on the stored object; a durable backend may persist it or not (a
+message of an earlier run is then treated as never sent: if it is dropped, a consumer is told it was).
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ class OutboxBackend(Protocol):
     messages: int
     frames: int
     bytes: int
+    durable: bool
 
     def append(self, messages: list[Message], state: dict) -> None: ...
 
@@ -87,6 +95,8 @@ class OutboxBackend(Protocol):
 
 class MemoryBackend:
     """The outbox's messages in memory (an OrderedDict by seq): lost when the process ends."""
+
+    durable = False
 
     def __init__(self) -> None:
         self._messages: OrderedDict[int, Message] = OrderedDict()
