@@ -237,3 +237,40 @@ def test_an_idle_dump_source_keeps_its_connection(mosquitto, publisher):
         assert [(rx.iface, rx.raw) for rx in src.read()] == [("gw1/can0", sc.pack_can(0x123, b"\x01"))]
     finally:
         src.close()
+
+
+def test_dump_source_over_tls_with_a_password_and_a_clear_error_for_a_bad_ca(tmp_path):
+    """MqttSource builds its paho client in the peer's one place (mqtt_connection.new_client): TLS from
+    bridge.security.tls (the broker's CA, our client certificate), the user and password_file."""
+    from bridge.errors import ConfigError
+    from bridge.tools.live.mqtt_source import MqttSource
+    from tests.mqtt_broker import Broker
+    from tests.pki import make_pki
+    from tests.test_mqtt import counted
+
+    pki = make_pki(tmp_path / "pki")
+    broker = Broker(tmp_path / "tls", tls=pki, require_cert=True, users={"ops": "pw"}).start()
+    pw = tmp_path / "pw"
+    pw.write_text("pw\n")
+    base = f"mqtts://ops@localhost:{broker.port}/fleet/+/can0"
+    tls = f"tls_ca={pki['ca']}&tls_cert={pki['client_cert']}&tls_key={pki['client_key']}&password_file={pw}"
+    src = None
+    try:
+        src = MqttSource(f"{base}?{tls}")
+        gw = Side(f"mqtts://ops@localhost:{broker.port}/fleet?gateway=gw1&{tls}")
+        assert pump([gw], connected(gw))
+        feed(gw, counted(3))
+        got, deadline = [], time.monotonic() + 5
+        while len(got) < 3 and time.monotonic() < deadline:
+            pump([gw], lambda: False, timeout=0.05)
+            got += src.read() if src.waiting() or select.select([src.fileno()], [], [], 0.05)[0] else []
+        gw.close()
+        assert [rx.iface for rx in got] == ["gw1/can0"] * 3
+        bad = tmp_path / "not-a-ca.pem"
+        bad.write_text("nothing\n")
+        with pytest.raises(ConfigError, match="tls_ca"):
+            MqttSource(f"{base}?tls_ca={bad}")
+    finally:
+        if src is not None:
+            src.close()
+        broker.stop()
