@@ -202,7 +202,8 @@ def test_broker_sigkill_mid_stream_delivered_plus_counted_is_sent(mosquitto):
         sent += 100
         pump(every, lambda: False, timeout=0.01)
     # part 2: 250 messages per gateway the broker acknowledges and holds for the mirrors, which are not
-    # pumped: past their inflight window (64, tests/mqtt_broker.py) they wait in the broker's memory when it dies
+    # pumped: past the broker's inflight window toward them (20, Mosquitto's default) they wait in its memory
+    # when it dies
     feed_all(500, sent, per_pass=2)
     sent += 500
     assert pump(gws, lambda: all(gw.peer.counters.tx_frames + dropped(gw) == sent for gw in gws), timeout=10)
