@@ -29,10 +29,15 @@ def mosquitto_path() -> str:
     return found
 
 
+INFLIGHT = 64  # QoS 1 messages in flight toward each client (and the Receive Maximum its CONNACK announces, which
+#               the gateway's outbox respects): Mosquitto's default 20 caps a consumer at 20 messages per round
+#               trip, under the trace's ~2,500 messages/s in the emulated test VM (p50 1.3 s instead of 41 ms)
+
+
 def config_text(addr: str, port: int) -> str:
     lines = [f"listener {port} {addr}", "allow_anonymous true", "persistence false", "log_dest stderr",
              "log_type error", "log_type warning", "log_type notice", "log_type information",
-             f"max_queued_messages {QUEUE_LIMIT}"]  # Receive Maximum left at 20, as a stock Mosquitto
+             f"max_queued_messages {QUEUE_LIMIT}", f"max_inflight_messages {INFLIGHT}"]
     if os.geteuid() == 0:  # as root mosquitto switches to user mosquitto, who cannot read the rig's log dir
         lines.append("user root")
     return "\n".join(lines) + "\n"
