@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # scripts/test.sh [PYTEST ARGS...] - the project's single test command (also what .ci/run runs).
 #   1. scripts/setup.sh (apt packages, .venv, VM kernel cache); skip with CANBRIDGE_SKIP_SETUP=1
-#   2. host tests:  pytest -m "not vcan"
-#   3. vcan tests:  all of them in ONE test-VM boot (or natively if this kernel has vcan):
-#                   python -m bridge.hw.testvm --vcan 4 --timeout 2400 --mem 2G -- pytest -m vcan
+#   2. host tests:  pytest -m "not vcan and not hw"
+#   3. vcan and real-controller tests: all of them in ONE test-VM boot, which has vcan0..vcan3 and four
+#                   emulated SJA1000 controllers (can0+can1 on one bus, can2+can3 on another):
+#                   python -m bridge.hw.testvm --vcan 4 --can sja1000:2 --can sja1000:2 --timeout 2400 --mem 2G \
+#                     -- pytest -m "vcan or hw"
 #   4. fuzz:        python fuzz/run.py --seconds ${CANBRIDGE_FUZZ_SECONDS:-20} (atheris, every decoder;
 #                   skipped with a note, and passed, when atheris is not installed)
 # PYTEST ARGS go to both pytest runs. Exit 0 only if all stages pass. pytest's exit 5 (no test
@@ -31,20 +33,20 @@ verdict() {  # verdict STAGE RC -> prints the stage's summary line, returns 0 if
   return 1
 }
 
-echo "test.sh: === host tests: pytest -m 'not vcan' ==="
-"$PY" -m pytest -m "not vcan" --junitxml="$out/host.xml" "$@"; host_rc=$?
+echo "test.sh: === host tests: pytest -m 'not vcan and not hw' ==="
+"$PY" -m pytest -m "not vcan and not hw" --junitxml="$out/host.xml" "$@"; host_rc=$?
 
-echo "test.sh: === vcan tests: one test-VM boot (python -m bridge.hw.testvm --vcan 4), pytest -m vcan ==="
-"$PY" -m bridge.hw.testvm --vcan 4 --timeout 2400 --mem 2G -- \
-  "$PY" -m pytest -m vcan --junitxml="$out/vcan.xml" "$@"; vcan_rc=$?
+echo "test.sh: === vcan and hw tests: one test-VM boot (--vcan 4 --can sja1000:2 --can sja1000:2), pytest -m 'vcan or hw' ==="
+"$PY" -m bridge.hw.testvm --vcan 4 --can sja1000:2 --can sja1000:2 --timeout 2400 --mem 2G -- \
+  "$PY" -m pytest -m "vcan or hw" --junitxml="$out/vcan.xml" "$@"; vcan_rc=$?
 
 echo "test.sh: === fuzz: python fuzz/run.py --seconds ${CANBRIDGE_FUZZ_SECONDS:-20} ==="
 "$PY" fuzz/run.py --seconds "${CANBRIDGE_FUZZ_SECONDS:-20}" | tee "$out/fuzz.txt"; fuzz_rc=${PIPESTATUS[0]}
 
 echo
 ok=0
-verdict "host tests (-m 'not vcan')" "$host_rc" || ok=1
-verdict "vcan tests (-m vcan, test VM)" "$vcan_rc" || ok=1
+verdict "host tests (-m 'not vcan and not hw')" "$host_rc" || ok=1
+verdict "vcan and hw tests (-m 'vcan or hw', test VM)" "$vcan_rc" || ok=1
 verdict "fuzz (fuzz/run.py, atheris)" "$fuzz_rc" || ok=1
 "$PY" - "$out/host.xml" "$host_rc" "$out/vcan.xml" "$vcan_rc" <<'PY'
 import sys, xml.etree.ElementTree as ET

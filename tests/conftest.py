@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 NEEDS_VCAN = "needs vcan: run scripts/test.sh or `canbridge testvm -- pytest -m vcan`"
+NEEDS_HW = ("needs real CAN controllers (can0..can3, the test VM's emulated SJA1000s): run scripts/test.sh or "
+            "`canbridge testvm --vcan 4 --can sja1000:2 --can sja1000:2 -- pytest -m hw`")
 NEEDS_ROOT = "needs root (network namespaces, raw sockets, links): run as root, or deselect with -m 'not privileged'"
 _VCAN_FIXTURES = {"vcan0", "vcan1", "vcan2", "vcan3"}  # vcan2/3: tests/vcan/conftest.py
 _PRIVILEGED_FIXTURES = {"netns", "run_in_netns"}  # `ip netns add` needs CAP_SYS_ADMIN
@@ -55,6 +57,8 @@ def pytest_collection_modifyitems(config, items):
 def pytest_runtest_setup(item):
     if item.get_closest_marker("vcan") and not _iface_exists("vcan0"):
         pytest.fail(NEEDS_VCAN, pytrace=False)
+    if item.get_closest_marker("hw") and not Path("/sys/class/net/can0/device/driver").exists():
+        pytest.fail(NEEDS_HW, pytrace=False)
     if item.get_closest_marker("privileged") and os.geteuid() != 0:  # fail, never skip: CI runs as root
         pytest.fail(NEEDS_ROOT, pytrace=False)
     if item.get_closest_marker("mosquitto") and not _has_mosquitto():

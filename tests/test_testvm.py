@@ -1,6 +1,7 @@
 """Tests of `canbridge testvm` (hw/testvm): host tests that boot the QEMU test VM themselves.
 
-Three VM boots (about 5 s each, plus an 8 s timeout); the rest needs no VM.
+Three VM boots (about 5 s each, plus an 8 s timeout); the rest needs no VM. The first boot also has
+emulated CAN controllers (--can), so checking them costs no boot of its own.
 """
 
 from __future__ import annotations
@@ -39,17 +40,27 @@ def test_vm_exit_code_streams_env_and_vcans():
         'echo out1; echo err1 >&2; '
         'for i in 0 1 2 3; do echo "vcan$i mtu=$(cat /sys/class/net/vcan$i/mtu)"; done; '
         'test -e /sys/class/net/vcan4 && echo vcan4-exists; '
+        'for i in 0 1 2; do echo "can$i $(cat /sys/class/net/can$i/tx_queue_len)'
+        ' $(ip -d link show can$i | grep -o "bitrate [0-9]*")'
+        ' $(grep DRIVER /sys/class/net/can$i/device/uevent)"; done; '
+        'test -e /sys/class/net/can3 && echo can3-exists; '
+        'candump -n 1 -T 3000 can1 > /run/s1 & candump -n 1 -T 1500 can2 > /run/s2 & sleep 0.5; '
+        'cansend can0 123#01; wait; echo "seen on can1, can2: $(wc -l < /run/s1) $(wc -l < /run/s2)"; '
         'echo "in_vm=$CANBRIDGE_IN_TESTVM pp=$PYTHONPATH x=$CANBRIDGE_TEST_X cwd=$(pwd)"; '
         f'"{sys.executable}" -c "{PY_IN_VM}"; '
         'exit 7'
     )
-    r = run_testvm("--vm", "--vcan", "4", "--timeout", "200", "--", "sh", "-c", script,
-               PYTHONPATH=str(ROOT), CANBRIDGE_TEST_X="a b")
+    r = run_testvm("--vm", "--vcan", "4", "--can", "sja1000:2", "--can", "sja1000:1", "--timeout", "200", "--",
+                   "sh", "-c", script, PYTHONPATH=str(ROOT), CANBRIDGE_TEST_X="a b")
     assert r.returncode == 7, r.stderr
     out = r.stdout.splitlines()
     assert out[0] == "out1"
     assert out[1:5] == [f"vcan{i} mtu=72" for i in range(4)]
     assert "vcan4-exists" not in out
+    # two controllers on the first emulated bus, one on the second: up at 500 kbit/s, qlen 10, kvaser_pci
+    assert out[5:8] == [f"can{i} 10 bitrate 500000 DRIVER=kvaser_pci" for i in range(3)]
+    assert "can3-exists" not in out
+    assert "seen on can1, can2: 1 0" in out  # can0's frame crosses its own wire only
     assert f"in_vm=1 pp={ROOT} x=a b cwd={ROOT}" in out
     assert "native_vcan=True tmp=/run/tmp" in out
     assert "err1" not in r.stdout and "\r" not in r.stdout
@@ -108,6 +119,11 @@ def test_usage(capsys):
     assert runner.main([]) == 2
     assert runner.main(["--mem", "lots", "--", "true"]) == 2
     assert runner.main(["--vcan", "-1", "--", "true"]) == 2
+    for bad in ("ctucan:2", "sja1000:0", "sja1000", "sja1000:x", "sja1000:99"):
+        assert runner.main(["--can", bad, "--", "true"]) == 2
+        assert "sja1000:N" in capsys.readouterr().err
+    assert runner.main(["--native", "--can", "sja1000:2", "--", "true"]) == 3  # controllers exist only in the VM
+    assert "--can needs the VM" in capsys.readouterr().err
     capsys.readouterr()
     r = subprocess.run(["bash", str(CANVM), "true"], capture_output=True, text=True,
                        env={**os.environ, "CANVM_VCAN": "x"}, timeout=60)
@@ -126,9 +142,10 @@ def test_vm_gets_options_as_canvm_env(monkeypatch):
     monkeypatch.setenv("CANBRIDGE_FOO", "1")
     monkeypatch.setenv("CANVM_ENV", "MYVAR")
     assert runner.main(["--vm", "--vcan", "3", "--timeout", "90", "--mem", "2G", "--cpus", "1",
-                        "--", "pytest", "-x"]) == 0
+                        "--can", "sja1000:2", "--can", "sja1000:1", "--", "pytest", "-x"]) == 0
     env = seen["env"]
     assert seen["argv"][1:] == [str(runner.canvm_script()), "--", "pytest", "-x"]
     assert (env["CANVM_VCAN"], env["CANVM_TIMEOUT"], env["CANVM_MEM"], env["CANVM_CPUS"]) == ("3", "90", "2G", "1")
+    assert env["CANVM_CAN"] == "2 1"
     assert set(env["CANVM_ENV"].split()) >= {"MYVAR", "CANBRIDGE_FOO", "CANBRIDGE_IN_TESTVM"}
     assert env["CANBRIDGE_IN_TESTVM"] == "1"

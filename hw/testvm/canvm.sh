@@ -6,6 +6,8 @@
 #   usage: canvm.sh [--] CMD [ARGS...]
 #   env:   CANVM_MEM=1G CANVM_CPUS=2 CANVM_TIMEOUT=0 (s, 0=none) CANVM_ENV="VAR1 VAR2" (extra vars to pass)
 #          CANVM_VCAN=2 (vcan0..vcanN-1, mtu 72, up) CANVM_QEMU=qemu-system-x86_64 (binary)
+#          CANVM_CAN="2 1" (emulated SJA1000 controllers per emulated bus, QEMU kvaser_pci: can0,can1 on the
+#          first bus, can2 on the second; 500 kbit/s, up, txqueuelen as the driver makes it)
 #          CANVM_CACHE_DIR=~/.cache/canvm CANVM_APPEND="" (extra kernel args) CANVM_ACCEL=tcg,thread=multi
 #   exit:  CMD's exit code; 124 CANVM_TIMEOUT hit; 125 cwd missing in the VM; 255 the VM died without
 #          an exit code; 3 a host prerequisite is missing (qemu, kmod, iproute2, apt lists); 2 usage;
@@ -16,6 +18,13 @@ set -euo pipefail
 VCAN=${CANVM_VCAN:-2}
 case $VCAN in ''|*[!0-9]*) echo "canvm: CANVM_VCAN must be a number, not '$VCAN'" >&2; exit 2;; esac
 VCAN_LIST=$(seq 0 $((VCAN - 1)) | tr '\n' ' ')
+CAN_ARGS=(); NCAN=0; bus=0
+for n in ${CANVM_CAN:-}; do  # one QEMU can-bus per entry, n kvaser_pci boards (one SJA1000 each) on it
+  case $n in ''|*[!0-9]*) echo "canvm: CANVM_CAN must list numbers, not '$CANVM_CAN'" >&2; exit 2;; esac
+  CAN_ARGS+=(-object "can-bus,id=canbus$bus"); bus=$((bus + 1)); NCAN=$((NCAN + n))
+  for _ in $(seq "$n"); do CAN_ARGS+=(-device "kvaser_pci,canbus=canbus$((bus - 1))"); done
+done
+CAN_LIST=""; if [ "$NCAN" -gt 0 ]; then CAN_LIST=$(seq 0 $((NCAN - 1)) | tr '\n' ' '); fi
 QEMU=${CANVM_QEMU:-qemu-system-x86_64}
 # the command's environment, taken before PATH is widened for this script's own tools
 ENVSH=$(for v in PATH VIRTUAL_ENV PYTHONPATH CI ${CANVM_ENV:-}; do [ -n "${!v+x}" ] && printf 'export %s=%q\n' "$v" "${!v}"; done
@@ -90,6 +99,14 @@ stty -F /dev/ttyS0 raw -echo; stty -F /dev/ttyS1 raw -echo
 hostname canvm; ip link set lo up
 modprobe -a vcan vxcan can-raw can-bcm can-gw veth sch_netem
 for i in $VCAN_LIST; do ip link add dev vcan\$i type vcan && ip link set vcan\$i mtu 72 up; done
+if [ -n "$CAN_LIST" ]; then  # PCI slot order = command-line order = can0, can1, ...
+  modprobe kvaser_pci
+  for i in $CAN_LIST; do
+    n=0; while [ ! -e /sys/class/net/can\$i ] && [ \$n -lt 100 ]; do sleep 0.1; n=\$((n + 1)); done
+    ip link set can\$i type can bitrate 500000 && ip link set can\$i up ||
+      echo "canvm: can\$i did not come up" >&2
+  done
+fi
 . "$W/env.sh"
 bash "$W/cmd.sh" </dev/null >/dev/ttyS0 2>/dev/ttyS1; echo \$? > "$W/rc"
 sync; "$BB" poweroff -f
@@ -104,7 +121,7 @@ timeout -k 5 "${CANVM_TIMEOUT:-0}" "$QEMU" -accel "${CANVM_ACCEL:-tcg,thread=mul
   -chardev stdio,id=out -serial chardev:out \
   -chardev file,id=err,path=/dev/stderr,append=on -serial chardev:err \
   -fsdev local,id=root,path=/,security_model=none,multidevs=remap \
-  -device virtio-9p-pci,fsdev=root,mount_tag=hostroot \
+  -device virtio-9p-pci,fsdev=root,mount_tag=hostroot "${CAN_ARGS[@]}" \
   -kernel "$KERNEL" -initrd "$CACHE/initrd.img" \
   -append "console=ttyS0 quiet loglevel=0 panic=-1 mitigations=off canvm_dir=$W ${CANVM_APPEND:-}" </dev/null &
 qpid=$!

@@ -1,10 +1,12 @@
-"""`canbridge testvm`: run a command where vcan0..vcanN-1 exist.
+"""`canbridge testvm`: run a command where vcan0..vcanN-1 exist (and, with --can, real CAN controllers).
 
 If this host's kernel has CAN_RAW and vcan, the command runs here (natively), after vcan0..vcanN-1
 have been created (root needed for that), set to mtu 72 and brought up. Otherwise it runs inside a
 throw-away QEMU VM (``canvm.sh`` beside this file; recipe in shared/reference/test-vm.md) whose root
 file system is this host's ``/``, in the same directory, with PATH, VIRTUAL_ENV, PYTHONPATH, CI,
 PYTEST_ADDOPTS and every CANBRIDGE_* variable passed in, and CANBRIDGE_IN_TESTVM=1 set.
+With `--can sja1000:N` (repeatable: one emulated bus each) the command always runs in the VM, which
+then also has QEMU's emulated SJA1000 controllers (kvaser_pci) as can0..canM-1 (docs/testvm.md).
 
 Exit codes: the command's own exit code, except
   124  --timeout expired (VM or native)
@@ -52,6 +54,7 @@ examples:
   canbridge testvm -- ip -br link
   canbridge testvm --vcan 4 --timeout 2400 --mem 2G -- .venv/bin/python -m pytest -m vcan
   canbridge testvm --vm -- sh -c 'candump -n 1 vcan0 & cansend vcan0 123#00; wait'
+  canbridge testvm --vcan 4 --can sja1000:2 -- sh -c 'candump -n 1 can1 & cansend can0 123#00; wait'
 
 exit status: CMD's exit code; 124 timeout; 255 the VM died; 3 nothing usable (neither native
 vcan nor QEMU: install qemu-system-x86 kmod iproute2); 2 usage error.
@@ -183,7 +186,7 @@ def run_native(cmd: list[str], timeout: float) -> int:
     return _run(cmd, None, timeout)
 
 
-def run_vm(cmd: list[str], *, vcan: int, timeout: float, mem: str, cpus: int) -> int:
+def run_vm(cmd: list[str], *, vcan: int, timeout: float, mem: str, cpus: int, can: tuple[int, ...] = ()) -> int:
     env = dict(os.environ)
     passed = env.get("CANVM_ENV", "").split()
     passed += [k for k in env if (k.startswith("CANBRIDGE_") or k in _PASS_ENV) and k not in passed]
@@ -191,7 +194,7 @@ def run_vm(cmd: list[str], *, vcan: int, timeout: float, mem: str, cpus: int) ->
     if "CANBRIDGE_IN_TESTVM" not in passed:
         passed.append("CANBRIDGE_IN_TESTVM")
     env.update(CANVM_ENV=" ".join(passed), CANVM_VCAN=str(vcan), CANVM_TIMEOUT=_seconds(timeout),
-               CANVM_MEM=mem, CANVM_CPUS=str(cpus))
+               CANVM_MEM=mem, CANVM_CPUS=str(cpus), CANVM_CAN=" ".join(map(str, can)))
     # canvm.sh enforces the timeout itself (and answers 124); ours is only a backstop
     return _run(["bash", str(canvm_script()), "--", *cmd], env, 0)
 
@@ -215,17 +218,33 @@ def _nonneg(kind):
     return parse
 
 
+CAN_CONTROLLERS = ("sja1000",)  # what QEMU emulates and the VM kernel drives (kvaser_pci); ctucan: no driver
+CAN_MAX = 8  # controllers per bus: each is a PCI device of the VM
+
+
+def _can_bus(value: str) -> int:
+    """--can sja1000:N -> N, the controllers on one emulated bus."""
+    kind, _, count = value.partition(":")
+    if kind not in CAN_CONTROLLERS or not count.isdigit() or not 1 <= int(count) <= CAN_MAX:
+        raise argparse.ArgumentTypeError(
+            f"expected {'|'.join(CAN_CONTROLLERS)}:N with N 1..{CAN_MAX} (controllers on one bus), got {value!r}")
+    return int(count)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="canbridge testvm",
         usage="%(prog)s [-h] [--vcan N] [--timeout SECONDS] [--mem 1G] [--cpus 2] [--native | --vm] "
-              "-- CMD [ARGS...]",
+              "[--can sja1000:N]... -- CMD [ARGS...]",
         description="Run CMD where vcan0..vcanN-1 exist: natively if this kernel has CAN_RAW and vcan, "
                     "else in a throw-away QEMU VM that shares this host's files (same cwd, same venv). "
                     "CMD's stdout/stderr stream through and its exit code is returned.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vcan", type=_nonneg(int), default=2, metavar="N",
                    help="create vcan0..vcanN-1, mtu 72, up (default: 2)")
+    p.add_argument("--can", type=_can_bus, action="append", default=[], metavar="sja1000:N",
+                   help="N emulated SJA1000 controllers (QEMU kvaser_pci) on one emulated bus, up as can0.. at "
+                        "500 kbit/s; repeat for another bus (numbered on); implies --vm")
     p.add_argument("--timeout", type=_nonneg(float), default=0, metavar="SECONDS",
                    help="kill CMD (or the VM) after this many seconds, exit 124; 0 = none (default)")
     p.add_argument("--mem", type=_mem, default="1G", help="VM memory (default: 1G)")
@@ -254,6 +273,11 @@ def main(argv: list[str]) -> int:
         print("canbridge testvm: error: --cpus must be >= 1", file=sys.stderr)
         return 2
 
+    if a.can and a.where == "native":  # emulated controllers exist only in the VM
+        print("canbridge testvm: cannot run natively: --can needs the VM's emulated controllers", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if a.can:
+        a.where = "vm"
     native_why = None if a.where == "vm" else ensure_native_vcans(a.vcan)
     if a.where != "vm" and native_why is None:
         return run_native(cmd, a.timeout)
@@ -265,7 +289,7 @@ def main(argv: list[str]) -> int:
         why = vm_why if a.where == "vm" else f"{native_why}; {vm_why}"
         print(INSTALL_HINT.format(why=why), file=sys.stderr)
         return EXIT_UNUSABLE
-    return run_vm(cmd, vcan=a.vcan, timeout=a.timeout, mem=a.mem, cpus=a.cpus)
+    return run_vm(cmd, vcan=a.vcan, timeout=a.timeout, mem=a.mem, cpus=a.cpus, can=tuple(a.can))
 
 
 if __name__ == "__main__":
