@@ -1,0 +1,122 @@
+"""Bus health: what a bus's controller and its interface say about the bus, and how busy the bus is.
+Shown by `canbridge stats`, the Prometheus exporter, `canbridge top`, `canbridge link list` and the
+MQTT status topic (docs/cli.md "Bus health").
+
+Per SocketCanEndpoint, `snapshot()` gives (all counts since the interface came up unless said):
+- bitrate, dbitrate: bit/s from IFLA_CAN_BITTIMING / IFLA_CAN_DATA_BITTIMING (None on vcan: no bit timing);
+- bits_per_s: bits on the wire over the last LOAD_WINDOW_S, counted by the endpoint from the frames it
+  reads and writes with canbusload's worst-case stuff-bit estimate (bridge/codec/busload.py); frames an
+  rx filter keeps from the bridge are not seen; load_pct: that in percent of the bitrate (None without
+  a bitrate; it may exceed 100, as canbusload's);
+- txerr, rxerr: the controller's error counters (TEC/REC) from IFLA_CAN_BERR_COUNTER; where the driver
+  has none (or on vcan), from the last error frame that carried them (CAN_ERR_CNT); None if neither;
+- xstats: the controller's struct can_device_stats (bus_error, error_warning, error_passive, bus_off,
+  arbitration_lost, restarts); None where the driver reports none (vcan);
+- rx_overruns: the controller's RX FIFO overruns (rtnl_link_stats64 rx_over_errors), rx_dropped: frames
+  the interface dropped (rx_dropped), socket_drops: frames the kernel dropped because the bridge's
+  socket was full (SO_RXQ_OVFL, also counted as dropped["kernel_rx_overflow"]).
+The bus state itself is the endpoint's `bus_state` gauge (bridge/endpoints/busfaults.py).
+The netlink query (one RTM_GETLINK, answered within the call) runs when a snapshot is asked for, not
+on a timer; the load window is a timer that only subtracts two counters.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from bridge.codec.busload import load_percent
+from bridge.core.reactor import Reactor, TimerHandle
+from bridge.endpoints.busfaults import BusWatch
+from bridge.endpoints.socketcan import SocketCanEndpoint
+from bridge.hw import linkstate
+
+log = logging.getLogger(__name__)
+
+LOAD_WINDOW_S = 1.0  # canbusload's window: the load of the last second
+
+
+class BusHealth:
+    """Health of one bus endpoint; `watch` (its BusWatch) gives the error counters of error frames."""
+
+    def __init__(self, bus: SocketCanEndpoint, watch: BusWatch | None = None, now: float = 0.0) -> None:
+        self.bus = bus
+        self.watch = watch
+        self.bits_per_s: float | None = None  # None until the first window closed
+        self.data_bits_per_s: float | None = None
+        self._last = (now, bus.wire.bits, bus.wire.data_bits)
+        self.query_errors = 0
+
+    def tick(self, now: float) -> None:
+        """Close a load window at `now` (monotonic seconds): the bits counted since the last tick, per
+        second of the time that really passed (a busy loop may run the timer late)."""
+        then, bits0, data0 = self._last
+        if now <= then:
+            return
+        bits, data = self.bus.wire.bits, self.bus.wire.data_bits
+        self.bits_per_s = (bits - bits0) / (now - then)
+        self.data_bits_per_s = (data - data0) / (now - then)
+        self._last = (now, bits, data)
+
+    def snapshot(self) -> dict:
+        """The JSON-ready health of the bus (keys in the module docstring)."""
+        try:
+            link = linkstate.health(self.bus.name)
+        except OSError as exc:
+            self.query_errors += 1
+            log.debug("bus %s: RTM_GETLINK failed: %s", self.bus.name, exc)
+            link = None
+        stats = (link.stats if link else None) or {}
+        txerr, rxerr = (link.txerr, link.rxerr) if link else (None, None)
+        if txerr is None and self.watch is not None and self.watch.err_counters is not None:
+            txerr, rxerr = self.watch.err_counters
+        bitrate = link.bitrate if link else None
+        dbitrate = link.dbitrate if link else None
+        load = None
+        if bitrate and self.bits_per_s is not None:
+            load = round(load_percent(self.bits_per_s, self.data_bits_per_s, 1.0, bitrate, dbitrate), 2)
+        return {
+            "bitrate": bitrate,
+            "dbitrate": dbitrate,
+            "bits_per_s": None if self.bits_per_s is None else round(self.bits_per_s),
+            "load_pct": load,
+            "txerr": txerr,
+            "rxerr": rxerr,
+            "xstats": link.xstats if link else None,
+            "rx_overruns": stats.get("rx_over_errors"),
+            "rx_dropped": stats.get("rx_dropped"),
+            "socket_drops": self.bus.counters.dropped.get("kernel_rx_overflow", 0),
+        }
+
+
+class BusHealthMonitor:
+    """The BusHealth of every bus and the one timer that closes their load windows."""
+
+    def __init__(self, reactor: Reactor) -> None:
+        self.reactor = reactor
+        self.buses: dict[SocketCanEndpoint, BusHealth] = {}
+        self._timer: TimerHandle | None = None
+
+    def add(self, bus: SocketCanEndpoint, watch: BusWatch | None = None) -> BusHealth:
+        health = self.buses[bus] = BusHealth(bus, watch, self.reactor.time())
+        if self._timer is None:
+            self._timer = self.reactor.call_every(LOAD_WINDOW_S, self._tick)
+        return health
+
+    def _tick(self) -> None:
+        now = self.reactor.time()
+        for health in self.buses.values():
+            health.tick(now)
+
+    def remove(self, bus: SocketCanEndpoint) -> None:
+        """Forget `bus` (closed by a reload); no error if it was not tracked."""
+        self.buses.pop(bus, None)
+
+    def snapshot(self, bus: SocketCanEndpoint) -> dict | None:
+        health = self.buses.get(bus)
+        return health.snapshot() if health is not None else None
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.buses.clear()
