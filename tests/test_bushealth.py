@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from bridge.codec import busload, canerr
 from bridge.codec import socketcan as sc
-from bridge.codec.busload import NO_BITSTUFFING, WORSTCASE, WireBits, frame_bits, load_percent, raw_bits
+from bridge.codec.busload import NO_BITSTUFFING, WireBits, frame_bits, load_percent, raw_bits
 
 
 def test_frame_bits_are_canbusloads():
@@ -118,3 +118,40 @@ def test_error_counters_of_error_frames():
     assert canerr.error_counters(canerr.error_frame(canerr.CAN_ERR_RESTARTED)) == (0, 0)
     assert canerr.error_counters(canerr.error_frame(canerr.CAN_ERR_BUSOFF)) is None
     assert canerr.error_counters(sc.pack_can(0x123, bytes(8))) is None
+
+
+HEALTH = {"bitrate": 500_000, "dbitrate": None, "bits_per_s": 60_000, "load_pct": 12.0, "txerr": 130, "rxerr": 7,
+          "xstats": {"bus_error": 11, "error_warning": 3, "error_passive": 2, "bus_off": 1, "arbitration_lost": 5,
+                     "restarts": 1},
+          "rx_overruns": 4, "rx_dropped": 0, "socket_drops": 2}
+
+
+def test_health_in_prometheus():
+    """Each bus's health dict becomes its own families: load as a ratio, TEC/REC gauges, xstats as
+    counters by event; values the kernel gave no number for (dbitrate on a classic bus) are left out."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from bridge.core.stats import Counters
+    from bridge.daemon.metrics import snapshot_metrics
+
+    snap = {"uptime_s": 1.0, "stats": {"can0": {**Counters().snapshot(), "bus_state": "ERROR-PASSIVE",
+                                                "health": HEALTH},
+                                       "vcan0": {**Counters().snapshot(), "health": None}}}
+
+    class One:
+        def collect(self):
+            yield from snapshot_metrics(snap)
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(One())
+    text = generate_latest(reg).decode()
+    for line in ('canbridge_bus_load_ratio{endpoint="can0"} 0.12', 'canbridge_bus_tx_error_counter{endpoint="can0"} 130.0',
+                 'canbridge_bus_rx_error_counter{endpoint="can0"} 7.0',
+                 'canbridge_bus_bitrate_bits_per_second{endpoint="can0"} 500000.0',
+                 'canbridge_bus_controller_events_total{endpoint="can0",event="bus_off"} 1.0',
+                 'canbridge_bus_controller_events_total{endpoint="can0",event="arbitration_lost"} 5.0',
+                 'canbridge_bus_rx_overruns_total{endpoint="can0"} 4.0',
+                 'canbridge_bus_socket_drops_total{endpoint="can0"} 2.0',
+                 'canbridge_state_info{endpoint="can0",gauge="bus_state",value="ERROR-PASSIVE"} 1.0'):
+        assert line in text
+    assert "data_bitrate_bits_per_second{" not in text and 'endpoint="vcan0"} 0.12' not in text
