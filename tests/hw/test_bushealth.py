@@ -1,0 +1,89 @@
+"""Bus health on the REAL DRIVER (issue 22, point 6): the values the sja1000/kvaser_pci driver reports for
+QEMU's emulated controllers (bitrate, berr counter, xstats, RX FIFO overruns) as the bridge reads them
+over its own rtnetlink decoder, against iproute2's reading of the same link, and the bus load from the
+frames on that wire at the driver's bitrate. The states the emulation never reaches (error-passive,
+bus-off) are tested with injected error frames in tests/vcan/test_bushealth.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from bridge.codec import socketcan as sc
+from bridge.codec.busload import raw_bits
+from bridge.core.reactor import Reactor
+from bridge.endpoints.busfaults import BusFaults
+from bridge.endpoints.bushealth import BusHealthMonitor
+from bridge.endpoints.socketcan import SocketCanEndpoint
+from bridge.hw.cansock import open_can_raw
+from tests.hw.conftest import BITRATE, wait_for
+
+pytestmark = pytest.mark.hw
+
+
+def _ip_json(name: str) -> dict:
+    out = subprocess.run(["ip", "-details", "-statistics", "-json", "link", "show", name], capture_output=True,
+                         text=True, check=True, timeout=30).stdout
+    return json.loads(out)[0]
+
+
+@pytest.fixture
+def health_of_can0(bus_a):
+    reactor = Reactor()
+    endpoint = SocketCanEndpoint(reactor, "can0", 0, lambda ep, ch, batch: None)
+    faults, health = BusFaults(reactor), BusHealthMonitor(reactor)
+    health.add(endpoint, faults.add(endpoint))
+    yield reactor, endpoint, health
+    health.close()
+    faults.close()
+    endpoint.close()
+    reactor.close()
+
+
+def test_real_driver_reports_bitrate_berr_counter_and_xstats(health_of_can0):
+    """REAL DRIVER: what the sja1000 driver reports, read by the bridge, equals what iproute2 reads: the
+    bitrate, TEC/REC (do_get_berr_counter: 0/0, the emulation stays error-active) and every xstat."""
+    reactor, endpoint, health = health_of_can0
+    snap = health.snapshot(endpoint)
+    ip = _ip_json("can0")
+    data, xstats = ip["linkinfo"]["info_data"], ip["linkinfo"]["info_xstats"]
+    assert snap["bitrate"] == data["bittiming"]["bitrate"] == BITRATE and snap["dbitrate"] is None
+    assert (snap["txerr"], snap["rxerr"]) == (data["berr_counter"]["tx"], data["berr_counter"]["rx"]) == (0, 0)
+    assert snap["xstats"] == {"bus_error": xstats["bus_error"], "error_warning": xstats["error_warning"],
+                              "error_passive": xstats["error_passive"], "bus_off": xstats["bus_off"],
+                              "arbitration_lost": xstats["arbitration_lost"], "restarts": xstats["restarts"]}
+    assert snap["rx_overruns"] == ip["stats64"]["rx"]["over_errors"]
+    assert endpoint.counters.gauges["bus_state"] == "ERROR-ACTIVE"
+
+
+def test_real_driver_bus_load_and_rx_overruns(health_of_can0):
+    """REAL DRIVER: frames from can1 over the emulated wire, read by the bridge on can0, give the bits of
+    canbusload's estimate and the load at the driver's 500 kbit/s over a window; a flood from can1
+    (cangen, no pause) overruns can0's 64-byte RX FIFO, which the health shows as the driver counts it."""
+    reactor, endpoint, health = health_of_can0
+    meter = health.buses[endpoint]
+    frames = [sc.pack_can(0x100 + i, bytes(8)) for i in range(40)] + [
+        sc.pack_can(sc.CAN_EFF_FLAG | 0x18FEF100 | i, bytes(4)) for i in range(40)]
+    meter.tick(1000.0)  # a window of our own making: starts now...
+    tx = open_can_raw("can1", fd=False, timestamps=False)
+    try:
+        for raw in frames:  # one at a time: txqueuelen 10, and at this pace can0's FIFO keeps up
+            tx.send(raw)
+            reactor.run_once(0.01)
+        wait_for(lambda: reactor.run_once(0.02) or endpoint.counters.rx_frames == len(frames), what="80 frames on can0")
+    finally:
+        tx.close()
+    meter.tick(1002.0)  # ...and is 2 s long
+    want = sum(raw_bits(raw)[0] for raw in frames)  # 40 * 135 + 40 * 120
+    assert endpoint.wire.bits == want == 10_200
+    snap = health.snapshot(endpoint)
+    assert snap["bits_per_s"] == want / 2 and snap["load_pct"] == round(want / 2 / BITRATE * 100, 2)  # 1.02 %
+
+    before = snap["rx_overruns"]
+    subprocess.run(["cangen", "can1", "-g", "0", "-i", "-n", "3000", "-L", "8", "-I", "i"], check=True, timeout=120)
+    wait_for(lambda: reactor.run_once(0.02) or health.snapshot(endpoint)["rx_overruns"] > before,
+             what="an RX FIFO overrun on can0", timeout=10)
+    snap = health.snapshot(endpoint)
+    assert snap["rx_overruns"] == _ip_json("can0")["stats64"]["rx"]["over_errors"]
