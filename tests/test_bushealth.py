@@ -145,7 +145,8 @@ def test_health_in_prometheus():
     reg = CollectorRegistry(auto_describe=False)
     reg.register(One())
     text = generate_latest(reg).decode()
-    for line in ('canbridge_bus_load_ratio{endpoint="can0"} 0.12', 'canbridge_bus_tx_error_counter{endpoint="can0"} 130.0',
+    for line in ('canbridge_bus_load_ratio{endpoint="can0"} 0.12',
+                 'canbridge_bus_tx_error_counter{endpoint="can0"} 130.0',
                  'canbridge_bus_rx_error_counter{endpoint="can0"} 7.0',
                  'canbridge_bus_bitrate_bits_per_second{endpoint="can0"} 500000.0',
                  'canbridge_bus_controller_events_total{endpoint="can0",event="bus_off"} 1.0',

@@ -124,7 +124,7 @@ def test_injected_error_frames_error_passive_bus_off_and_counters(bus):
     gauges = endpoint.counters.gauges
     for raw, state, counters in steps:
         inject(name, raw)
-        pump(reactor, lambda: gauges["bus_state"] == state, timeout=5)
+        pump(reactor, lambda state=state: gauges["bus_state"] == state, timeout=5)
         snap = health.snapshot(endpoint)
         assert (snap["txerr"], snap["rxerr"]) == counters, (state, snap)
         if state == "BUS-OFF":
