@@ -23,16 +23,21 @@ on a timer; the load window is a timer that only subtracts two counters.
 from __future__ import annotations
 
 import logging
+import select
+import time
 
-from bridge.codec.busload import load_percent
+from bridge.codec import socketcan as sc
+from bridge.codec.busload import WireBits, load_percent
 from bridge.core.reactor import Reactor, TimerHandle
 from bridge.endpoints.busfaults import BusWatch
-from bridge.endpoints.socketcan import SocketCanEndpoint
+from bridge.endpoints.socketcan import SocketCanEndpoint, link_mtu
 from bridge.hw import linkstate
+from bridge.hw.cansock import open_can_raw
 
 log = logging.getLogger(__name__)
 
 LOAD_WINDOW_S = 1.0  # canbusload's window: the load of the last second
+MEASURE_READ_MAX = 256  # frames per readable socket per pass of measure_bits(): the other links get their turn
 
 
 class BusHealth:
@@ -65,27 +70,32 @@ class BusHealth:
             self.query_errors += 1
             log.debug("bus %s: RTM_GETLINK failed: %s", self.bus.name, exc)
             link = None
-        stats = (link.stats if link else None) or {}
-        txerr, rxerr = (link.txerr, link.rxerr) if link else (None, None)
-        if txerr is None and self.watch is not None and self.watch.err_counters is not None:
-            txerr, rxerr = self.watch.err_counters
-        bitrate = link.bitrate if link else None
-        dbitrate = link.dbitrate if link else None
-        load = None
-        if bitrate and self.bits_per_s is not None:
-            load = round(load_percent(self.bits_per_s, self.data_bits_per_s, 1.0, bitrate, dbitrate), 2)
-        return {
-            "bitrate": bitrate,
-            "dbitrate": dbitrate,
-            "bits_per_s": None if self.bits_per_s is None else round(self.bits_per_s),
-            "load_pct": load,
-            "txerr": txerr,
-            "rxerr": rxerr,
-            "xstats": link.xstats if link else None,
-            "rx_overruns": stats.get("rx_over_errors"),
-            "rx_dropped": stats.get("rx_dropped"),
-            "socket_drops": self.bus.counters.dropped.get("kernel_rx_overflow", 0),
-        }
+        out = health_of(link, self.bits_per_s, self.data_bits_per_s)
+        if out["txerr"] is None and self.watch is not None and self.watch.err_counters is not None:
+            out["txerr"], out["rxerr"] = self.watch.err_counters
+        out["socket_drops"] = self.bus.counters.dropped.get("kernel_rx_overflow", 0)
+        return out
+
+
+def health_of(link: linkstate.LinkHealth | None, bits_per_s: float | None, data_bits_per_s: float | None) -> dict:
+    """The health dict (module docstring; no socket_drops) of what the kernel said about a link and the
+    bits per second counted on it (None: not counted yet)."""
+    stats = (link.stats if link else None) or {}
+    bitrate, dbitrate = (link.bitrate, link.dbitrate) if link else (None, None)
+    load = None
+    if bitrate and bits_per_s is not None:
+        load = round(load_percent(bits_per_s, data_bits_per_s or 0, 1.0, bitrate, dbitrate), 2)
+    return {
+        "bitrate": bitrate,
+        "dbitrate": dbitrate,
+        "bits_per_s": None if bits_per_s is None else round(bits_per_s),
+        "load_pct": load,
+        "txerr": link.txerr if link else None,
+        "rxerr": link.rxerr if link else None,
+        "xstats": link.xstats if link else None,
+        "rx_overruns": stats.get("rx_over_errors"),
+        "rx_dropped": stats.get("rx_dropped"),
+    }
 
 
 class BusHealthMonitor:
@@ -120,3 +130,43 @@ class BusHealthMonitor:
             self._timer.cancel()
             self._timer = None
         self.buses.clear()
+
+
+def measure_bits(names: list[str], seconds: float, clock=None) -> dict[str, WireBits]:
+    """Count the bits of every frame on each named link for `seconds` (blocking; `canbridge link list
+    --load`): one CAN_RAW socket per link, CAN FD frames included, its loopback on so frames other local
+    programs send count too (a socket sees every frame on the bus but its own). Raises OSError naming
+    a link that cannot be opened."""
+    clock = clock or time.monotonic
+    socks, wires = {}, {name: WireBits() for name in names}
+    try:
+        for name in names:
+            try:
+                socks[name] = open_can_raw(name, fd=link_mtu(name) == sc.CANFD_MTU, timestamps=False)
+            except OSError as exc:
+                raise OSError(exc.errno, f"{name}: cannot count its frames: {exc.strerror}") from None
+        by_fd = {s.fileno(): (s, wires[n]) for n, s in socks.items()}
+        end = clock() + seconds
+        while (left := end - clock()) > 0:
+            for fd in select.select(list(by_fd), [], [], left)[0]:
+                sock, wire = by_fd[fd]
+                for _ in range(MEASURE_READ_MAX):
+                    try:
+                        wire.add((sock.recv(sc.CANFD_MTU),))
+                    except (BlockingIOError, InterruptedError):
+                        break
+    finally:
+        for sock in socks.values():
+            sock.close()
+    return wires
+
+
+
+
+def link_health(name: str, wire: WireBits | None = None, seconds: float = 0.0) -> dict:
+    """A link's health for `canbridge link list` (no bridge running): health_of() the link now, with the
+    bits of `wire` counted over `seconds` (measure_bits) when given. OSError from the netlink query."""
+    bits = data = None
+    if wire is not None and seconds > 0:
+        bits, data = wire.bits / seconds, wire.data_bits / seconds
+    return health_of(linkstate.health(name), bits, data)

@@ -7,10 +7,14 @@ bus-off) are tested with injected error frames in tests/vcan/test_bushealth.py."
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import threading
+import time
 
 import pytest
 
+from bridge.cli import link as link_cli
 from bridge.codec import socketcan as sc
 from bridge.codec.busload import raw_bits
 from bridge.core.reactor import Reactor
@@ -87,3 +91,30 @@ def test_real_driver_bus_load_and_rx_overruns(health_of_can0):
              what="an RX FIFO overrun on can0", timeout=10)
     snap = health.snapshot(endpoint)
     assert snap["rx_overruns"] == _ip_json("can0")["stats64"]["rx"]["over_errors"]
+
+
+def test_real_driver_link_show_counts_the_load(bus_a, capsys):
+    """REAL DRIVER: `canbridge link show can0 --load 2 --json` (no bridge running) counts the frames
+    another controller puts on the wire during its 2 s and gives their load at the driver's bitrate,
+    with the driver's xstats and overruns beside it; the table has the same columns."""
+    frames = [sc.pack_can(0x100 + i, bytes(8)) for i in range(40)] + [
+        sc.pack_can(sc.CAN_EFF_FLAG | 0x18FEF100 | i, bytes(4)) for i in range(40)]
+    result = []
+    show = threading.Thread(target=lambda: result.append(link_cli.main(["show", "can0", "--json", "--load", "2"])))
+    show.start()
+    time.sleep(0.5)  # its socket is open (measure_bits opens before it counts)
+    tx = open_can_raw("can1", fd=False, timestamps=False)
+    try:
+        for raw in frames:
+            tx.send(raw)
+            time.sleep(0.002)  # txqueuelen 10: a pace the queue takes
+    finally:
+        tx.close()
+    show.join(10)
+    assert result == [0]
+    health = json.loads(capsys.readouterr().out)[0]["health"]
+    assert health["bits_per_s"] == 10_200 / 2 and health["load_pct"] == 1.02
+    assert health["xstats"]["bus_off"] == 0 and health["rx_overruns"] is not None
+    assert link_cli.main(["list"]) == 0
+    table = capsys.readouterr().out
+    assert "bus-off/restarts" in table and re.search(r"can0 .* 0/0 +\d+ +-", table), table
