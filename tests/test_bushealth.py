@@ -156,3 +156,63 @@ def test_health_in_prometheus():
                  'canbridge_state_info{endpoint="can0",gauge="bus_state",value="ERROR-PASSIVE"} 1.0'):
         assert line in text
     assert "data_bitrate_bits_per_second{" not in text and 'endpoint="vcan0"} 0.12' not in text
+
+
+def _answer() -> dict:
+    from bridge.core.stats import Counters
+
+    bus = Counters()
+    bus.rx_frames = 123456
+    bus.drop("kernel_rx_overflow", 2)
+    bus.drop("tx_queue_full", 12)
+    bus.errors["tx_enobufs"] = 5
+    bus.gauges.update(link_state="up", bus_state="ERROR-PASSIVE", link_changes=0, bus_state_changes=2, reopens=0)
+    peer = Counters()
+    peer.latency.observe(3000)
+    peer.drop("peer_not_connected_and_queue_full_for_a_long_time", 7)
+    peer.gauges.update(peer_state="up", reconnects=0, peer="10.0.0.2:29600 native v1 channels=can0,can1,can2")
+    return {"version": "0.9", "pid": 1, "uptime_s": 42.0, "config": "/etc/canbridge/bridge.toml",
+            "stats": {"can0": {**bus.snapshot(), "tx_queued": 0, "health": HEALTH},
+                      "tcp-listen://0.0.0.0:29600 (unidentified clients)": peer.snapshot(),
+                      "reactor": {"callback_errors": 0, "passes": 100}}}
+
+
+def test_stats_piped_is_a_block_per_endpoint_in_80_columns(tmp_path, capsys):
+    """`canbridge stats` into a pipe: no table squeezed into 80 columns (it broke words over lines): a block
+    per endpoint, no line over 80 columns, no word broken, a bus's health on its `bus` and `controller`
+    lines; `--json` carries the health dict for scripts."""
+    import json
+    import threading
+
+    from bridge.core.reactor import Reactor
+    from bridge.daemon import control
+    from bridge.tools.live.stats_client import main as stats_main
+
+    answer = _answer()
+    reactor = Reactor()
+    path = str(tmp_path / "c.sock")
+    server = control.ControlServer(reactor, path, {"stats": lambda req: answer})
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: [reactor.run_once(0.05) for _ in iter(stop.is_set, True)])
+    thread.start()
+    try:
+        assert stats_main(["--control", path]) == 0
+        text = capsys.readouterr().out
+        assert stats_main(["--control", path, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["stats"]["can0"]["health"] == HEALTH
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+        reactor.close()
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= 80, text
+    words = text.split()
+    for word in ("tcp-listen://0.0.0.0:29600", "kernel_rx_overflow=2,",
+                 "peer_not_connected_and_queue_full_for_a_long_time=7", "arbitration_lost=5,",
+                 "channels=can0,can1,can2", "/etc/canbridge/bridge.toml"):
+        assert word in words, (word, text)
+    assert "  bus        ERROR-PASSIVE  tec 130 rec 7  load 12.0 % of 500 kbit/s" in lines
+    clients = "tcp-listen://0.0.0.0:29600 (unidentified clients)"
+    assert lines.index("can0") < lines.index(clients) < lines.index("reactor")
+    assert "rx_overruns=4," in words and "socket_drops=2" in words
