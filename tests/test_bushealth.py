@@ -216,3 +216,26 @@ def test_stats_piped_is_a_block_per_endpoint_in_80_columns(tmp_path, capsys):
     clients = "tcp-listen://0.0.0.0:29600 (unidentified clients)"
     assert lines.index("can0") < lines.index(clients) < lines.index("reactor")
     assert "rx_overruns=4," in words and "socket_drops=2" in words
+
+
+def test_top_header_has_the_bus_health_of_each_interface():
+    """`canbridge top`'s header: per interface the bits of its frames stamped in the last whole second
+    (canbusload's estimate); a local controller's state, TEC/REC, load at its bitrate, overruns and
+    bus-off count beside them; a remote interface (no local link) bits per second only."""
+    from bridge.hw.linkstate import LinkHealth
+    from bridge.tools.live.top import TopStats, bus_header
+
+    stats = TopStats()
+    s = 1_000_000_000
+    for i in range(100):  # 100 frames of 135 bits in second 41, 10 of 90 bits in second 42
+        stats.add("can0", sc.pack_can(0x100, bytes(8)), 41 * s + i * 1000)
+        stats.add("gw1/can0", sc.pack_can(0x1 | sc.CAN_EFF_FLAG, b"\x01"), 41 * s + i)
+    for i in range(10):
+        stats.add("can0", sc.pack_can(0x1 | sc.CAN_EFF_FLAG, b"\x01"), 42 * s + i)
+    link = LinkHealth("can0", 3, True, "can", "ERROR-WARNING", 250_000, None, 97, 0, {**HEALTH["xstats"]},
+                      {"rx_over_errors": 4, "rx_dropped": 0})
+    head = bus_header(stats, 42 * s + 500_000_000, {"can0": link}).splitlines()
+    assert head == ["can0  ERROR-WARNING  tec 97 rec 0  load 5.4 % of 250 kbit/s  rx_overruns 4  bus_off 1",
+                    "gw1/can0  9000 bit/s"]
+    assert bus_header(stats, 43 * s, {"can0": link}).splitlines()[0].endswith("load 0.4 % of 250 kbit/s  "
+                                                                             "rx_overruns 4  bus_off 1")
