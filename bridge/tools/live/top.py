@@ -271,20 +271,27 @@ def _run(sources, stats: TopStats, duration: float | None, once: bool, title: st
     try:
         if once:
             _collect(sources, stats, end, None)
-            now_ns = time.time_ns()
-            console.print(render(stats, now_ns, f"{title}\n{bus_header(stats, now_ns, links.get(stats))}"))
+            console.print(_view(stats, title, links))
             console.print(_caption(stats))
             return 0
-        with Live(render(stats, time.time_ns(), title), console=console, auto_refresh=False) as live:
+        with Live(_view(stats, title, links), console=console, auto_refresh=False) as live:
             def refresh():
-                now_ns = time.time_ns()
-                head = f"{title}  ({_caption(stats)}; q quits)\n{bus_header(stats, now_ns, links.get(stats))}"
-                live.update(render(stats, now_ns, head.rstrip()), refresh=True)
+                live.update(_view(stats, f"{title}  ({_caption(stats)}; q quits)", links), refresh=True)
             _collect(sources, stats, end, keys, refresh)
         return 0
     finally:
         if keys:
             keys.close()
+
+
+def _view(stats: TopStats, title: str, links: _LocalLinks):
+    """The title and the bus header (lines cropped, never wrapped into the table's width), then the table."""
+    from rich.console import Group
+    from rich.text import Text
+
+    now_ns = time.time_ns()
+    head = "\n".join(filter(None, (title, bus_header(stats, now_ns, links.get(stats)))))
+    return Group(Text(head, no_wrap=True, overflow="crop"), render(stats, now_ns))
 
 
 def _collect(sources, stats: TopStats, end: float | None, keys, refresh=None) -> None:
