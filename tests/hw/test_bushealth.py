@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import threading
 import time
 
@@ -136,3 +137,49 @@ def test_real_driver_top_header(bus_a, capsys):
     assert line and re.match(r"can0  ERROR-ACTIVE  tec 0 rec 0  load \d+\.\d % of 500 kbit/s  rx_overruns \d+  "
                              r"bus_off 0$", line), out
     assert float(line.split("load ")[1].split(" %")[0]) > 0, out
+
+
+def test_real_driver_bridge_stats_and_metrics(bus_a, tmp_path, capsys):
+    """REAL DRIVER, the whole bridge: `canbridge can0 tcp-listen://...` while can1 sends; its `stats`
+    (JSON and the piped text) and its Prometheus metrics carry can0's health: the driver's bitrate,
+    TEC/REC and xstats, and a bus load from the frames it reads."""
+    import os
+    import urllib.request
+
+    from bridge.daemon import control
+    from bridge.tools.live import stats_client
+
+    sock = str(tmp_path / "gw.sock")
+    log = open(tmp_path / "gw.log", "wb")
+    bridge = subprocess.Popen([sys.executable, "-m", "bridge", "can0", "tcp-listen://127.0.0.1:29731", "--control",
+                               sock, "--metrics", "127.0.0.1:29792"], stdout=log, stderr=subprocess.STDOUT,
+                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    log.close()
+    gen = None
+    try:
+        wait_for(lambda: os.path.exists(sock) or bridge.poll() is not None, timeout=60, what="the bridge's socket")
+        assert bridge.poll() is None, (tmp_path / "gw.log").read_text()
+        gen = subprocess.Popen(["cangen", "can1", "-g", "4", "-i", "-I", "123", "-L", "8", "-D", "i"])
+        health = wait_for(lambda: (control.request(sock)["stats"]["can0"]["health"] or {}).get("load_pct"),
+                          timeout=30, what="a bus load on can0") and control.request(sock)["stats"]["can0"]["health"]
+        assert health["bitrate"] == BITRATE and (health["txerr"], health["rxerr"]) == (0, 0)
+        assert health["xstats"]["bus_off"] == 0 and 0 < health["load_pct"] < 100
+        assert stats_client.main(["--control", sock]) == 0
+        text = capsys.readouterr().out
+        assert re.search(r"^  bus        ERROR-ACTIVE  tec 0 rec 0  load \d+\.\d % of 500 kbit/s$", text, re.M), text
+        assert re.search(r"^  controller bus_error=0, error_warning=0, ", text, re.M), text
+
+        def scraped():
+            with urllib.request.urlopen("http://127.0.0.1:29792/metrics", timeout=10) as r:
+                body = r.read().decode()
+            return 'canbridge_bus_load_ratio{endpoint="can0"}' in body and body
+
+        body = wait_for(scraped, timeout=10, what="bus health in the metrics")
+        assert 'canbridge_bus_controller_events_total{endpoint="can0",event="bus_off"} 0.0' in body
+        assert 'canbridge_bus_bitrate_bits_per_second{endpoint="can0"} 500000.0' in body
+    finally:
+        if gen is not None:
+            gen.terminate()
+            gen.wait(5)
+        bridge.terminate()
+        bridge.wait(30)
