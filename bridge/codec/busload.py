@@ -82,8 +82,9 @@ class WireBits:
     """Running totals of the bits a bus carried, fed with the raw frames an endpoint reads and writes.
 
     bits: all bits (frame_bits()[0] summed); data_bits: those at the data bitrate (CAN FD with BRS);
-    frames: frames counted (error frames included, at 0 bits). One list comprehension over a table per
-    batch of classic frames: ~0.3 us per frame on the host."""
+    frames: frames counted (error frames included, at 0 bits). A table lookup per frame, one list
+    comprehension per batch of classic frames: on the host ~0.3 us for a lone frame, ~0.13 us per frame
+    of a 64-frame batch."""
 
     __slots__ = ("bits", "data_bits", "frames", "_classic", "_fd_total", "_fd_data")
 
@@ -116,7 +117,11 @@ class WireBits:
             self.add([raw for raw, _ts in batch])
             return
         classic, top = self._classic, _TOP
-        self.bits += sum([classic[raw[top] & 0xE0 | raw[4]] for raw, _ts in batch])
+        if len(batch) == 1:  # a lone frame (a quiet bus): no comprehension
+            raw = batch[0][0]
+            self.bits += classic[raw[top] & 0xE0 | raw[4]]
+        else:
+            self.bits += sum([classic[raw[top] & 0xE0 | raw[4]] for raw, _ts in batch])
         self.frames += len(batch)
 
 
