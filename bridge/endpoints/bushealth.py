@@ -2,7 +2,7 @@
 Shown by `canbridge stats`, the Prometheus exporter, `canbridge top`, `canbridge link list` and the
 MQTT status topic (docs/cli.md "Bus health").
 
-Per SocketCanEndpoint, `snapshot()` gives (all counts since the interface came up unless said):
+Per SocketCanEndpoint, `snapshot()` gives (the kernel's counts are since the interface was created):
 - bitrate, dbitrate: bit/s from IFLA_CAN_BITTIMING / IFLA_CAN_DATA_BITTIMING (None on vcan: no bit timing);
 - bits_per_s: bits on the wire over the last LOAD_WINDOW_S, counted by the endpoint from the frames it
   reads and writes with canbusload's worst-case stuff-bit estimate (bridge/codec/busload.py); frames an
@@ -49,7 +49,6 @@ class BusHealth:
         self.bits_per_s: float | None = None  # None until the first window closed
         self.data_bits_per_s: float | None = None
         self._last = (now, bus.wire.bits, bus.wire.data_bits)
-        self.query_errors = 0
 
     def tick(self, now: float) -> None:
         """Close a load window at `now` (monotonic seconds): the bits counted since the last tick, per
@@ -66,8 +65,8 @@ class BusHealth:
         """The JSON-ready health of the bus (keys in the module docstring)."""
         try:
             link = linkstate.health(self.bus.name)
-        except OSError as exc:
-            self.query_errors += 1
+        except OSError as exc:  # counted; the snapshot then has what the bridge counts itself
+            self.bus.counters.errors["health_query_failed"] += 1
             log.debug("bus %s: RTM_GETLINK failed: %s", self.bus.name, exc)
             link = None
         out = health_of(link, self.bits_per_s, self.data_bits_per_s)
