@@ -169,3 +169,33 @@ def link_health(name: str, wire: WireBits | None = None, seconds: float = 0.0) -
     if wire is not None and seconds > 0:
         bits, data = wire.bits / seconds, wire.data_bits / seconds
     return health_of(linkstate.health(name), bits, data)
+
+
+class HealthReport:
+    """The health of a bridge's buses for a status message (the MQTT status topic): per bus its state and
+    health_of(), the bits per second over the time since the previous report (the first report: since
+    this object was made). Buses come and go with reloads: `buses` is asked at every report."""
+
+    def __init__(self, buses, now: float) -> None:
+        self.buses = buses  # callable() -> the SocketCanEndpoints now
+        self._last: dict[SocketCanEndpoint, tuple[float, int, int]] = {}
+        self._started = now
+
+    def report(self, now: float) -> dict[str, dict]:
+        """{interface name: {"state": bus_state, **health}} (JSON-ready)."""
+        out, last = {}, {}
+        for bus in self.buses():
+            then, bits0, data0 = self._last.get(bus, (self._started, 0, 0))
+            bits, data = bus.wire.bits, bus.wire.data_bits
+            last[bus] = (now, bits, data)
+            seconds = now - then
+            try:
+                link = linkstate.health(bus.name)
+            except OSError:
+                bus.counters.errors["health_query_failed"] += 1
+                link = None
+            rate = (bits - bits0) / seconds if seconds > 0 else None
+            data_rate = (data - data0) / seconds if seconds > 0 else None
+            out[bus.name] = {"state": bus.counters.gauges.get("bus_state"), **health_of(link, rate, data_rate)}
+        self._last = last
+        return out
