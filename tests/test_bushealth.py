@@ -235,7 +235,7 @@ def test_top_header_has_the_bus_health_of_each_interface():
     link = LinkHealth("can0", 3, True, "can", "ERROR-WARNING", 250_000, None, 97, 0, {**HEALTH["xstats"]},
                       {"rx_over_errors": 4, "rx_dropped": 0})
     head = bus_header(stats, 42 * s + 500_000_000, {"can0": link}).splitlines()
-    assert head == ["can0  ERROR-WARNING  tec 97 rec 0  load 5.4 % of 250 kbit/s  rx_overruns 4  bus_off 1",
-                    "gw1/can0  9000 bit/s"]
+    assert head == ["bus can0: ERROR-WARNING  tec 97 rec 0  load 5.4 % of 250 kbit/s  rx_overruns 4  bus_off 1",
+                    "bus gw1/can0: 9000 bit/s"]
     assert bus_header(stats, 43 * s, {"can0": link}).splitlines()[0].endswith("load 0.4 % of 250 kbit/s  "
                                                                              "rx_overruns 4  bus_off 1")

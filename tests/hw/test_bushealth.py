@@ -133,8 +133,8 @@ def test_real_driver_top_header(bus_a, capsys):
         gen.terminate()
         gen.wait(5)
     out = capsys.readouterr().out
-    line = next((x for x in out.splitlines() if x.startswith("can0  ERROR")), None)
-    assert line and re.match(r"can0  ERROR-ACTIVE  tec 0 rec 0  load \d+\.\d % of 500 kbit/s  rx_overruns \d+  "
+    line = next((x for x in out.splitlines() if x.startswith("bus can0: ")), None)
+    assert line and re.match(r"bus can0: ERROR-ACTIVE  tec 0 rec 0  load \d+\.\d % of 500 kbit/s  rx_overruns \d+  "
                              r"bus_off 0$", line), out
     assert float(line.split("load ")[1].split(" %")[0]) > 0, out
 

@@ -190,7 +190,7 @@ def render(stats: TopStats, now_ns: int, title: str = ""):
 
 
 def bus_header(stats: TopStats, now_ns: int, links: dict) -> str:
-    """One line per interface seen: `can0  ERROR-ACTIVE  tec 0 rec 0  load 1.2 % of 500 kbit/s  rx_overruns 0
+    """One line per interface seen: `bus can0: ERROR-ACTIVE  tec 0 rec 0  load 1.2 % of 500 kbit/s  rx_overruns 0
     bus_off 0`; links: {iface: bridge.hw.linkstate.LinkHealth or None} of the local interfaces."""
     lines = []
     for iface in sorted(stats.bus_bits):
@@ -200,7 +200,7 @@ def bus_header(stats: TopStats, now_ns: int, links: dict) -> str:
         line = fmt_bus({"bus_state": link.can_state if link and link.can_state else "", "health": health}).strip()
         if health["xstats"]:
             line += f"  rx_overruns {health['rx_overruns']}  bus_off {health['xstats']['bus_off']}"
-        lines.append(f"{iface}  {line}")
+        lines.append(f"bus {iface}: {line}")
     return "\n".join(lines)
 
 
