@@ -6,11 +6,16 @@ in its bus health."""
 
 from __future__ import annotations
 
+import json
+import os
+import queue
 import re
 import socket
 import subprocess
+import sys
 import time
 
+import paho.mqtt.client as paho
 import pytest
 
 from bridge.codec import canerr
@@ -20,6 +25,7 @@ from bridge.core.reactor import Reactor
 from bridge.endpoints.busfaults import BusFaults
 from bridge.endpoints.bushealth import BusHealthMonitor
 from bridge.endpoints.socketcan import SocketCanEndpoint
+from tests.mqtt_broker import Broker
 
 pytestmark = pytest.mark.vcan
 
@@ -132,3 +138,49 @@ def test_injected_error_frames_error_passive_bus_off_and_counters(bus):
             assert endpoint.counters.dropped["bus_off"] == 1
     assert gauges["bus_state_changes"] == 4
     assert endpoint.send_frames(0, [(sc.pack_can(0x1, b"\x01"), 0)]) == 1  # writes again after the restart
+
+
+@pytest.mark.mosquitto
+def test_mqtt_status_carries_bus_health_and_follows_injected_error_frames(tmp_path, vcan1):
+    """The MQTT status topic (retained) of a gateway bridge on vcan1 carries the bus's health; INJECTED ERROR
+    FRAMES: an error-passive report makes it republish at once (not at its 10 s period) with the new state."""
+    broker = Broker(tmp_path / "broker").start()
+    statuses: queue.Queue = queue.Queue()
+    sub = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, msg: statuses.put(json.loads(msg.payload))
+    sub.connect("127.0.0.1", broker.port)
+    sub.subscribe("fleet/gw/status", qos=1)
+    sub.loop_start()
+    log = open(tmp_path / "gw.log", "wb")
+    gw = subprocess.Popen([sys.executable, "-m", "bridge", vcan1, f"mqtt://127.0.0.1:{broker.port}/fleet?gateway=gw",
+                           "--control", "none"], stdout=log, stderr=subprocess.STDOUT,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    log.close()
+
+    def next_status(ok, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            assert gw.poll() is None, (tmp_path / "gw.log").read_text()
+            try:
+                status = statuses.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError("no such status: " + (tmp_path / "gw.log").read_text()) from None
+            if ok(status):
+                return status
+
+    try:
+        online = next_status(lambda s: s["status"] == "online")
+        health = online["buses"][vcan1]
+        assert health["state"] == "ERROR-ACTIVE" and health["bitrate"] is None and health["load_pct"] is None
+        assert set(health) >= {"bits_per_s", "txerr", "rxerr", "xstats", "rx_overruns", "rx_dropped"}
+        sent = time.monotonic()
+        inject(vcan1, canerr.error_frame(canerr.CAN_ERR_CRTL, canerr.CAN_ERR_CRTL_RX_PASSIVE, txerr=0, rxerr=128))
+        passive = next_status(lambda s: s.get("buses", {}).get(vcan1, {}).get("state") == "ERROR-PASSIVE")
+        assert time.monotonic() - sent < 8, "republished by its period, not by the state change"
+        assert passive["status"] == "online"
+    finally:
+        gw.terminate()
+        gw.wait(30)
+        sub.loop_stop()
+        sub.disconnect()
+        broker.stop()
