@@ -239,3 +239,17 @@ def test_top_header_has_the_bus_health_of_each_interface():
                     "bus gw1/can0: 9000 bit/s"]
     assert bus_header(stats, 43 * s, {"can0": link}).splitlines()[0].endswith("load 0.4 % of 250 kbit/s  "
                                                                              "rx_overruns 4  bus_off 1")
+
+
+def test_stats_on_a_narrow_terminal_is_blocks_and_on_a_wide_one_a_table():
+    """On a terminal the table is printed only when it fits without folding a cell; else the blocks."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bridge.tools.live.stats_client import _fitting
+
+    answer = _answer()
+    narrow = Console(width=80, force_terminal=True, record=True)
+    narrow.print(_fitting(narrow, answer))
+    assert max(map(len, narrow.export_text().splitlines())) <= 80
+    assert isinstance(_fitting(Console(width=400, force_terminal=True), answer), Table)

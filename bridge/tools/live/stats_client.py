@@ -199,6 +199,6 @@ def _fitting(console, answer: dict):
     from rich.text import Text
 
     table = render(answer)
-    if Measurement.get(console, console.options, table).maximum <= console.width:
+    if Measurement.get(console, console.options.update_width(1 << 20), table).maximum <= console.width:
         return table
     return Text(render_text(answer, min(console.width, BLOCK_WIDTH)))
