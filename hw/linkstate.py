@@ -1,11 +1,14 @@
 """Link state from rtnetlink without pyroute2: just enough of RTM_NEWLINK/RTM_DELLINK to follow a link
 (name, ifindex, IFF_UP, a CAN controller's IFLA_CAN_STATE), so the bridge's link watch costs no import
-of pyroute2 (about 25 MB of RSS and 100 ms of start-up). `canbridge link` (hw/links.py) still uses
-pyroute2 for everything else.
+of pyroute2 (about 25 MB of RSS and 100 ms of start-up), and a bus's health (`health()`: bitrates,
+error counters, the controller's xstats, the interface's RX statistics) for the bridge's bus health
+sampling. `canbridge link` (hw/links.py) still uses pyroute2 for everything else.
 
 Sources: linux/netlink.h (struct nlmsghdr, NLMSG_ERROR), linux/rtnetlink.h (struct ifinfomsg, struct
-rtattr, RTM_*), linux/if_link.h (IFLA_IFNAME 3, IFLA_LINKINFO 18, IFLA_INFO_KIND 1, IFLA_INFO_DATA 2),
-linux/can/netlink.h (IFLA_CAN_STATE 4, enum can_state).
+rtattr, RTM_*), linux/if_link.h (IFLA_IFNAME 3, IFLA_LINKINFO 18, IFLA_STATS64 23, IFLA_INFO_KIND 1,
+IFLA_INFO_DATA 2, IFLA_INFO_XSTATS 3, struct rtnl_link_stats64), linux/can/netlink.h (IFLA_CAN_BITTIMING 1,
+IFLA_CAN_STATE 4, IFLA_CAN_BERR_COUNTER 8, IFLA_CAN_DATA_BITTIMING 9, enum can_state, struct
+can_bittiming, struct can_berr_counter, struct can_device_stats).
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ RTMGRP_LINK = 1
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST = 1
 IFF_UP = 0x1
-IFLA_IFNAME, IFLA_LINKINFO = 3, 18
-IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
-IFLA_CAN_STATE = 4
+IFLA_IFNAME, IFLA_LINKINFO, IFLA_STATS64 = 3, 18, 23
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_XSTATS = 1, 2, 3
+IFLA_CAN_BITTIMING, IFLA_CAN_STATE, IFLA_CAN_BERR_COUNTER, IFLA_CAN_DATA_BITTIMING = 1, 4, 8, 9
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 # enum can_state as candump/`ip -details` print it (the same names as bridge.hw.links.STATES)
 CAN_STATES = {0: "ERROR-ACTIVE", 1: "ERROR-WARNING", 2: "ERROR-PASSIVE", 3: "BUS-OFF", 4: "STOPPED", 5: "SLEEPING"}
@@ -32,6 +35,15 @@ _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _RTATTR = struct.Struct("=HH")  # len, type
 _U32 = struct.Struct("=I")
+_BERR = struct.Struct("=HH")  # struct can_berr_counter: txerr, rxerr
+# struct can_device_stats, in order (the controller's xstats, `ip -details -statistics link show`)
+XSTATS = ("bus_error", "error_warning", "error_passive", "bus_off", "arbitration_lost", "restarts")
+_XSTATS = struct.Struct(f"={len(XSTATS)}I")
+# struct rtnl_link_stats64 (u64 each), the fields up to rx_missed_errors, in order
+STATS64 = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_errors", "tx_errors", "rx_dropped",
+           "tx_dropped", "multicast", "collisions", "rx_length_errors", "rx_over_errors", "rx_crc_errors",
+           "rx_frame_errors", "rx_fifo_errors", "rx_missed_errors")
+_STATS64 = struct.Struct(f"={len(STATS64)}Q")
 
 
 @dataclass(frozen=True)
@@ -57,18 +69,28 @@ def _attrs(buf: bytes, pos: int, end: int) -> dict[int, bytes]:
     return out
 
 
-def _can_state(attrs: dict[int, bytes]) -> str | None:
+def _linkinfo(attrs: dict[int, bytes]) -> tuple[str, dict[int, bytes], dict[int, bytes]]:
+    """(IFLA_INFO_KIND, its IFLA_INFO_* attributes, the IFLA_INFO_DATA attributes) of a link."""
     info = attrs.get(IFLA_LINKINFO)
     if info is None:
-        return None
+        return "", {}, {}
     nested = _attrs(info, 0, len(info))
-    if nested.get(IFLA_INFO_KIND, b"").rstrip(b"\0") != b"can" or IFLA_INFO_DATA not in nested:
-        return None
-    state = _attrs(nested[IFLA_INFO_DATA], 0, len(nested[IFLA_INFO_DATA])).get(IFLA_CAN_STATE)
+    kind = nested.get(IFLA_INFO_KIND, b"").rstrip(b"\0").decode(errors="replace")
+    data = nested.get(IFLA_INFO_DATA, b"")
+    return kind, nested, _attrs(data, 0, len(data))
+
+
+def _state_of(data: dict[int, bytes]) -> str | None:
+    state = data.get(IFLA_CAN_STATE)
     if state is None or len(state) < 4:
         return None
     value = _U32.unpack_from(state)[0]
     return CAN_STATES.get(value, str(value))
+
+
+def _can_state(attrs: dict[int, bytes]) -> str | None:
+    kind, _info, data = _linkinfo(attrs)
+    return _state_of(data) if kind == "can" else None
 
 
 def parse(data: bytes) -> list[LinkState]:
@@ -89,9 +111,89 @@ def parse(data: bytes) -> list[LinkState]:
     return out
 
 
+@dataclass(frozen=True)
+class LinkHealth:
+    """What the kernel says about a CAN link's health (RTM_GETLINK), for bus health and bus load.
+
+    kind: IFLA_INFO_KIND ("can" for a controller, "vcan", "vxcan"); can_state: as LinkState (None
+    off controllers); bitrate, dbitrate: bit/s (None: no bit timing, e.g. vcan, or not set; dbitrate
+    only with CAN FD); txerr, rxerr: IFLA_CAN_BERR_COUNTER (None when the driver has no
+    do_get_berr_counter, or the link is down); xstats: the controller's struct can_device_stats
+    (keys XSTATS; None when absent); stats: struct rtnl_link_stats64's first fields (keys STATS64:
+    rx_over_errors is the controller's RX FIFO overruns, rx_dropped what the stack dropped)."""
+
+    name: str
+    index: int
+    up: bool
+    kind: str = ""
+    can_state: str | None = None
+    bitrate: int | None = None
+    dbitrate: int | None = None
+    txerr: int | None = None
+    rxerr: int | None = None
+    xstats: dict[str, int] | None = None
+    stats: dict[str, int] | None = None
+
+
+def _bitrate(data: dict[int, bytes], kind: int) -> int | None:
+    timing = data.get(kind)  # struct can_bittiming: bitrate is its first u32
+    return (_U32.unpack_from(timing)[0] or None) if timing is not None and len(timing) >= 4 else None
+
+
+def parse_health(data: bytes) -> list[LinkHealth]:
+    """The RTM_NEWLINK messages of one netlink datagram as LinkHealth, in order; others are skipped
+    (as parse()). Attributes that are missing or too short for their struct read as None."""
+    out, pos = [], 0
+    while pos + _NLMSGHDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, pos)
+        if length < _NLMSGHDR.size or pos + length > len(data):
+            break
+        body = pos + _NLMSGHDR.size
+        if kind == RTM_NEWLINK and body + _IFINFOMSG.size <= pos + length:
+            _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(data, body)
+            attrs = _attrs(data, body + _IFINFOMSG.size, pos + length)
+            out.append(_health(attrs, index, bool(flags & IFF_UP)))
+        pos += (length + 3) & ~3
+    return out
+
+
+def _health(attrs: dict[int, bytes], index: int, up: bool) -> LinkHealth:
+    name = attrs.get(IFLA_IFNAME, b"").rstrip(b"\0").decode(errors="replace")
+    kind, info, can = _linkinfo(attrs)
+    raw = attrs.get(IFLA_STATS64, b"")
+    stats = dict(zip(STATS64, _STATS64.unpack_from(raw))) if len(raw) >= _STATS64.size else None
+    if kind != "can":
+        return LinkHealth(name, index, up, kind, stats=stats)
+    berr = can.get(IFLA_CAN_BERR_COUNTER, b"")
+    txerr, rxerr = _BERR.unpack_from(berr) if len(berr) >= _BERR.size else (None, None)
+    xraw = info.get(IFLA_INFO_XSTATS, b"")
+    xstats = dict(zip(XSTATS, _XSTATS.unpack_from(xraw))) if len(xraw) >= _XSTATS.size else None
+    return LinkHealth(name, index, up, kind, _state_of(can), _bitrate(can, IFLA_CAN_BITTIMING),
+                      _bitrate(can, IFLA_CAN_DATA_BITTIMING), txerr, rxerr, xstats, stats)
+
+
+def health(ifname: str) -> LinkHealth | None:
+    """The link's health now (one RTM_GETLINK, blocking: the kernel answers within the call), None if
+    there is no such interface. Raises OSError for other netlink errors."""
+    reply = _getlink(ifname)
+    if reply is None:
+        return None
+    links = parse_health(reply)
+    return links[0] if links else None
+
+
 def query(ifname: str) -> LinkState | None:
     """The link's state now (RTM_GETLINK by name on a blocking netlink socket), None if there is no
     such interface. Raises OSError for other netlink errors."""
+    reply = _getlink(ifname)
+    if reply is None:
+        return None
+    states = parse(reply)
+    return states[0] if states else None
+
+
+def _getlink(ifname: str) -> bytes | None:
+    """The RTM_GETLINK reply for ifname; None for ENODEV/ENOENT (no such interface)."""
     name = ifname.encode() + b"\0"
     attr = _RTATTR.pack(_RTATTR.size + len(name), IFLA_IFNAME) + name
     attr += b"\0" * (-len(attr) % 4)
@@ -107,5 +209,4 @@ def query(ifname: str) -> LinkState | None:
         if code in (errno.ENODEV, errno.ENOENT):
             return None
         raise OSError(code, f"RTM_GETLINK {ifname}: {os.strerror(code)}")
-    states = parse(reply)
-    return states[0] if states else None
+    return reply

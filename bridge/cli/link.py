@@ -40,11 +40,14 @@ def settings_from_config(path: str) -> dict[str, Settings]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="canbridge link", description="Show and set up SocketCAN links (rtnetlink).")
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("list", help="all CAN links: state, bitrate, sample point, MTU, error counters")
+    s = sub.add_parser("list", help="all CAN links: state, bitrate, sample point, MTU, error counters, bus health")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--load", type=float, metavar="S", default=0.0,
+                   help="also count the frames on each link for S seconds: bus load (canbusload's estimate)")
     s = sub.add_parser("show", help="one link in detail")
     s.add_argument("iface")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--load", type=float, metavar="S", default=0.0, help="as for list")
     s = sub.add_parser("setup", help="down, apply settings, up (needs CAP_NET_ADMIN)",
                        description="Take IFACE down, apply the settings, bring it up. With --from-config and no "
                                    "IFACE: every [[interface]] in the file. An IFACE the file does not list is "
@@ -93,7 +96,30 @@ def _fmt_rate(rate: int | None, sp: float | None) -> str:
     return f"{rate}" + (f" @{sp:.3f}" if sp else "")
 
 
-def _print_table(links: list[LinkInfo]) -> None:
+def _health(links: list[LinkInfo], seconds: float) -> dict[str, dict]:
+    """bridge.endpoints.bushealth.link_health() of each link, its load counted over `seconds` (0: none)."""
+    from bridge.endpoints.bushealth import link_health, measure_bits
+
+    if seconds < 0:
+        raise ConfigError(f"--load: expected a number of seconds >= 0, got {seconds:g}")
+    try:
+        wires = measure_bits([i.name for i in links], seconds) if seconds else {}
+        return {i.name: link_health(i.name, wires.get(i.name), seconds) for i in links}
+    except OSError as exc:
+        raise LinkError(str(exc)) from None
+
+
+def _fmt_health(h: dict) -> tuple[str, str, str]:
+    """(bus-off/restarts, rx overruns, load) cells of `link list`."""
+    x = h.get("xstats")
+    events = "-" if x is None else f"{x['bus_off']}/{x['restarts']}"
+    load = "-" if h["load_pct"] is None else f"{h['load_pct']:.1f} %"
+    if h["load_pct"] is None and h["bits_per_s"] is not None:
+        load = f"{h['bits_per_s']} bit/s"  # vcan: no bitrate to divide by
+    return events, "-" if h["rx_overruns"] is None else str(h["rx_overruns"]), load
+
+
+def _print_table(links: list[LinkInfo], health: dict[str, dict] | None = None) -> None:
     if not links:
         print("no CAN links in this network namespace (ip link add dev vcan0 type vcan; modprobe mcp251x; ...)")
         return
@@ -101,15 +127,17 @@ def _print_table(links: list[LinkInfo]) -> None:
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, header_style="bold")
+    health = health or {}
     for col in ("link", "kind", "admin", "oper", "state", "bitrate @sp", "dbitrate @sp", "mtu", "txqlen",
-                "tx/rx err", "restart-ms", "ctrlmode"):
+                "tx/rx err", "restart-ms", "ctrlmode", "bus-off/restarts", "rx overruns", "load"):
         table.add_column(col)
     for i in links:
         berr = "-" if i.txerr is None else f"{i.txerr}/{i.rxerr}"
+        h = health.get(i.name)
         table.add_row(i.name, i.kind or "?", "up" if i.up else "down", i.operstate, i.state or "-",
                       _fmt_rate(i.bitrate, i.sample_point), _fmt_rate(i.dbitrate, i.dsample_point), str(i.mtu),
                       str(i.txqueuelen), berr, "-" if i.restart_ms is None else str(i.restart_ms),
-                      ",".join(i.ctrlmode) or "-")
+                      ",".join(i.ctrlmode) or "-", *(_fmt_health(h) if h else ("-", "-", "-")))
     # a pipe gets full rows (grep-able names) instead of rich's 80-column default
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
@@ -160,10 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd in ("list", "show"):
             links = list_links() if args.cmd == "list" else [show(args.iface)]
+            health = _health(links, args.load)
             if args.json:
-                print(json.dumps([asdict(i) for i in links], indent=2))
+                print(json.dumps([{**asdict(i), "health": health[i.name]} for i in links], indent=2))
             else:
-                _print_table(links)
+                _print_table(links, health)
         elif args.cmd == "setup":
             return _setup_cli(args, parser)
         elif args.cmd == "vcan":

@@ -60,9 +60,24 @@ def bus_state(raw: bytes) -> str | None:
     return None
 
 
-def error_frame(classes: int, crtl: int = 0) -> bytes:
+def error_counters(raw: bytes) -> tuple[int, int] | None:
+    """(txerr, rxerr), the controller's TEC and REC, from an error frame with CAN_ERR_CNT (data[6],
+    data[7]); (0, 0) from CAN_ERR_RESTARTED without them (a restart resets both); None otherwise."""
+    can_id = sc.can_id_of(raw)
+    if not can_id & sc.CAN_ERR_FLAG:
+        return None
+    if can_id & CAN_ERR_CNT and len(raw) >= 16:
+        return raw[14], raw[15]
+    return (0, 0) if can_id & CAN_ERR_RESTARTED else None
+
+
+def error_frame(classes: int, crtl: int = 0, txerr: int | None = None, rxerr: int = 0) -> bytes:
     """A can_frame with CAN_ERR_FLAG | classes and data[1] = crtl (the controller status byte), as a
-    driver sends it; used to inject state changes on vcan (vcan delivers it to every reader)."""
+    driver sends it; with txerr, also CAN_ERR_CNT and the counters in data[6], data[7] (0..255). Used to
+    inject state changes on vcan (vcan delivers it to every reader)."""
     data = bytearray(8)
     data[1] = crtl
+    if txerr is not None:
+        classes |= CAN_ERR_CNT
+        data[6], data[7] = txerr, rxerr
     return sc.pack_can(sc.CAN_ERR_FLAG | classes, bytes(data))

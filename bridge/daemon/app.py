@@ -14,6 +14,7 @@ from bridge.codec import native
 from bridge.daemon.config import Config, PeerConfig
 from bridge.daemon.operations import Operations
 from bridge.endpoints.busfaults import BusFaults
+from bridge.endpoints.bushealth import BusHealthMonitor
 from bridge.endpoints.socketcan import SocketCanEndpoint
 from bridge.endpoints.liveness import HEARTBEAT_S
 from bridge.protocols.base import PeerContext
@@ -47,6 +48,7 @@ class Bridge:
         self.ops: Operations | None = None  # set by run()
         self.peer_groups: list[list] = []  # endpoints of config.peers[i] (a beacon rides with its server)
         self.faults = BusFaults(self.reactor)  # link and bus-state tracking of every bus
+        self.health = BusHealthMonitor(self.reactor)  # error counters, xstats, overruns, load of every bus
         try:
             for channel, iface in enumerate(config.interfaces):
                 self.buses.append(self._open_bus(channel, iface))
@@ -79,7 +81,7 @@ class Bridge:
             raise OSError(exc.errno, f"cannot open CAN interface {iface.name}: {exc.strerror}") from None
         self.router.add_bus(bus)
         try:
-            self.faults.add(bus)
+            self.health.add(bus, self.faults.add(bus))
         except OSError as exc:
             bus.close()
             raise OSError(exc.errno, f"cannot watch CAN interface {iface.name}: {exc.strerror}") from None
@@ -119,6 +121,7 @@ class Bridge:
             if ep in self.buses:  # stop watching a bus we close: a later link event must not reopen it
                 with _logged("reload"):
                     self.faults.remove(ep)
+                self.health.remove(ep)
             with _logged("reload"):
                 ep.close()
             for owned in (self.peers, self.buses):
@@ -149,6 +152,7 @@ class Bridge:
             out[ep.name] = ep.counters.snapshot()
             if isinstance(ep, SocketCanEndpoint):
                 out[ep.name]["tx_queued"] = ep.tx_queued
+                out[ep.name]["health"] = self.health.snapshot(ep)
             for client in getattr(ep, "clients", ()):
                 out[client.name] = client.counters.snapshot()
             unidentified = getattr(ep, "unidentified", None)
@@ -197,6 +201,7 @@ class Bridge:
 
     def close(self) -> None:
         self.faults.close()
+        self.health.close()
         for ep in [*self.peers, *self.buses]:
             try:
                 ep.close()

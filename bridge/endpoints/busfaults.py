@@ -41,6 +41,7 @@ class BusWatch:
         self.bus = bus
         self.gauges = bus.counters.gauges
         self.monitor = self._open_monitor()
+        self.err_counters: tuple[int, int] | None = None  # (txerr, rxerr) of the last error frame with them
         reactor.add_reader(self.monitor.fileno(), self._on_error_frames)
         now = links.watch(bus.name, self._on_link)
         self.index = now.index
@@ -96,6 +97,7 @@ class BusWatch:
             except OSError:  # ENETDOWN/ENODEV: the link event says the same, and says it better
                 break
             state = canerr.bus_state(raw)
+            self.err_counters = canerr.error_counters(raw) or self.err_counters
             if state:
                 self._set_bus_state(state, f"error frame {sc.format_can_id(sc.can_id_of(raw))}")
         self._gate()

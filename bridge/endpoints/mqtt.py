@@ -15,7 +15,9 @@ Topic tree (docs/mqtt.md), PREFIX from the URL path, GATEWAY from `gateway=` (de
                                    (at most MAX_MESSAGE_FRAMES frames each); topics=per-id: one message
                                    per frame on PREFIX/GATEWAY/IFACE/rx/ID (ID as candump prints it)
     PREFIX/GATEWAY/IFACE/tx        frames to write to bus IFACE (subscribed only with read_only=0)
-    PREFIX/GATEWAY/status          retained JSON {"status": "online"|"offline", ...}; the will sets offline
+    PREFIX/GATEWAY/status          retained JSON {"status": "online"|"offline", ...}; the will sets offline;
+                                   online, it carries each bus's health (bridge/endpoints/bushealth.py),
+                                   republished every STATUS_HEALTH_S and at once when a bus state changes
 
 End to end (format=native, batch topics): each message carries a PUB_COUNT record (docs/protocol.md 10),
 our session and the frames numbered on its topic before it, and PUB_DROPPED when we dropped numbered
@@ -39,6 +41,8 @@ from bridge.codec import native
 from bridge.codec.frameloss import PublishedFrames
 from bridge.core.reactor import Reactor
 from bridge.core.stats import Counters
+from bridge.endpoints.bushealth import HealthReport
+from bridge.endpoints.socketcan import SocketCanEndpoint
 from bridge.endpoints.mqtt_connection import STABLE_S, Connection, new_client
 from bridge.endpoints.mqtt_outbox import DEFAULT_MAX_AGE_S, WINDOW_MAX, Outbox
 from bridge.endpoints.mqtt_store import Message
@@ -50,6 +54,9 @@ __all__ = ["MqttPeer", "DEFAULT_MAX_AGE_S", "default_client_id", "default_gatewa
 
 PAHO_QUEUE_LIMIT = WINDOW_MAX + 4  # paho's own bound on qos>0 messages it holds: our window and the status
 MISC_INTERVAL_S = 1.0  # loop_misc (keepalive PINGREQ, timeouts) and the outbox's stale sweep
+# the online status (retained) is republished with the buses' health this often, and at once when a bus state
+# changes: a fleet of 1,000 gateways costs its broker 100 small messages a second
+STATUS_HEALTH_S = 10.0
 DEFAULT_KEEPALIVE_S = 30
 DEFAULT_SESSION_EXPIRY_S = 3600  # the broker keeps our subscriptions and queued tx commands this long
 BAD_PAYLOAD_SUMMARY_S = 60.0  # malformed messages: the first per (source, reason) logged, then one summary per this
@@ -124,6 +131,9 @@ class MqttPeer:
         self._short = 0  # connections in a row that ended within STABLE_S of their CONNACK
         self._started = time.time()
         self._fd_capable, self._version = fd, version
+        self._health = HealthReport(self._can_buses, reactor.time())
+        self._health_due = 0.0  # reactor time the next status with health is due
+        self._bus_states: dict = {}  # the bus states the last status reported
         self._bad = BadMessageLog(reactor, self.name)
         self.mqtt = v = Mqtt5()
         self.outbox = Outbox(self.counters, [f"{prefix}/{gateway}/{iface}/rx" for iface in self.channels],
@@ -150,8 +160,22 @@ class MqttPeer:
     def _tick(self) -> None:
         self.connection.tick()
         self.outbox.sweep()  # count frames going stale in an outage as they do, not at reconnect
+        if self._connected and (self.reactor.time() >= self._health_due or self._states_now() != self._bus_states):
+            self._publish_online(self.client)
         self.connection.write_now()
         self._gauges()
+
+    def _can_buses(self) -> list:
+        return [bus for bus in self.router.buses.values() if isinstance(bus, SocketCanEndpoint)]
+
+    def _states_now(self) -> dict:
+        return {bus.name: bus.counters.gauges.get("bus_state") for bus in self._can_buses()}
+
+    def _publish_online(self, client) -> None:
+        """The retained online status with the buses' health; the outbox keeps its place in the window."""
+        info = client.publish(self.status_topic, self._status("online"), qos=1, retain=True,
+                              properties=self.mqtt.publish_props("json"))
+        self.outbox.control(info.mid)
 
     # ---------------------------------------------------------------------------- connection state
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -162,9 +186,7 @@ class MqttPeer:
         self._connected = True
         self.connection.up()
         log.info("%s: connected (session present: %s)", self.name, flags.session_present)
-        info = client.publish(self.status_topic, self._status("online"), qos=1, retain=True,
-                              properties=self.mqtt.publish_props("json"))
-        self.outbox.control(info.mid)
+        self._publish_online(client)
         if not self.read_only:
             sources = [f"{self.prefix}/{s}/rx" + ("/+" if self.per_id else "") for s in self.sources]
             client.subscribe(self.mqtt.subscriptions(list(self._tx_topics), sources, self.qos, self.share))
@@ -211,10 +233,15 @@ class MqttPeer:
                 log.warning("%s: broker refused a subscription: %s", self.name, rc)
 
     def _status(self, state: str) -> bytes:
-        return json.dumps({"status": state, "gateway": self.gateway, "version": self._version,
-                           "interfaces": self.channels, "fd": self._fd_capable, "format": self.fmt,
-                           "tx": not self.read_only, "started": round(self._started, 3)},
-                          separators=(",", ":")).encode()
+        status = {"status": state, "gateway": self.gateway, "version": self._version,
+                  "interfaces": self.channels, "fd": self._fd_capable, "format": self.fmt,
+                  "tx": not self.read_only, "started": round(self._started, 3)}
+        if state == "online":  # the will and a clean stop say offline: no health in them
+            now = self.reactor.time()
+            status["buses"] = self._health.report(now)
+            self._bus_states = {name: h["state"] for name, h in status["buses"].items()}
+            self._health_due = now + STATUS_HEALTH_S
+        return json.dumps(status, separators=(",", ":")).encode()
 
     # ---------------------------------------------------------------------------- bus -> broker
     def send_frames(self, channel: int, frames: list) -> bool:

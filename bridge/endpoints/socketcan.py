@@ -21,6 +21,7 @@ from pathlib import Path
 from time import time_ns
 
 from bridge.codec import socketcan as sc
+from bridge.codec.busload import WireBits
 from bridge.hw import mmsg
 from bridge.hw.cansock import (
     CAN_RAW_ERR_FILTER,
@@ -109,6 +110,7 @@ class SocketCanEndpoint:
             raise ValueError(f"{ifname}: fd requested but link MTU is {mtu} (needs 72)")
         self.sock = self._open(ifname, rx_filter, error_frames, rcvbuf)
         self.kernel_drops = 0  # SO_RXQ_OVFL: frames the kernel dropped because our queue was full
+        self.wire = WireBits()  # bits of the frames read and written: the bus load (bridge/endpoints/bushealth.py)
         self._txq: deque[bytes] = deque()
         self.max_age = max_age  # seconds a frame may wait in _txq (0 = no limit); older ones: "stale"
         self._stamps = AgeStamps()  # enqueue times of _txq, one per appended run
@@ -188,6 +190,7 @@ class SocketCanEndpoint:
             self.kernel_drops = ovfl
         if batch:
             self.counters.rx_frames += len(batch)
+            self.wire.add_batch(batch, self.fd_enabled)
             self.on_frames(self, self.channel, batch)
 
     # --- TX --------------------------------------------------------------------------------
@@ -258,6 +261,7 @@ class SocketCanEndpoint:
                 k = 1  # ENETDOWN, EINVAL...: that frame is lost, counted; go on with the next
             else:
                 self.counters.tx_frames += k
+                self.wire.add(raws[i : i + k])
             i += k
         return i
 

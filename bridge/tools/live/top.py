@@ -12,6 +12,12 @@ and not this program's scheduling. Jitter is the population standard deviation o
 PERIOD_SAMPLES inter-arrival times. Refreshed REFRESH_HZ times a second; `q` or Ctrl-C quits.
 `--once` collects for `--duration` seconds (default 1) and prints one table; `--duration` alone
 runs the live view for that long.
+
+The header has a line per interface with its bus health: the bits of the frames seen in the last
+whole second (canbusload's worst-case estimate, bridge/codec/busload.py) and, for a local interface
+of a controller, its bus state, TEC/REC, the load in percent of its bitrate, RX FIFO overruns and
+bus-off count (bridge/endpoints/bushealth.py; read once a second over rtnetlink). A remote source's
+interfaces are on another host: bits per second only.
 """
 
 from __future__ import annotations
@@ -27,7 +33,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from bridge.codec import socketcan as sc
+from bridge.codec.busload import raw_bits
+from bridge.endpoints.bushealth import health_of
+from bridge.hw import linkstate
+from bridge.tools.live.local import LocalSource
 from bridge.tools.live.opener import open_sources
+from bridge.tools.live.stats_client import fmt_bus
 from bridge.tools.live.source import Rx, SourceClosed, waiting
 
 REFRESH_HZ = 4
@@ -35,6 +46,8 @@ PERIOD_SAMPLES = 64  # inter-arrival times kept per ID for mean and jitter: ~0.6
 RATE_WINDOW_S = 2.0  # default sliding window of the rate
 RATE_SAMPLES_MAX = 20_000  # timestamps kept per ID for the rate: 2 s of a saturated 1 Mbit/s bus
 MAX_IDS = 8192  # rows kept; beyond this new IDs are counted in `ids_dropped`, not shown
+BITS_SECONDS = 2  # whole seconds of bus bits kept per interface before the current one (the header shows the last)
+HEALTH_REFRESH_S = 1.0  # how often the header re-reads a local interface's health over rtnetlink
 _NS = 1_000_000_000
 
 
@@ -87,8 +100,11 @@ class TopStats:
         self.ids: dict[tuple[str, int], IdStats] = {}
         self.frames = 0
         self.ids_dropped = 0  # frames of new IDs not tracked because MAX_IDS rows exist
+        self.bus_bits: dict[str, dict[int, list[int]]] = {}  # iface -> {second: [bits, data-phase bits]}
+        self.local_ifaces: set[str] = set()  # interfaces of this host (a local source's), for their health
 
     def add(self, iface: str, raw: bytes, ts_ns: int) -> None:
+        self._add_bits(iface, raw, ts_ns)
         can_id, length, fd_flags, _len8, data = sc.unpack(raw)
         key = (iface, can_id & ~sc.CAN_RTR_FLAG)
         st = self.ids.get(key)
@@ -108,6 +124,22 @@ class TopStats:
         st.length = length
         st.data = data
         st.flags = _flags(can_id, fd_flags, len(raw) == sc.CANFD_MTU)
+
+    def _add_bits(self, iface: str, raw: bytes, ts_ns: int) -> None:
+        seconds = self.bus_bits.get(iface) or self.bus_bits.setdefault(iface, {})
+        second = ts_ns // _NS
+        cell = seconds.get(second)
+        if cell is None:
+            for old in [k for k in seconds if k < second - BITS_SECONDS]:
+                del seconds[old]
+            cell = seconds[second] = [0, 0]
+        bits, data = raw_bits(raw)
+        cell[0] += bits
+        cell[1] += data
+
+    def bits_last_second(self, iface: str, now_ns: int) -> tuple[int, int]:
+        """(bits, data-phase bits) of the frames of `iface` stamped in the last whole second before now_ns."""
+        return tuple(self.bus_bits.get(iface, {}).get(now_ns // _NS - 1, (0, 0)))
 
     def rows(self, now_ns: int) -> list[tuple[str, IdStats, float]]:
         """[(iface, stats, rate)] sorted by interface, then SFF before EFF, then ID."""
@@ -155,6 +187,21 @@ def render(stats: TopStats, now_ns: int, title: str = ""):
                  str(st.length), data, " ".join(st.flags)]
         table.add_row(*([iface] if multi else []), *cells)
     return table
+
+
+def bus_header(stats: TopStats, now_ns: int, links: dict) -> str:
+    """One line per interface seen: `bus can0: ERROR-ACTIVE  tec 0 rec 0  load 1.2 % of 500 kbit/s  rx_overruns 0
+    bus_off 0`; links: {iface: bridge.hw.linkstate.LinkHealth or None} of the local interfaces."""
+    lines = []
+    for iface in sorted(stats.bus_bits):
+        bits, data = stats.bits_last_second(iface, now_ns)
+        link = links.get(iface)
+        health = health_of(link, bits, data)
+        line = fmt_bus({"bus_state": link.can_state if link and link.can_state else "", "health": health}).strip()
+        if health["xstats"]:
+            line += f"  rx_overruns {health['rx_overruns']}  bus_off {health['xstats']['bus_off']}"
+        lines.append(f"bus {iface}: {line}")
+    return "\n".join(lines)
 
 
 def _ms(value: float | None) -> str:
@@ -220,20 +267,31 @@ def _run(sources, stats: TopStats, duration: float | None, once: bool, title: st
         console.width = max(console.width, 160)
     end = None if duration is None else time.monotonic() + duration
     keys = None if once else _Keys.open()
+    links = _LocalLinks()
     try:
         if once:
             _collect(sources, stats, end, None)
-            console.print(render(stats, time.time_ns(), title))
+            console.print(_view(stats, title, links))
             console.print(_caption(stats))
             return 0
-        with Live(render(stats, time.time_ns(), title), console=console, auto_refresh=False) as live:
+        with Live(_view(stats, title, links), console=console, auto_refresh=False) as live:
             def refresh():
-                live.update(render(stats, time.time_ns(), f"{title}  ({_caption(stats)}; q quits)"), refresh=True)
+                live.update(_view(stats, f"{title}  ({_caption(stats)}; q quits)", links), refresh=True)
             _collect(sources, stats, end, keys, refresh)
         return 0
     finally:
         if keys:
             keys.close()
+
+
+def _view(stats: TopStats, title: str, links: _LocalLinks):
+    """The title and the bus header (lines cropped, never wrapped into the table's width), then the table."""
+    from rich.console import Group
+    from rich.text import Text
+
+    now_ns = time.time_ns()
+    head = "\n".join(filter(None, (title, bus_header(stats, now_ns, links.get(stats)))))
+    return Group(Text(head, no_wrap=True, overflow="crop"), render(stats, now_ns))
 
 
 def _collect(sources, stats: TopStats, end: float | None, keys, refresh=None) -> None:
@@ -259,9 +317,32 @@ def _collect(sources, stats: TopStats, end: float | None, keys, refresh=None) ->
                 if keys.quit_pressed():
                     return
                 continue
-            for rx in by_fd[fd].read():
+            source = by_fd[fd]
+            for rx in source.read():
                 if isinstance(rx, Rx):  # Drops notices are not shown here
                     stats.add(rx.iface, rx.raw, rx.ts_ns)
+                    if isinstance(source, LocalSource):
+                        stats.local_ifaces.add(rx.iface)
+
+
+class _LocalLinks:
+    """The health of the local interfaces top has seen frames on, re-read at most every HEALTH_REFRESH_S."""
+
+    def __init__(self) -> None:
+        self.links: dict = {}
+        self.when = -HEALTH_REFRESH_S
+
+    def get(self, stats: TopStats) -> dict:
+        now = time.monotonic()
+        if now - self.when >= HEALTH_REFRESH_S or set(self.links) != stats.local_ifaces:
+            self.when = now
+            self.links = {}
+            for iface in stats.local_ifaces:
+                try:
+                    self.links[iface] = linkstate.health(iface)
+                except OSError:  # the header then shows bits only
+                    self.links[iface] = None
+        return self.links
 
 
 class _Keys:
