@@ -9,6 +9,8 @@
 #          CANVM_CAN="2 1" (emulated SJA1000 controllers per emulated bus, QEMU kvaser_pci: can0,can1 on the
 #          first bus, can2 on the second; 500 kbit/s, up, txqueuelen as the driver makes it)
 #          CANVM_CACHE_DIR=~/.cache/canvm CANVM_APPEND="" (extra kernel args) CANVM_ACCEL=tcg,thread=multi
+#          CANVM_DISK=FILE (a raw ext4 image: virtio disk /dev/vda, mounted at /run/disk, CANBRIDGE_TESTVM_DISK
+#          set to that; written back to FILE on the guest's flushes, so a cut VM keeps what it fsynced)
 #   exit:  CMD's exit code; 124 CANVM_TIMEOUT hit; 125 cwd missing in the VM; 255 the VM died without
 #          an exit code; 3 a host prerequisite is missing (qemu, kmod, iproute2, apt lists); 2 usage;
 #          130/143 interrupted (SIGINT/SIGTERM; the VM is stopped).
@@ -60,6 +62,8 @@ open(sys.argv[2], "wb").write(lzma.LZMADecompressor().decompress(d[i:]))
 PY
   rm -f "$CACHE/initrd.img"; echo "$KVER" > "$CACHE/kernel.ok"
 fi
+DISK=${CANVM_DISK:-}
+[ -z "$DISK" ] || [ -f "$DISK" ] || { echo "canvm: CANVM_DISK: no such file: $DISK" >&2; exit 2; }
 KVER=$(cat "$CACHE/kernel.ok"); KDIR="$CACHE/k"; BB="$CACHE/bb/bin/busybox"
 KERNEL="$CACHE/vmlinux"; [ -f "$KERNEL" ] || KERNEL="$KDIR/boot/vmlinuz-$KVER"
 
@@ -108,6 +112,11 @@ if [ -n "$CAN_LIST" ]; then  # PCI slot order = command-line order = can0, can1,
   done
 fi
 . "$W/env.sh"
+if [ -n "$DISK" ]; then
+  modprobe -a virtio_blk ext4; mkdir -p /run/disk
+  mount -t ext4 /dev/vda /run/disk || { echo "canvm: cannot mount CANVM_DISK (an ext4 image?)" >&2; echo 3 > "$W/rc"; "$BB" poweroff -f; }
+  export CANBRIDGE_TESTVM_DISK=/run/disk
+fi
 bash "$W/cmd.sh" </dev/null >/dev/ttyS0 2>/dev/ttyS1; echo \$? > "$W/rc"
 sync; "$BB" poweroff -f
 EOS
@@ -122,6 +131,7 @@ timeout -k 5 "${CANVM_TIMEOUT:-0}" "$QEMU" -accel "${CANVM_ACCEL:-tcg,thread=mul
   -chardev file,id=err,path=/dev/stderr,append=on -serial chardev:err \
   -fsdev local,id=root,path=/,security_model=none,multidevs=remap \
   -device virtio-9p-pci,fsdev=root,mount_tag=hostroot "${CAN_ARGS[@]}" \
+  ${DISK:+-drive "file=$DISK,format=raw,if=virtio,cache=writeback"} \
   -kernel "$KERNEL" -initrd "$CACHE/initrd.img" \
   -append "console=ttyS0 quiet loglevel=0 panic=-1 mitigations=off canvm_dir=$W ${CANVM_APPEND:-}" </dev/null &
 qpid=$!

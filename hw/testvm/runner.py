@@ -186,7 +186,8 @@ def run_native(cmd: list[str], timeout: float) -> int:
     return _run(cmd, None, timeout)
 
 
-def run_vm(cmd: list[str], *, vcan: int, timeout: float, mem: str, cpus: int, can: tuple[int, ...] = ()) -> int:
+def run_vm(cmd: list[str], *, vcan: int, timeout: float, mem: str, cpus: int, can: tuple[int, ...] = (),
+           disk: str | None = None) -> int:
     env = dict(os.environ)
     passed = env.get("CANVM_ENV", "").split()
     passed += [k for k in env if (k.startswith("CANBRIDGE_") or k in _PASS_ENV) and k not in passed]
@@ -195,6 +196,8 @@ def run_vm(cmd: list[str], *, vcan: int, timeout: float, mem: str, cpus: int, ca
         passed.append("CANBRIDGE_IN_TESTVM")
     env.update(CANVM_ENV=" ".join(passed), CANVM_VCAN=str(vcan), CANVM_TIMEOUT=_seconds(timeout),
                CANVM_MEM=mem, CANVM_CPUS=str(cpus), CANVM_CAN=" ".join(map(str, can)))
+    if disk:
+        env["CANVM_DISK"] = os.path.abspath(disk)
     # canvm.sh enforces the timeout itself (and answers 124); ours is only a backstop
     return _run(["bash", str(canvm_script()), "--", *cmd], env, 0)
 
@@ -235,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="canbridge testvm",
         usage="%(prog)s [-h] [--vcan N] [--timeout SECONDS] [--mem 1G] [--cpus 2] [--native | --vm] "
-              "[--can sja1000:N]... -- CMD [ARGS...]",
+              "[--can sja1000:N]... [--disk FILE] -- CMD [ARGS...]",
         description="Run CMD where vcan0..vcanN-1 exist: natively if this kernel has CAN_RAW and vcan, "
                     "else in a throw-away QEMU VM that shares this host's files (same cwd, same venv). "
                     "CMD's stdout/stderr stream through and its exit code is returned.",
@@ -249,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kill CMD (or the VM) after this many seconds, exit 124; 0 = none (default)")
     p.add_argument("--mem", type=_mem, default="1G", help="VM memory (default: 1G)")
     p.add_argument("--cpus", type=_nonneg(int), default=2, help="VM vCPUs (default: 2)")
+    p.add_argument("--disk", metavar="FILE",
+                   help="attach FILE (a raw ext4 image, e.g. made with mkfs.ext4 -F FILE 64M) as the VM's disk, "
+                        "mounted at /run/disk ($CANBRIDGE_TESTVM_DISK): unlike the host's 9p root, what the "
+                        "guest has not fsynced is lost when the VM is cut (implies --vm)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--native", action="store_const", dest="where", const="native",
                        help="run on this host only; fail (exit 3) if its kernel has no vcan")
@@ -276,7 +283,14 @@ def main(argv: list[str]) -> int:
     if a.can and a.where == "native":  # emulated controllers exist only in the VM
         print("canbridge testvm: cannot run natively: --can needs the VM's emulated controllers", file=sys.stderr)
         return EXIT_UNUSABLE
-    if a.can:
+    if a.disk is not None:
+        if a.where == "native":
+            print("canbridge testvm: error: --disk needs the VM (not --native)", file=sys.stderr)
+            return 2
+        if not os.path.isfile(a.disk):
+            print(f"canbridge testvm: error: --disk: no such file: {a.disk}", file=sys.stderr)
+            return 2
+    if a.can or a.disk is not None:
         a.where = "vm"
     native_why = None if a.where == "vm" else ensure_native_vcans(a.vcan)
     if a.where != "vm" and native_why is None:
@@ -289,7 +303,7 @@ def main(argv: list[str]) -> int:
         why = vm_why if a.where == "vm" else f"{native_why}; {vm_why}"
         print(INSTALL_HINT.format(why=why), file=sys.stderr)
         return EXIT_UNUSABLE
-    return run_vm(cmd, vcan=a.vcan, timeout=a.timeout, mem=a.mem, cpus=a.cpus, can=tuple(a.can))
+    return run_vm(cmd, vcan=a.vcan, timeout=a.timeout, mem=a.mem, cpus=a.cpus, can=tuple(a.can), disk=a.disk)
 
 
 if __name__ == "__main__":
