@@ -10,6 +10,7 @@ import pytest
 
 from bridge.core.stats import Counters
 from bridge.endpoints import spool as sp
+from bridge.endpoints.outbox_spool import SpoolBackend
 from bridge.endpoints.spool import Spool, SpoolError, parse_sync
 
 
@@ -37,6 +38,23 @@ def test_unacknowledged_messages_come_back_in_order_acknowledged_ones_do_not(tmp
     assert got[0].age == pytest.approx(6.0)
     assert again.append(0, 1, b"x") > rids[-1]  # rids never repeat across restarts
     assert again.counters.errors == {}
+
+
+def test_a_rid_used_again_after_a_restart_is_a_new_message(tmp_path):
+    """An ACK acknowledges only what was appended before it: an outbox numbering from 0 again after a
+    restart (nothing left to send) must not see its new messages taken by the old ACK records."""
+    s = Spool(str(tmp_path))
+    for rid in range(5):
+        s.append(0, 1, b"old", rid=rid)
+        s.flush()
+        s.acknowledge(rid)
+    s.close()
+    s = Spool(str(tmp_path), segment_bytes=1 << 20)
+    s.append(0, 1, b"new", rid=0)
+    with pytest.raises(ValueError):
+        s.append(0, 1, b"twice", rid=0)
+    s.close()
+    assert [(r.rid, r.payload) for r in Spool(str(tmp_path)).replay()] == [(0, b"new")]
 
 
 def test_replay_drops_what_is_older_than_max_age_counted_stale(tmp_path):
@@ -79,7 +97,7 @@ def test_session_state_persists_and_survives_segment_deletion(tmp_path):
 
 def test_full_spool_drops_the_oldest_counted_spool_full_and_stays_bounded(tmp_path):
     evicted = []
-    s = Spool(str(tmp_path), max_bytes=sp.MIN_MAX_BYTES, on_evict=evicted.extend)
+    s = Spool(str(tmp_path), max_bytes=sp.MIN_MAX_BYTES, on_evict=lambda gone: evicted.extend(r for r, _ in gone))
     rids = []
     for i in range(2000):  # ~500 KB appended into a 64 KB spool
         rids.append(s.append(0, 4, payload(i, 200)))
@@ -197,3 +215,36 @@ def test_bad_directory_and_options_are_clear_errors(tmp_path):
     for bad in ("", "0", "x", "0.1,0", "1,2,3", "120"):
         with pytest.raises(ValueError):
             parse_sync(bad)
+
+
+# ---------------------------------------------------------------- the outbox's backend on the spool
+def test_spool_backend_meets_the_outbox_contract(tmp_path):
+    from tests import test_mqtt_store as contract
+
+    b = SpoolBackend(str(tmp_path / "spool"))
+    contract.test_append_pending_acknowledge_drop_oldest(b)
+    b.close()
+
+
+def test_spool_backend_keeps_messages_and_state_across_a_restart(tmp_path):
+    from tests.test_mqtt_store import message
+
+    timers = []
+    b = SpoolBackend(str(tmp_path), call_later=lambda delay, fn: timers.append((delay, fn)) or _Timer())
+    b.append([message(i, frames=3) for i in range(5)], {"session": 9, "published": {"t": 15}, "dropped": {}})
+    assert timers and 0 < timers[0][0] <= sp.DEFAULT_SYNC_INTERVAL_S  # the window's fsync is armed
+    b.acknowledge(1)
+    b.drop_oldest()
+    timers[0][1]()
+    del b  # as SIGKILL leaves it: no close
+    again = SpoolBackend(str(tmp_path))
+    assert [m.seq for m in again.pending()] == [2, 3, 4]
+    assert (again.messages, again.frames) == (3, 9)
+    m = again.oldest()
+    assert (m.topic, m.count, m.records, m.created) == ("fleet/gw1/can0/rx", (7, 2), bytes(72), 1002.0)
+    assert again.load_state() == {"session": 9, "published": {"t": 15}, "dropped": {}}
+
+
+class _Timer:
+    def cancel(self):
+        pass

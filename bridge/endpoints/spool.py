@@ -11,9 +11,9 @@ power cut); acknowledge(rid) when the broker acknowledged it; replay(now) at sta
 acknowledged, oldest first, honouring max_age; state / set_state: a small JSON object stored with the next
 flush (the PUB_COUNT session and counts).
 
-Files in DIR: seg-NNNNNNNNNNNNNNNNNNNN.log (NNN: the first rid it holds, so names sort in order), each at most
-`segment_bytes`. A segment is deleted when every DATA record in it and in all older segments was
-acknowledged (whole files, oldest first: an ACK record never refers to a newer segment). Record layout
+Files in DIR: seg-NNNNNNNNNNNNNNNNNNNN.log (NNN counts up, so names sort in order; a new one at every start),
+each at most `segment_bytes`. A segment is deleted when every DATA record in it and in all older segments
+was acknowledged (whole files, oldest first: an ACK record only refers to DATA before it). Record layout
 (little-endian):
     header  magic u32 = 0x52534243 ("CBSR") | body length u32 | crc32(body) u32
     body    kind u8 | ...
@@ -81,10 +81,10 @@ def parse_sync(value: str) -> tuple[float, int]:
 
 
 class _Segment:
-    __slots__ = ("path", "first_rid", "size", "unacked")
+    __slots__ = ("path", "number", "size", "unacked")
 
-    def __init__(self, path: str, first_rid: int, size: int = 0) -> None:
-        self.path, self.first_rid, self.size = path, first_rid, size
+    def __init__(self, path: str, number: int, size: int = 0) -> None:
+        self.path, self.number, self.size = path, number, size
         self.unacked: OrderedDict[int, tuple[int, int, float, int]] = OrderedDict()  # rid -> (offset, frames, ..)
 
 
@@ -101,18 +101,18 @@ class Spool:
         self.directory, self.counters = directory, counters if counters is not None else Counters()
         self.max_bytes, self.sync_interval, self.sync_frames = max_bytes, sync_interval, sync_frames
         self.segment_bytes = max(4096, min(segment_bytes, max_bytes // 8))
-        self._clock, self._on_evict = clock, on_evict  # on_evict(rids): messages dropped as spool_full
+        self._clock, self._on_evict = clock, on_evict  # on_evict([(rid, frames)]): dropped spool_full
         self._segments: list[_Segment] = []
         self._where: dict[int, _Segment] = {}  # unacknowledged rid -> its segment
         self.state: dict = {}
-        self._state_dirty = False
         self._buf = bytearray()  # appended in this pass, not yet written
         self._acks: list[int] = []
         self._fd = -1
+        self._reader = None  # (path, fd) of the segment read() reads last
         self._unsynced_frames = 0
         self._synced_at = clock()
         self._dirty = False  # written since the last fsync
-        self.next_rid = 1
+        self.next_rid = 0
         self.fsyncs = 0
         self.bytes_written = 0
         try:
@@ -127,15 +127,13 @@ class Spool:
     # ------------------------------------------------------------------ reading what is there
     def _load(self) -> None:
         names = sorted(n for n in os.listdir(self.directory) if n.startswith("seg-") and n.endswith(".log"))
-        acked: set[int] = set()
         for name in names:
             path = os.path.join(self.directory, name)
             try:
-                first = int(name[4:-4])
+                number = int(name[4:-4])
             except ValueError:
                 continue
-            self.next_rid = max(self.next_rid, first)  # rids never repeat: an old ACK must not hit a new one
-            seg = _Segment(path, first, os.path.getsize(path))
+            seg = _Segment(path, number, os.path.getsize(path))
             self._segments.append(seg)
             with open(path, "rb") as f:
                 data = f.read()
@@ -147,7 +145,11 @@ class Spool:
                     self._where[rid] = seg
                     self.next_rid = max(self.next_rid, rid + 1)
                 elif kind == KIND_ACK and (len(body) - 1) % 8 == 0:
-                    acked.update(struct.unpack_from(f"<{(len(body) - 1) // 8}Q", body, 1))
+                    # an ACK acknowledges the DATA before it in the log: a rid used again later is a new message
+                    for rid in struct.unpack_from(f"<{(len(body) - 1) // 8}Q", body, 1):
+                        acked = self._where.pop(rid, None)
+                        if acked is not None:
+                            acked.unacked.pop(rid, None)
                 elif kind == KIND_STATE:
                     try:
                         self.state = json.loads(body[1:])
@@ -155,11 +157,6 @@ class Spool:
                         self.counters.errors["spool_corrupt"] += 1
                 else:
                     self.counters.errors["spool_corrupt"] += 1
-        self.next_rid = max([self.next_rid, *(rid + 1 for rid in acked)])
-        for rid in acked:
-            seg = self._where.pop(rid, None)
-            if seg is not None:
-                seg.unacked.pop(rid, None)
         self._trim()
 
     def _records(self, data: bytes):
@@ -211,6 +208,50 @@ class Spool:
                     continue
                 yield Record(rid, created, channel, frames, bytes(body[_DATA.size:]), age)
 
+    def read(self, rid: int, now: float | None = None) -> Record | None:
+        """The unacknowledged message rid, read back (from this pass's buffer or its segment file), or
+        None if it is not stored or unreadable (counted spool_corrupt)."""
+        seg = self._where.get(rid)
+        if seg is None:
+            return None
+        offset, frames, created, channel = seg.unacked[rid]
+        if seg is self._segments[-1] and offset >= seg.size:
+            body = self._body_at(self._buf, offset - seg.size)
+        else:
+            body = self._body_at(self._pread(seg.path, offset), 0)
+        if body is None:
+            self.counters.errors["spool_corrupt"] += 1
+            return None
+        age = max(0.0, (self._clock() if now is None else now) - created)
+        return Record(rid, created, channel, frames, bytes(body[_DATA.size:]), age)
+
+    def _pread(self, path: str, offset: int) -> bytes:
+        if self._reader is None or self._reader[0] != path:
+            self._close_reader()
+            try:
+                self._reader = (path, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                return b""
+        fd = self._reader[1]
+        head = os.pread(fd, _HEADER.size, offset)
+        if len(head) < _HEADER.size:
+            return b""
+        return head + os.pread(fd, min(_HEADER.unpack(head)[1], MAX_BODY), offset + _HEADER.size)
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            os.close(self._reader[1])
+            self._reader = None
+
+    def pending(self, after: int = -1):
+        """rids of the unacknowledged messages above `after`, oldest first (lazily; do not change the spool
+        while iterating)."""
+        for seg in self._segments:
+            if seg.unacked and next(reversed(seg.unacked)) > after:
+                for rid in seg.unacked:
+                    if rid > after:
+                        yield rid
+
     @staticmethod
     def _body_at(data: bytes, offset: int):
         if offset + _HEADER.size > len(data):
@@ -220,10 +261,15 @@ class Spool:
         return body if magic == MAGIC and len(body) == length and zlib.crc32(body) == crc else None
 
     # ------------------------------------------------------------------ writing
-    def append(self, channel: int, frames: int, payload: bytes, created: float | None = None) -> int:
-        """Queue one message (written at the next flush) -> its rid. created: Unix s (default: now)."""
-        rid = self.next_rid
-        self.next_rid += 1
+    def append(self, channel: int, frames: int, payload: bytes, created: float | None = None,
+               rid: int | None = None) -> int:
+        """Queue one message (written at the next flush) -> its rid: the given one (above every rid stored
+        before, ValueError otherwise) or the next. created: Unix s (default: now)."""
+        if rid is None:
+            rid = self.next_rid
+        elif rid in self._where:
+            raise ValueError(f"spool: rid {rid} is stored already")
+        self.next_rid = max(self.next_rid, rid + 1)
         created = self._clock() if created is None else created
         body = _DATA.pack(KIND_DATA, rid, created, channel, frames) + payload
         seg = self._segments[-1]
@@ -246,17 +292,16 @@ class Spool:
             self._acks.append(rid)
 
     def set_state(self, **values) -> None:
-        """Update the stored JSON object (written once by the next flush, fsynced with the next window)."""
+        """Update the stored JSON object: recorded here, in order with append() (written by the next flush,
+        fsynced with the next window). A torn write keeps a prefix of what one flush wrote, so a STATE
+        recorded before the DATA records of its batch is never older than the DATA that survive."""
         self.state.update(values)
-        self._state_dirty = True
+        self._record(bytes([KIND_STATE]) + json.dumps(self.state, separators=(",", ":")).encode())
 
     def flush(self, now: float | None = None, force_sync: bool = False) -> float | None:
         """Write what this pass appended (one write(2)); fsync when the window is due (or force_sync).
         -> seconds until the next fsync is due (call flush again by then), or None when all is synced."""
         now = self._clock() if now is None else now
-        if self._state_dirty:
-            self._record(bytes([KIND_STATE]) + json.dumps(self.state, separators=(",", ":")).encode())
-            self._state_dirty = False
         if self._acks:
             self._record(struct.pack(f"<B{len(self._acks)}Q", KIND_ACK, *self._acks))
             self._acks.clear()
@@ -293,19 +338,17 @@ class Spool:
                 self.fsyncs += 1
                 self._dirty = False
             os.close(self._fd)
-        path = os.path.join(self.directory, f"seg-{self.next_rid:020d}.log")
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
-        if self._segments and self._segments[-1].path == path:  # reopened after a load: nothing appended
-            self._segments[-1].size = os.fstat(self._fd).st_size
-        else:
-            self._segments.append(_Segment(path, self.next_rid, os.fstat(self._fd).st_size))
+        number = self._segments[-1].number + 1 if self._segments else 1
+        path = os.path.join(self.directory, f"seg-{number:020d}.log")
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        self._segments.append(_Segment(path, number))
         dirfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(dirfd)  # the new file's name survives a power cut
         finally:
             os.close(dirfd)
         if self.state:  # at once and fsynced: the older segments holding the last STATE may go next
-            self._state_dirty = True
+            self.set_state()
             self.flush(force_sync=True)
 
     def _trim(self) -> None:
@@ -319,10 +362,11 @@ class Spool:
                 self._where.pop(rid, None)
             self._unlink(seg)
             if self._on_evict is not None and seg.unacked:
-                self._on_evict(list(seg.unacked))
+                self._on_evict([(rid, v[1]) for rid, v in seg.unacked.items()])
 
-    @staticmethod
-    def _unlink(seg: _Segment) -> None:
+    def _unlink(self, seg: _Segment) -> None:
+        if self._reader is not None and self._reader[0] == seg.path:
+            self._close_reader()
         try:
             os.unlink(seg.path)
         except FileNotFoundError:
@@ -333,6 +377,11 @@ class Spool:
     def size(self) -> int:
         """Bytes in segment files (what max_bytes bounds)."""
         return sum(s.size for s in self._segments)
+
+    def frames_of(self, rid: int) -> int:
+        """Frames in the unacknowledged message rid (0 if it is not stored)."""
+        seg = self._where.get(rid)
+        return seg.unacked[rid][1] if seg is not None else 0
 
     def __contains__(self, rid: int) -> bool:
         return rid in self._where
@@ -350,5 +399,6 @@ class Spool:
         if self._fd < 0:
             return
         self.flush(force_sync=True)
+        self._close_reader()
         os.close(self._fd)
         self._fd = -1
