@@ -2,7 +2,8 @@
 # scripts/setup.sh - idempotent bootstrap of a Debian/Ubuntu machine for canbridge (dev and CI).
 # Installs what is missing, and only that:
 #   apt:  qemu-system-x86 kmod iproute2 (the test VM), can-utils, tshark (+ its libpcap: capture filters),
-#         systemd + udev (systemd-analyze verify, udevadm test of udev/), mosquitto (MQTT tests), mosquitto-clients (benchmarks/broker_knee.py), zsh
+#         systemd + udev (systemd-analyze verify, udevadm test of udev/), mosquitto (MQTT tests), mosquitto-clients (benchmarks/broker_knee.py),
+#         nats-server (tests/nats_cluster.py: a 3-node cluster with MQTT 3.1.1 listeners), zsh
 #         (completion tests), python3-venv (if venv is missing)
 #   .venv with `pip install -e '.[test]'` (again whenever pyproject.toml changes), then '.[fuzz]' best effort
 #   the test VM's kernel cache (~/.cache/canvm, filled by hw/testvm/canvm.sh on its first run)
@@ -23,7 +24,7 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install o
 
 # --- 1. Debian packages ------------------------------------------------------------------------
 command -v apt-get >/dev/null || { echo "setup: apt-get not found: this script supports Debian/Ubuntu only" >&2; exit 1; }
-want=(qemu-system-x86 kmod iproute2 can-utils tshark systemd udev mosquitto mosquitto-clients zsh)  # tshark: libpcap; zsh: completion tests
+want=(qemu-system-x86 kmod iproute2 can-utils tshark systemd udev mosquitto mosquitto-clients nats-server zsh)  # tshark: libpcap; zsh: completion tests
 python3 -c 'import venv, ensurepip' 2>/dev/null || want+=(python3-venv)
 missing=()
 for p in "${want[@]}"; do installed "$p" || missing+=("$p"); done
