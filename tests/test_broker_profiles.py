@@ -1,0 +1,132 @@
+"""Broker lists and failover order (bridge.endpoints.brokers), broker kinds and cloud profiles
+(bridge.endpoints.broker_profiles), against the limits their documentation gives (issue 21; no cloud here)."""
+
+from __future__ import annotations
+
+import random
+from urllib.parse import urlsplit
+
+import pytest
+
+from bridge.codec import mqtt_payload as mp
+from bridge.endpoints import broker_profiles as bp
+from bridge.endpoints.brokers import Broker, BrokerListError, Failover, parse_brokers, split_netloc
+from bridge.endpoints.tcp import BACKOFF_MAX_S, backoff_delay
+
+
+# ---------------------------------------------------------------- broker lists
+def test_a_url_with_three_brokers():
+    parts = urlsplit("mqtt://fleet@n1:1883,n2:1884,n3/fleet")
+    user, hosts = split_netloc(parts.netloc)
+    assert user == "fleet"
+    assert parse_brokers(hosts, 1883) == (Broker("n1", 1883), Broker("n2", 1884), Broker("n3", 1883))
+    assert parse_brokers(["[fd00::1]:8883", "[::1]", "10.0.0.1"], 8883) == (
+        Broker("fd00::1", 8883), Broker("::1", 8883), Broker("10.0.0.1", 8883))
+    assert str(Broker("fd00::1", 1883)) == "[fd00::1]:1883"
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("", "no host"), ("n1,,n2", "no host"), ("n1:0", "port"), ("n1:70000", "port"), ("n1:x", "port"),
+    ("fd00::1", "brackets"), ("[fd00::1", "IPV6"), ("n1,n1:1883", "twice"),
+    (",".join(f"n{i}" for i in range(17)), "at most"),
+])
+def test_bad_broker_lists_say_which_entry(bad, why):
+    with pytest.raises(BrokerListError, match=why):
+        parse_brokers(bad, 1883)
+
+
+def test_failover_goes_round_robin_with_the_backoff_growing_across_nodes():
+    f = Failover(parse_brokers("n1,n2,n3", 1883))
+    assert str(f.current) == "n1:1883" and f.describe() == "n1:1883 (1 of 3)"
+    dialled, attempts = [], []
+    for _ in range(7):  # n1 lost, then every attempt fails
+        attempts.append(f.failed())
+        dialled.append(f.current.host)
+    assert dialled == ["n2", "n3", "n1", "n2", "n3", "n1", "n2"]  # a dead node: once per round
+    assert attempts == list(range(7))
+    rng = random.Random(1)
+    delays = [backoff_delay(a, rng) for a in attempts]
+    assert delays[0] <= 0.1 and max(delays) <= BACKOFF_MAX_S  # the next node is tried at once, no storm after
+    f.connected()
+    assert f.attempt == 0 and f.current.host == "n2"  # where it connected: the next loss moves on from there
+    assert f.failed() == 0 and f.current.host == "n3"
+    assert Failover((Broker("only", 1),)).describe() == "only:1"
+
+
+# ---------------------------------------------------------------- topics per broker kind
+def test_nats_refuses_a_dot_or_white_space_in_a_level_with_a_clear_error():
+    nats = bp.profile("nats")
+    assert bp.check_topic(nats, "fleet/gw_example/can0/rx")
+    with pytest.raises(bp.ProfileError, match=r"level 'gw\.example' holds '\.'.*nats refuses"):
+        bp.check_topic(nats, "fleet/gw.example/can0/rx")
+    with pytest.raises(bp.ProfileError, match="' '"):
+        bp.check_topic(nats, "fleet/my gw/can0/rx")
+    assert bp.check_topic(bp.profile("generic"), "fleet/gw.example/can0/rx")  # Mosquitto takes it
+
+
+def test_aws_iot_topic_depth_and_length():
+    aws = bp.profile("aws-iot")
+    seven = "a/b/c/d/e/f/g/h"  # 7 slashes: the most AWS IoT takes
+    assert bp.check_topic(aws, seven)
+    with pytest.raises(bp.ProfileError, match="at most 7"):
+        bp.check_topic(aws, seven + "/i")
+    assert bp.check_topic(aws, "t/" + "x" * 254)
+    with pytest.raises(bp.ProfileError, match="257 bytes"):
+        bp.check_topic(aws, "t/" + "x" * 255)
+    assert bp.check_topic(aws, bp.telemetry_topic(aws, "canbridge", "g" * 64, "can0"))  # our tree fits
+
+
+def test_azure_iot_hub_fixed_topic_client_id_tls_and_no_subscriptions():
+    az = bp.profile("azure-iot-hub")
+    assert bp.telemetry_topic(az, "ignored", "truck-17", "can0") == "devices/truck-17/messages/events/iface=can0"
+    ok = dict(protocol="", qos=1, client_id="truck-17", gateway="truck-17", tls=True)
+    assert bp.check_options(az, **ok) == "3.1.1"
+    for change, why in [({"protocol": "5"}, "3.1.1 only"), ({"client_id": "other"}, "device id"),
+                        ({"qos": 2}, "qos 0..1"), ({"tls": False}, "mqtts"),
+                        ({"sources": ("gw2/can0",)}, "no subscriptions"), ({"read_only": False}, "no subscriptions")]:
+        with pytest.raises(bp.ProfileError, match=why):
+            bp.check_options(az, **{**ok, **change})
+    assert not az.retain
+
+
+def test_protocols_per_broker():
+    assert bp.check_options(bp.profile("generic"), protocol="", qos=1, client_id="c", gateway="g") == "auto"
+    assert bp.check_options(bp.profile("nats"), protocol="auto", qos=1, client_id="c", gateway="g") == "auto"
+    with pytest.raises(bp.ProfileError, match="MQTT 3.1.1 only"):
+        bp.check_options(bp.profile("nats"), protocol="5", qos=1, client_id="c", gateway="g")
+    with pytest.raises(bp.ProfileError, match="protocol must be"):
+        bp.check_options(bp.profile("generic"), protocol="4", qos=1, client_id="c", gateway="g")
+    with pytest.raises(bp.ProfileError, match="128 bytes"):
+        bp.check_options(bp.profile("aws-iot"), protocol="", qos=1, client_id="c" * 129, gateway="g", tls=True)
+    with pytest.raises(bp.ProfileError, match="broker must be one of"):
+        bp.profile("hivemq-cloud")
+
+
+WORST_FD = ((0x9FFFFFFF).to_bytes(4, "little") + bytes([64, 0x07, 0, 0]) + b"\xff" * 64, 2**62)
+
+
+@pytest.mark.parametrize("name", ["aws-iot", "azure-iot-hub", "generic"])
+@pytest.mark.parametrize("fmt", mp.FORMATS)
+def test_the_largest_message_fits_the_payload_cap(name, fmt):
+    """A message of frames_per_message worst-case frames (64-byte FD, extended ID) fits the hub's cap."""
+    p = bp.profile(name)
+    n = bp.frames_per_message(p, fmt)
+    payload = mp.encode(fmt, "g" * 64, "can0", [WORST_FD] * n)
+    if fmt == "native":
+        payload = mp.encode_native([WORST_FD] * n, (2**32 - 1, 2**64 - 1))  # with its PUB_COUNT head
+    assert len(payload) <= p.max_payload
+    if name == "aws-iot" and fmt == "json":
+        assert n < mp.MAX_MESSAGE_FRAMES  # 512 json FD frames would be ~131 KB > 128 KB
+        assert len(mp.encode(fmt, "g" * 64, "can0", [WORST_FD] * mp.MAX_MESSAGE_FRAMES)) > p.max_payload
+
+
+def test_the_publish_rate_cap_holds_over_any_second():
+    rate = bp.publish_rate(bp.profile("aws-iot"), now=0.0)
+    sent = [t / 1000 for t in range(5000) if rate.allow(t / 1000)]  # asking every ms for 5 s
+    assert 440 <= len(sent) <= 495  # ~90-99 a second (a token that overflows a full bucket between asks is lost)
+    for i, t in enumerate(sent):  # no window of one second holds more than AWS IoT's 100 publishes
+        assert sum(1 for u in sent[i:i + 120] if u < t + 1.0) <= 100
+    late = bp.PublishRate(100.0, now=0.0)
+    assert late.allow(0.0) and not late.allow(0.0)
+    assert late.wait(0.0) == pytest.approx(0.01)
+    assert bp.publish_rate(bp.profile("generic")) is None
