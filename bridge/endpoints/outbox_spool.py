@@ -51,6 +51,8 @@ class SpoolBackend:
     segment goes, counted spool_full); sync_interval / sync_frames: spool_sync=; call_later: arms the
     window's fsync when no later append comes. SpoolError (bridge.endpoints.spool) if DIR is unusable."""
 
+    durable = True  # the outbox keeps what is stored at close (nothing counted closed): the next run sends it
+
     def __init__(self, directory: str, counters: Counters | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  sync_interval: float = DEFAULT_SYNC_INTERVAL_S, sync_frames: int = DEFAULT_SYNC_FRAMES,
                  call_later=None) -> None:
