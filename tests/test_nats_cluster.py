@@ -12,7 +12,11 @@ import time
 import paho.mqtt.client as paho
 import pytest
 
+from bridge.daemon.config import parse_peer_url
+from bridge.endpoints.tcp import BACKOFF_MAX_S
+from bridge.errors import ConfigError
 from tests import nats_cluster
+from tests.test_mqtt import Side, connected, counted, dropped, feed, pump, unique
 
 WAIT_S = 20.0
 
@@ -119,3 +123,76 @@ def test_nats_refuses_mqtt5_and_topic_levels_with_a_dot(cluster):
     assert b"dotted" not in [p for _, p in sub.got]
     for c in (sub, dotted, plain):
         c.close()
+
+
+# ------------------------------------------------------------------ canbridge gateways on the cluster
+def test_protocol_auto_speaks_311_to_nats_and_a_dotted_gateway_is_refused_at_start(cluster):
+    gw = Side(cluster.url() + "?gateway=gw0")
+    assert pump([gw], connected(gw), timeout=WAIT_S)
+    g = gw.peer.counters.gauges
+    assert (g["protocol"], g["broker"]) == ("3.1.1", cluster.url().split("/")[2].split(",")[0] + " (1 of 3)")
+    assert gw.peer.counters.errors["connect_refused"] == 0  # the refused MQTT 5 CONNECT is not a failure
+    gw.close()
+    with pytest.raises(ConfigError, match=r"level 'gw\.example' holds '\.', which nats refuses"):
+        parse_peer_url(cluster.url() + "?gateway=gw.example&broker=nats")
+    with pytest.raises(ConfigError, match="MQTT 3.1.1 only"):
+        parse_peer_url(cluster.url() + "?gateway=gw1&broker=nats&protocol=5")
+
+
+def test_gateways_fail_over_when_their_node_is_killed_mid_stream(cluster):
+    """Two gateways on node 1 (the broker list n1,n2,n3), a consumer each on node 2; node 1 SIGKILLed
+    mid-stream: the gateways move to node 2 within 2x the backoff cap, and for each gateway delivered +
+    counted = sent (the consumer counts what the cluster lost, the gateway what it dropped)."""
+    n1, n2, _ = cluster.nodes
+    gws = [Side(cluster.url() + f"?gateway=gw{i}") for i in (1, 2)]
+    mirrors = [Side(f"mqtt://127.0.0.1:{n2.mqtt_port}/fleet?gateway=backend{i}&source=gw{i}/can0&read_only=0")
+               for i in (1, 2)]
+    every = gws + mirrors
+    assert pump(every, connected(*every), timeout=WAIT_S)
+    pump(every, lambda: False, timeout=0.5)  # the SUBSCRIBEs are acknowledged
+    sent = 0
+    for _ in range(10):
+        for gw in gws:
+            feed(gw, counted(100, sent))
+        sent += 100
+        pump(every, lambda: False, timeout=0.02)
+    n1.kill()  # mid-stream: messages on the wire, the gateways' node gone without a word
+    killed = time.monotonic()
+    back = {}
+    while time.monotonic() - killed < 4 * BACKOFF_MAX_S and len(back) < len(gws):
+        for gw in gws:
+            feed(gw, counted(20, sent))
+        sent += 20
+        pump(every, lambda: False, timeout=0.02)
+        for i, gw in enumerate(gws):
+            if i not in back and gw.peer.connected and gw.peer.counters.errors["disconnected"]:
+                back[i] = time.monotonic() - killed
+    assert len(back) == len(gws), [gw.peer.counters.snapshot() for gw in gws]
+    assert max(back.values()) <= 2 * BACKOFF_MAX_S, back
+    assert all(gw.peer.counters.gauges["broker"].endswith("(2 of 3)") for gw in gws)
+    for _ in range(5):
+        for gw in gws:
+            feed(gw, counted(100, sent))
+        sent += 100
+        pump(every, lambda: False, timeout=0.02)
+
+    def done():
+        return all(gw.peer.counters.tx_frames + dropped(gw) >= sent
+                   and len(unique(m.bus.frames)) + dropped(gw) + m.peer.counters.dropped["lost_in_transit"] >= sent
+                   for gw, m in zip(gws, mirrors))
+
+    assert pump(every, done, timeout=3 * WAIT_S), [(gw.peer.counters.snapshot(), m.peer.counters.snapshot())
+                                                   for gw, m in zip(gws, mirrors)]
+    for gw, mirror in zip(gws, mirrors):
+        delivered = unique(mirror.bus.frames)
+        lost = mirror.peer.counters.dropped["lost_in_transit"]
+        assert gw.peer.counters.tx_frames + dropped(gw) == sent
+        assert len(delivered) + dropped(gw) + lost == sent, (gw.peer.counters.snapshot(),
+                                                            mirror.peer.counters.snapshot())
+        assert len(mirror.bus.frames) == len(delivered)  # duplicates skipped
+        print(f"\n{gw.peer.gateway}: sent {sent}, delivered {len(delivered)}, dropped at the gateway "
+              f"{dropped(gw)}, lost_in_transit {lost}; back on node 2 after {back[gws.index(gw)]:.2f} s")
+    for side in every:
+        side.close()
+    n1.start()
+    cluster.wait_ready([n1])  # the killed node rejoins

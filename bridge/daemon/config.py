@@ -113,6 +113,9 @@ def parse_peer_url(url: str, where: str = "peer", options: dict | None = None) -
                           f"{', '.join(registry.schemes())}") from None
     except ImportError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if "," in hosts and getattr(protocol, "host_list", False):  # mqtt://n1:1883,n2/fleet: the protocol reads
+        parts = parts._replace(netloc=userinfo + at + hosts.split(",")[0])  # the list; the first is the host
     try:
         port = parts.port
     except ValueError as exc:

@@ -1,14 +1,13 @@
 """A broker list and the order a gateway tries it in (issue 21; docs/mqtt.md "Failover"). Pure: no
-sockets, no clock; the MQTT peer asks which node to dial next and how many attempts failed in a row
-(the argument of bridge.endpoints.tcp.backoff_delay).
+sockets, no clock; the MQTT connection asks which node to dial next.
 
     mqtt://n1:1883,n2:1883,n3:1883/fleet      in a URL (userinfo before the first host applies to all)
     brokers = ["n1:1883", "n2", "[fd00::1]:1883"]   in TOML, or brokers=n1:1883,n2 as an option
 
 paho-mqtt takes one host; moving to another is ours: when the connection is lost (or an attempt fails) the
-next attempt goes to the next node of the list, round-robin, each after the usual jittered backoff with
-the attempt count growing across nodes, so a dead node is tried at most once per round and never in a
-storm; a connection that reached CONNACK resets the count (and the round starts at that node next time).
+next attempt goes to the next node of the list, round-robin, each after the connection's usual jittered
+backoff, whose attempt count grows across nodes, so a dead node is tried at most once per round and never
+in a storm.
 """
 
 from __future__ import annotations
@@ -77,31 +76,23 @@ def split_netloc(netloc: str) -> tuple[str | None, str]:
 
 
 class Failover:
-    """Which broker to dial, and the backoff attempt count. connected(): the current node answered
-    (CONNACK); failed(): the attempt or the connection was lost -> move to the next node."""
+    """Which broker to dial: `current`; next() when the attempt failed or the connection was lost (the
+    backoff is the connection's, bridge.endpoints.mqtt_connection)."""
 
     def __init__(self, brokers: tuple[Broker, ...]) -> None:
         if not brokers:
             raise BrokerListError("no broker")
         self.brokers = tuple(brokers)
         self.index = 0
-        self.attempt = 0  # failures in a row, across nodes
 
     @property
     def current(self) -> Broker:
         return self.brokers[self.index]
 
-    def connected(self) -> None:
-        self.attempt = 0
-
-    def failed(self) -> int:
-        """The current node failed (refused, timed out, or the session was lost): move to the next one,
-        round-robin. -> the backoff attempt for the wait before dialling it (0 after a connection that
-        worked: `delay = backoff_delay(failover.failed())`, then dial `failover.current`)."""
-        attempt = self.attempt
-        self.attempt += 1
+    def next(self) -> Broker:
+        """Move to the next node, round-robin (a list of one stays where it is)."""
         self.index = (self.index + 1) % len(self.brokers)
-        return attempt
+        return self.current
 
     def describe(self) -> str:
         """The node in use for the status topic and `canbridge stats`: "n2:1883 (2 of 3)"."""

@@ -5,8 +5,11 @@ paho-mqtt 2.x (callback API 2) does the MQTT protocol in our reactor. The peer i
     bridge.endpoints.mqtt_outbox      the single owner of outgoing frames and their order (store and
                                       forward, the window, acknowledgements, resending after a reconnect)
     bridge.endpoints.mqtt_store       the outbox's storage backend interface and the in-memory backend
-    bridge.endpoints.mqtt_connection  TCP connect, TLS, paho's socket in the reactor, backoff
-    bridge.endpoints.mqtt_version     what MQTT 5 is assumed for (properties, reason codes, subscriptions)
+    bridge.endpoints.mqtt_connection  TCP connect, TLS, paho's socket in the reactor, backoff, failover
+                                      across a broker list (bridge.endpoints.brokers)
+    bridge.endpoints.mqtt_version     MQTT 5 and 3.1.1 (properties, reason codes, subscriptions);
+                                      protocol=auto falls back to 3.1.1 when the broker refuses 5
+    bridge.endpoints.outbox_spool     spool=DIR: the outbox's messages on disk (bridge.endpoints.spool)
 
 This module ties them together and does the receive side (broker -> bus) and the status topic.
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 
@@ -41,12 +45,14 @@ from bridge.codec import native
 from bridge.codec.frameloss import PublishedFrames
 from bridge.core.reactor import Reactor
 from bridge.core.stats import Counters
+from bridge.endpoints.brokers import Broker
 from bridge.endpoints.bushealth import HealthReport
 from bridge.endpoints.socketcan import SocketCanEndpoint
-from bridge.endpoints.mqtt_connection import STABLE_S, Connection, new_client
+from bridge.endpoints.mqtt_connection import STABLE_S, Connection, _Client, new_client
 from bridge.endpoints.mqtt_outbox import DEFAULT_MAX_AGE_S, WINDOW_MAX, Outbox
 from bridge.endpoints.mqtt_store import Message
-from bridge.endpoints.mqtt_version import Mqtt5
+from bridge.endpoints.mqtt_version import Mqtt311, refused_version
+from bridge.endpoints.mqtt_version import version as mqtt_version
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +109,10 @@ class MqttPeer:
     """One MQTT client. channels: our bus names by channel index (the HELLO's); sources: the
     `GATEWAY/IFACE` patterns whose rx topics we mirror; tls: an ssl.SSLContext or None;
     read_only: subscribe to nothing (frames from the broker never reach a bus); password_file: its first
-    line is the password (read when the peer opens); backend: the outbox's
-    storage (bridge.endpoints.mqtt_store; default in memory)."""
+    line is the password (read when the peer opens); backend: the outbox's storage
+    (bridge.endpoints.mqtt_store; default in memory); spool: {"dir", "max_bytes", "sync_interval",
+    "sync_frames"} for a durable one (its files in DIR/CLIENT_ID; SpoolError if unusable); brokers: the
+    list to fail over across (default: host:port alone); protocol: "5", "3.1.1" or "auto"."""
 
     def __init__(self, reactor: Reactor, router, *, host: str, port: int, prefix: str, gateway: str,
                  channels: list, client_id: str, username: str | None = None, password_file: str | None = None,
@@ -112,7 +120,8 @@ class MqttPeer:
                  session_expiry: int = DEFAULT_SESSION_EXPIRY_S, share: str | None = None,
                  sources: tuple = (), read_only: bool = True, max_age: float = DEFAULT_MAX_AGE_S,
                  tls=None, fd: bool = False, version: str = "",
-                 routing=(None, None, None), name: str | None = None, backend=None) -> None:
+                 routing=(None, None, None), name: str | None = None, backend=None, spool: dict | None = None,
+                 brokers: tuple | None = None, protocol: str = "5") -> None:
         self.reactor = reactor
         self.router = router
         self.name = name or f"mqtt://{host}:{port}/{prefix}"
@@ -135,11 +144,34 @@ class MqttPeer:
         self._health_due = 0.0  # reactor time the next status with health is due
         self._bus_states: dict = {}  # the bus states the last status reported
         self._bad = BadMessageLog(reactor, self.name)
-        self.mqtt = v = Mqtt5()
+        self._auto = protocol == "auto"  # MQTT 5 until a broker refuses it, then 3.1.1 for good
+        self.mqtt = mqtt_version("5" if self._auto else protocol)
+        self._fallback = False
+        self._login = (username, password_file, tls, keepalive, session_expiry)
+        max_bytes = {}
+        if spool is not None:
+            from bridge.endpoints.outbox_spool import SpoolBackend
+
+            backend = SpoolBackend(os.path.join(spool["dir"], _file_name(client_id)), self.counters,
+                                   max_bytes=spool["max_bytes"], sync_interval=spool["sync_interval"],
+                                   sync_frames=spool["sync_frames"], call_later=reactor.call_later)
+            max_bytes = {"max_bytes": spool["max_bytes"]}
         self.outbox = Outbox(self.counters, [f"{prefix}/{gateway}/{iface}/rx" for iface in self.channels],
                              self._publish, numbered=fmt == "native" and not per_id, per_id=per_id,
-                             backend=backend, max_age=max_age)
-        self.client = c = new_client(v, client_id, username=username, password_file=password_file, tls=tls)
+                             backend=backend, max_age=max_age, **max_bytes)
+        self.client = self._new_client()
+        self.connection = Connection(reactor, self.client, brokers=tuple(brokers or (Broker(host, port),)),
+                                     tls=tls, name=self.name, counters=self.counters, on_change=self._gauges)
+        self._misc = reactor.call_every(MISC_INTERVAL_S, self._tick)
+        self._gauges()
+        router.add_peer(self, *routing)
+        self.connection.start()
+
+    def _new_client(self) -> _Client:
+        """A paho client speaking self.mqtt's version, our callbacks set (paho fixes the version at creation)."""
+        username, password_file, tls, keepalive, session_expiry = self._login
+        v = self.mqtt
+        c = new_client(v, self.client_id, username=username, password_file=password_file, tls=tls)
         c.max_queued_messages_set(PAHO_QUEUE_LIMIT)
         c.max_inflight_messages_set(0)  # no limit of paho's: the outbox keeps the window (and paho would
         #                                  otherwise queue and resend by itself, out of our order)
@@ -149,13 +181,8 @@ class MqttPeer:
         c.on_publish = self._on_publish
         c.on_subscribe = self._on_subscribe
         c.on_message = self._on_message
-        c.connect_async(host, port, keepalive, **v.connect_args(session_expiry))
-        self.connection = Connection(reactor, c, host=host, port=port, tls=tls, name=self.name,
-                                     counters=self.counters, on_change=self._gauges)
-        self._misc = reactor.call_every(MISC_INTERVAL_S, self._tick)
-        self._gauges()
-        router.add_peer(self, *routing)
-        self.connection.start()
+        c.connect_async("localhost", 1883, keepalive, **v.connect_args(session_expiry))  # the socket is ours
+        return c
 
     def _tick(self) -> None:
         self.connection.tick()
@@ -181,11 +208,17 @@ class MqttPeer:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if self.mqtt.failed(reason_code):  # bad user name or password, not authorized, ...
             self._refused = True
+            if self._auto and self.mqtt.name == "5" and refused_version(reason_code):
+                self._fallback = True  # the next client speaks 3.1.1 (made in on_disconnect, after paho closed)
+                log.info("%s: %s refuses MQTT 5 (%s): speaking MQTT 3.1.1", self.name, self.connection.node,
+                         reason_code)
+                return
             self.connection.failed("connect_refused", f"broker refused the connection: {reason_code}")
             return  # paho closes the socket: on_disconnect follows
         self._connected = True
         self.connection.up()
-        log.info("%s: connected (session present: %s)", self.name, flags.session_present)
+        log.info("%s: connected to %s, MQTT %s (session present: %s)", self.name, self.connection.node,
+                 self.mqtt.name, flags.session_present)
         self._publish_online(client)
         if not self.read_only:
             sources = [f"{self.prefix}/{s}/rx" + ("/+" if self.per_id else "") for s in self.sources]
@@ -200,6 +233,14 @@ class MqttPeer:
         if self._closing:
             return
         refused, self._refused = self._refused, False
+        if self._fallback:  # protocol=auto: the same node again, now in 3.1.1
+            self._fallback = False
+            self.mqtt = Mqtt311()
+            self.client = self._new_client()
+            self.connection.use(self.client)
+            self.connection.schedule_retry(move=False)
+            self._gauges()
+            return
         lived = self.connection.down()
         if self.mqtt.taken_over(reason_code):
             self.counters.errors["session_taken_over"] += 1
@@ -237,6 +278,7 @@ class MqttPeer:
                   "interfaces": self.channels, "fd": self._fd_capable, "format": self.fmt,
                   "tx": not self.read_only, "started": round(self._started, 3)}
         if state == "online":  # the will and a clean stop say offline: no health in them
+            status.update(broker=self.connection.node, protocol=self.mqtt.name)  # the node in use
             now = self.reactor.time()
             status["buses"] = self._health.report(now)
             self._bus_states = {name: h["state"] for name, h in status["buses"].items()}
@@ -341,6 +383,8 @@ class MqttPeer:
     # ---------------------------------------------------------------------------- the rest
     def _gauges(self) -> None:
         self.counters.gauges.update(self.outbox.gauges(), state="up" if self._connected else "down",
+                                    broker=self.connection.node, protocol=self.mqtt.name,
+                                    **getattr(self.outbox.backend, "gauges", dict)(),
                                     **({"last_error": self.connection.last_error}
                                        if self.connection.last_error else {}))
 
@@ -368,6 +412,12 @@ class MqttPeer:
         self._bad.summary()
         self.connection.release()
         self._gauges()
+
+
+def _file_name(client_id: str) -> str:
+    """A client id as one directory name (the spool of each MQTT peer of a config apart)."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in client_id)
+    return name if name.strip(".") else "client"
 
 
 def default_gateway() -> str:

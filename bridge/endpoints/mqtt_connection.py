@@ -1,6 +1,7 @@
 """The connection of an MQTT peer to its broker: our non-blocking TCP connect and TLS handshake, paho on
-the connected socket, paho's socket I/O in our reactor, and reconnecting with backoff. Broker-list
-failover (issue 21) slots in at _connect (the address to try next).
+the connected socket, paho's socket I/O in our reactor, and reconnecting with backoff; with several
+brokers (a cluster: bridge.endpoints.brokers), every failed attempt or lost connection moves to the next
+node of the list (round-robin), after the same backoff, so a dead node is tried once per round.
 
 The TCP connect and the TLS handshake are ours, non-blocking in the reactor (bridge.security.tls
 Handshake); paho gets the connected socket (_Client) and sends its CONNECT over it, so a broker that does
@@ -26,6 +27,7 @@ import paho.mqtt.client as paho
 
 from bridge.core.reactor import Reactor
 from bridge.core.stats import Counters
+from bridge.endpoints.brokers import Broker, Failover
 from bridge.endpoints.tcp import backoff_delay
 from bridge.security.tls import Handshake, Tls, describe
 
@@ -88,14 +90,16 @@ def new_client(version, client_id: str = "", *, username: str | None = None, pas
 
 
 class Connection:
-    """One broker connection for `client` (a _Client): name for logs; counters get connect_failed /
-    connect_refused; tls: an ssl.SSLContext or None; on_change(): gauges to refresh."""
+    """One broker connection for `client` (a _Client) to one of `brokers` (bridge.endpoints.brokers.Broker,
+    tried in turn): name for logs; counters get connect_failed / connect_refused; tls: an ssl.SSLContext or
+    None (each node's certificate is checked against its own name); on_change(): gauges to refresh."""
 
-    def __init__(self, reactor: Reactor, client: _Client, *, host: str, port: int, tls, name: str,
+    def __init__(self, reactor: Reactor, client: _Client, *, brokers: tuple[Broker, ...], tls, name: str,
                  counters: Counters, on_change) -> None:
-        self.reactor, self.client, self.name, self.counters = reactor, client, name, counters
-        self._host, self._port = host, port
-        self._tls = None if tls is None else Tls(tls, server_side=False, server_hostname=host)
+        self.reactor, self.name, self.counters = reactor, name, counters
+        self.failover = Failover(brokers)
+        self._tls_context = tls
+        self._tls = None
         self._on_change = on_change
         self.fd = -1
         self.last_error = ""
@@ -105,10 +109,20 @@ class Connection:
         self._pending = None  # (socket, remaining addresses, timeout timer) of a TCP connect in progress
         self._handshake = None  # a TLS handshake in progress
         self._up_at: float | None = None
+        self.use(client)
+
+    def use(self, client: _Client) -> None:
+        """Drive `client` from now on (protocol=auto replaces the MQTT 5 client by a 3.1.1 one)."""
+        self.client = client
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write
+
+    @property
+    def node(self) -> str:
+        """The broker in use (or being tried): "n2:1883 (2 of 3)" with a list, "n1:1883" alone."""
+        return self.failover.describe()
 
     # ------------------------------------------------------------------ paho socket <-> our reactor
     def _on_socket_open(self, client, userdata, sock) -> None:
@@ -151,12 +165,16 @@ class Connection:
         self._connect()
 
     def _connect(self) -> None:
-        """Start a non-blocking TCP connect to the broker's first address (then TLS, then paho's CONNECT)."""
+        """Start a non-blocking TCP connect to the current broker's first address (then TLS, then paho's
+        CONNECT)."""
         self._retry = None
         if self.closing:
             return
+        broker = self.failover.current
+        if self._tls_context is not None:
+            self._tls = Tls(self._tls_context, server_side=False, server_hostname=broker.host)
         try:
-            infos = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+            infos = socket.getaddrinfo(broker.host, broker.port, type=socket.SOCK_STREAM)
         except OSError as exc:
             self.failed("connect_failed", f"cannot connect: {exc}")
             return
@@ -240,9 +258,12 @@ class Connection:
         self.last_error = message
         self.schedule_retry()
 
-    def schedule_retry(self) -> None:
+    def schedule_retry(self, move: bool = True) -> None:
+        """The next attempt after the backoff, to the next node of the list (move=False: the same one)."""
         if self.closing or self._retry is not None:
             return
+        if move:
+            self.failover.next()
         delay = backoff_delay(self.attempt)
         self.attempt += 1
         self._retry = self.reactor.call_later(delay, self._connect)

@@ -61,6 +61,8 @@ class Outbox:
         self.counters, self.topics, self._send = counters, list(topics), send
         self.numbered, self.per_id = numbered, per_id
         self.backend = backend if backend is not None else MemoryBackend()
+        self.durable = getattr(self.backend, "durable", False)  # a spool: every pass's frames are stored
+        self.full_reason = getattr(self.backend, "full_reason", "queue_full")
         self.max_bytes, self.max_age, self._clock = max_bytes, max_age, clock
         self.state = self.backend.load_state() or {"session": secrets.randbits(32), "next_seq": 0,
                                                    "published": {}, "dropped": {}}
@@ -92,6 +94,8 @@ class Outbox:
                 sealed += self._per_id(channel, frames, now)
             else:
                 self._add_open(channel, frames, now, sealed)
+        if self.durable and self._open:  # on disk at the end of the pass that read them (SIGKILL-proof)
+            sealed += [self._seal(ch) for ch in sorted(self._open, key=lambda c: self._open[c][0])]
         if sealed:
             self._append(sealed)
         self.pump()
@@ -139,7 +143,7 @@ class Outbox:
     def _append(self, messages: list) -> None:
         self.backend.append(messages, self.state)
         while self.backend.bytes > self.max_bytes:
-            self._drop(self.backend.drop_oldest(), "queue_full")
+            self._drop(self.backend.drop_oldest(), self.full_reason)
 
     # ------------------------------------------------------------------------------------ out
     def _unsent(self) -> int:

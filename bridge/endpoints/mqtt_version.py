@@ -1,6 +1,7 @@
-"""What an MQTT peer assumes of the protocol version, in one place: MQTT 5 (paho-mqtt 2.x). A 3.1.1 variant
-(issue 21) is a second class with the same methods; nothing else in bridge.endpoints.mqtt* reads MQTT 5
-properties, reason codes or subscribe options.
+"""What an MQTT peer assumes of the protocol version, in one place: MQTT 5 and MQTT 3.1.1 (paho-mqtt 2.x),
+two classes with the same methods; nothing else in bridge.endpoints.mqtt* reads MQTT 5 properties, reason
+codes or subscribe options. `protocol=auto` starts with MQTT 5 and falls back to 3.1.1 when the broker
+refuses the version (refused_version) (nats-server 2.9, RabbitMQ 3.10, Azure IoT Hub).
 
 MQTT 5 features used: Session Expiry Interval and Maximum Packet Size in CONNECT, Receive Maximum from
 CONNACK (our window, bridge.endpoints.mqtt_outbox), Message Expiry Interval, Payload Format Indicator and
@@ -19,6 +20,8 @@ from bridge.codec import mqtt_payload as mp
 MAX_PACKET_BYTES = 1 << 20  # CONNECT Maximum Packet Size: the broker sends nothing bigger (paho buffers a packet whole)
 RECEIVE_MAXIMUM_DEFAULT = 65535  # MQTT 5 3.2.2.3.3: a CONNACK without Receive Maximum means 65,535
 SESSION_TAKEN_OVER = 0x8E  # DISCONNECT reason: another client connected with our client id
+UNSUPPORTED_VERSION = (0x84, 0x01)  # CONNACK: MQTT 5 "Unsupported Protocol Version", 3.1.1 return code 1
+WINDOW_311 = 65535  # 3.1.1 has no Receive Maximum: the outbox's own WINDOW_MAX bounds what is in flight
 
 
 class Mqtt5:
@@ -67,3 +70,44 @@ class Mqtt5:
     def taken_over(self, reason_code) -> bool:
         """The broker closed us because another client connected with our client id."""
         return getattr(reason_code, "value", None) == SESSION_TAKEN_OVER
+
+
+class Mqtt311:
+    """MQTT 3.1.1 as canbridge uses it, and what it lacks (docs/mqtt.md "MQTT 3.1.1"): no Session Expiry
+    (a persistent session is clean session = 0, kept as long as the broker keeps it), no message expiry
+    (max_age is the consumer's, from the frames' timestamps), no Content Type (a consumer sniffs the
+    format), no no-local (the gateway-name check drops our own frames), no shared subscriptions (refused
+    at configuration), no reason codes on PUBACK or SUBACK beyond 0x80 (failure)."""
+
+    name = "3.1.1"
+    protocol = paho.MQTTv311
+
+    def connect_args(self, session_expiry: int) -> dict:
+        return {"clean_start": not session_expiry}
+
+    def publish_props(self, fmt: str, expiry_s: int | None = None) -> None:
+        return None
+
+    def subscriptions(self, topics: list, sources: list, qos: int, share: str | None) -> list:
+        if share:
+            raise ValueError("MQTT 3.1.1 has no shared subscriptions (share=)")
+        return [(t, qos) for t in [*topics, *sources]]
+
+    def receive_maximum(self, properties) -> int:
+        return WINDOW_311
+
+    def failed(self, reason_code) -> bool:
+        return reason_code.is_failure
+
+    def taken_over(self, reason_code) -> bool:
+        return False  # 3.1.1 closes the old connection without saying why
+
+
+def refused_version(reason_code) -> bool:
+    """A CONNACK that refuses the protocol version (protocol=auto then speaks 3.1.1)."""
+    return getattr(reason_code, "value", None) in UNSUPPORTED_VERSION
+
+
+def version(name: str):
+    """"5" or "3.1.1" -> its class instance (protocol=auto starts with "5")."""
+    return Mqtt311() if name == "3.1.1" else Mqtt5()

@@ -52,11 +52,14 @@ class SpoolBackend:
     window's fsync when no later append comes. SpoolError (bridge.endpoints.spool) if DIR is unusable."""
 
     durable = True  # the outbox keeps what is stored at close (nothing counted closed): the next run sends it
+    full_reason = "spool_full"  # what the outbox counts when spool_max pushes the oldest out
 
     def __init__(self, directory: str, counters: Counters | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  sync_interval: float = DEFAULT_SYNC_INTERVAL_S, sync_frames: int = DEFAULT_SYNC_FRAMES,
                  call_later=None) -> None:
-        self.spool = Spool(directory, counters, max_bytes=max_bytes, sync_interval=sync_interval,
+        # the outbox bounds its messages at max_bytes (dropping the oldest, spool_full); the files may hold a
+        # quarter more (acknowledged records wait for their whole segment) before the spool evicts by itself
+        self.spool = Spool(directory, counters, max_bytes=max_bytes + max_bytes // 4, sync_interval=sync_interval,
                            sync_frames=sync_frames, on_evict=self._evicted)
         self._call_later = call_later
         self._timer = None

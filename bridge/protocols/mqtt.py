@@ -1,13 +1,17 @@
-"""MQTT 5 fleet peers (docs/mqtt.md): `mqtt://[USER@]BROKER[:PORT]/PREFIX` and `mqtts://` (TLS: tls_ca,
-tls_cert, tls_key as for TCP peers). Payloads: bridge.codec.mqtt_payload; the client: bridge.endpoints.mqtt
+"""MQTT fleet peers (docs/mqtt.md): `mqtt://[USER@]BROKER[:PORT][,BROKER[:PORT]...]/PREFIX` (several brokers:
+a cluster, failed over in turn) and `mqtts://` (TLS: tls_ca, tls_cert, tls_key as for TCP peers).
+Payloads: bridge.codec.mqtt_payload; the client: bridge.endpoints.mqtt
 (paho-mqtt 2.x, the optional extra `canbridge[mqtt]`, imported only when such a URL is used).
 
 Options (URL query or [[peer]] keys): gateway= (default: the host name), client_id=, qos=0|1 (default 1),
 format=native|json|candump, topics=batch|per-id, keepalive= (s), session_expiry= (s, 0: clean session),
 share=GROUP (shared subscription for the source= topics), source=GW/IFACE[,GW/IFACE...] (MQTT + wildcards
 allowed), password_file=PATH (first line; never a password in the URL), read_only= (default 1 for MQTT:
-frames from the broker reach a bus only with read_only=0), max_age= (s, default 60), and the usual
-filter=, inbound_filter=, write_allow=, rate=, burst=.
+frames from the broker reach a bus only with read_only=0), max_age= (s, default 60), protocol=5|3.1.1|auto
+(default auto: MQTT 5, 3.1.1 when the broker refuses 5), broker=generic|nats (what the broker accepts:
+topic levels checked at start), brokers=HOST[:PORT],... (more nodes after the URL's), spool=DIR (a durable
+outbox on disk, off by default), spool_max=BYTES (K/M/G suffixes; default 64M), spool_sync=SECONDS[,FRAMES]
+(the fsync window, default 0.1,1000), and the usual filter=, inbound_filter=, write_allow=, rate=, burst=.
 """
 
 from __future__ import annotations
@@ -27,7 +31,22 @@ DEFAULT_TLS_PORT = 8883  # IANA "secure-mqtt"
 DEFAULT_PREFIX = "canbridge"
 MAX_TOPIC_LEVEL = 64  # gateway / share names: short topic levels keep every message small
 _OPTIONS = ("gateway", "client_id", "qos", "format", "topics", "keepalive", "session_expiry", "share",
-            "source", "password_file", "read_only", "max_age")
+            "source", "password_file", "read_only", "max_age", "protocol", "broker", "brokers", "spool",
+            "spool_max", "spool_sync")
+BROKER_KINDS = ("generic", "nats")  # broker=: the profiles whose limits the endpoint honours (broker_profiles)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _size(value, what: str, where: str, lo: int) -> int:
+    text = str(value).strip().upper().removesuffix("B")
+    unit = text[-1:] if text[-1:] in "KMG" else ""
+    try:
+        n = int(text[: len(text) - len(unit)]) * _SIZE_UNITS[unit]
+    except ValueError:
+        n = -1
+    if n < lo:
+        raise ConfigError(f"{where}: {what} must be a size in bytes >= {lo} (K, M, G allowed), got {value!r}")
+    return n
 
 
 def _level(value, what: str, where: str, wildcard: bool = False) -> str:
@@ -51,6 +70,7 @@ def _int(value, lo: int, hi: int, what: str, where: str) -> int:
 class Mqtt(PeerProtocolBase):
     scheme, family, transport = "mqtt", "mqtt", "tcp"
     default_port = DEFAULT_PORT
+    host_list = True  # several brokers in the URL (bridge.daemon.config leaves the list to configure)
     options = frozenset({FILTERS, ACCESS})
     extra_options = _OPTIONS
     option_hints = {
@@ -126,6 +146,54 @@ class Mqtt(PeerProtocolBase):
             raise ConfigError(f"{where}: max_age must be seconds 0..86400 (0: no limit), got {x.get('max_age')!r}")
         x["max_age"] = max_age
         peer.limits = replace(peer.limits, max_age=max_age)
+        cls._cluster_options(peer, x, parts, where)
+
+    @classmethod
+    def _cluster_options(cls, peer, x: dict, parts, where: str) -> None:
+        """Issue 21: the broker list, the protocol version, the broker kind's limits, the spool."""
+        from bridge.endpoints import broker_profiles as bp
+        from bridge.endpoints.brokers import BrokerListError, parse_brokers, split_netloc
+        from bridge.endpoints.spool import DEFAULT_MAX_BYTES, MIN_MAX_BYTES, parse_sync
+
+        try:
+            brokers = parse_brokers(split_netloc(parts.netloc)[1], cls.default_port)
+            more = x.get("brokers")
+            if more:
+                brokers = parse_brokers([str(b) for b in brokers] + (more.split(",") if isinstance(more, str)
+                                                                     else list(more)), cls.default_port)
+        except BrokerListError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        x["brokers"] = brokers
+        kind = x.get("broker", "generic")
+        if kind not in BROKER_KINDS:
+            raise ConfigError(f"{where}: broker must be one of {', '.join(BROKER_KINDS)}, got {kind!r}")
+        profile = bp.profile(kind)
+        try:
+            x["protocol"] = bp.check_options(profile, protocol=str(x.get("protocol", "")), qos=x["qos"],
+                                             client_id=x["client_id"], gateway=x["gateway"], sources=x["source"],
+                                             read_only=peer.access.read_only, tls=cls.scheme == "mqtts")
+            for topic in (f"{x['prefix']}/{x['gateway']}/status", *(f"{x['prefix']}/{s}/rx" for s in x["source"])):
+                bp.check_topic(profile, topic)
+        except bp.ProfileError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if x["protocol"] == "3.1.1" and x["share"]:
+            raise ConfigError(f"{where}: share= is an MQTT 5 shared subscription; protocol=3.1.1 has none")
+        x["profile"] = profile
+        spool = x.get("spool")
+        if spool is None:
+            for key in ("spool_max", "spool_sync"):
+                if key in x:
+                    raise ConfigError(f"{where}: {key}= needs spool=DIR")
+            return
+        if not isinstance(spool, str) or not spool:
+            raise ConfigError(f"{where}: spool must be a directory, got {spool!r}")
+        try:
+            interval, frames = parse_sync(x.get("spool_sync", "0.1,1000"))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        x["spool"] = {"dir": spool, "max_bytes": _size(x.get("spool_max", DEFAULT_MAX_BYTES), "spool_max", where,
+                                                       MIN_MAX_BYTES),
+                      "sync_interval": interval, "sync_frames": frames}
 
     @classmethod
     def _tls(cls, ctx, peer):
@@ -133,10 +201,26 @@ class Mqtt(PeerProtocolBase):
 
     @classmethod
     def open(cls, ctx, peer):
-        from bridge.endpoints.mqtt import MqttPeer
+        from bridge.endpoints import broker_profiles as bp
+        from bridge.endpoints.spool import SpoolError
 
         x = peer.extra
         hello = ctx.hello
+        where = f"{cls.scheme}://{peer.host}:{peer.port}/{x['prefix']}"
+        try:
+            for iface in hello.channels:
+                bp.check_topic(x["profile"], f"{x['prefix']}/{x['gateway']}/{iface}/rx")
+        except bp.ProfileError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        try:
+            return cls._peer(ctx, peer, x, hello)
+        except SpoolError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    @classmethod
+    def _peer(cls, ctx, peer, x, hello):
+        from bridge.endpoints.mqtt import MqttPeer
+
         return MqttPeer(ctx.reactor, ctx.router, host=peer.host, port=peer.port, prefix=x["prefix"],
                         gateway=x["gateway"], channels=list(hello.channels), client_id=x["client_id"],
                         username=x["username"], password_file=x.get("password_file"), qos=x["qos"],
@@ -145,7 +229,8 @@ class Mqtt(PeerProtocolBase):
                         share=x["share"], sources=x["source"], read_only=peer.access.read_only,
                         max_age=x["max_age"], tls=cls._tls(ctx, peer), fd=bool(hello.capabilities & 1),
                         version=__version__, routing=ctx.routing,
-                        name=f"{cls.scheme}://{peer.host}:{peer.port}/{x['prefix']}")
+                        name=f"{cls.scheme}://{peer.host}:{peer.port}/{x['prefix']}",
+                        brokers=x["brokers"], protocol=x["protocol"], spool=x.get("spool"))
 
 
 class Mqtts(Mqtt):
