@@ -338,7 +338,8 @@ class MqttPeer:
             self.counters.errors["retained_message"] += 1
             return
         try:
-            frames, count = mp.decode_counted(self.fmt, msg.payload)
+            # format= is what we publish; what we read is decoded as its publisher wrote it (docs/mqtt.md)
+            frames, count = mp.decode_counted(self.mqtt.message_format(msg), msg.payload)
         except mp.MqttPayloadError as exc:
             self.counters.errors["bad_payload"] += 1
             self.counters.errors[f"bad_payload_{exc.reason}"] += 1

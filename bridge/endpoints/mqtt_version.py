@@ -16,6 +16,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.codec import mqtt_payload as mp
+from bridge.codec import native
 
 MAX_PACKET_BYTES = 1 << 20  # CONNECT Maximum Packet Size: the broker sends nothing bigger (paho buffers a packet whole)
 RECEIVE_MAXIMUM_DEFAULT = 65535  # MQTT 5 3.2.2.3.3: a CONNACK without Receive Maximum means 65,535
@@ -71,6 +72,11 @@ class Mqtt5:
         """The broker closed us because another client connected with our client id."""
         return getattr(reason_code, "value", None) == SESSION_TAKEN_OVER
 
+    def message_format(self, msg) -> str:
+        """The payload format of a received message: its Content Type (our gateways set it), else sniffed."""
+        content_type = getattr(msg.properties, "ContentType", None) if msg.properties is not None else None
+        return _BY_CONTENT_TYPE.get(content_type) or sniff_format(msg.payload)
+
 
 class Mqtt311:
     """MQTT 3.1.1 as canbridge uses it, and what it lacks (docs/mqtt.md "MQTT 3.1.1"): no Session Expiry
@@ -101,6 +107,20 @@ class Mqtt311:
 
     def taken_over(self, reason_code) -> bool:
         return False  # 3.1.1 closes the old connection without saying why
+
+    def message_format(self, msg) -> str:
+        return sniff_format(msg.payload)
+
+
+_BY_CONTENT_TYPE = {ct: fmt for fmt, ct in mp.CONTENT_TYPES.items()}
+
+
+def sniff_format(payload: bytes) -> str:
+    """A payload's format by its first bytes (no Content Type: MQTT 3.1.1, or a foreign publisher): native
+    starts with its magic, json with '{' (after white space), anything else is read as candump lines."""
+    if payload[:4] == native.MAGIC:
+        return "native"
+    return "json" if payload.lstrip()[:1] == b"{" else "candump"
 
 
 def refused_version(reason_code) -> bool:

@@ -1,0 +1,90 @@
+"""Issue 21 against a real Mosquitto (MQTT 5 and 3.1.1): protocol=auto speaks 5 to it, protocol=3.1.1 carries
+a fleet end to end; a broker list whose first node is dead connects to the next and names it (gauges and
+the status message); a mirror decodes what a gateway publishes whatever its own format= (content type,
+sniffed without one). The NATS half (3.1.1 only, failover of a cluster) is in tests/test_nats_cluster.py."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import paho.mqtt.client as paho
+import pytest
+
+from bridge.daemon.config import parse_peer_url
+from bridge.errors import ConfigError
+from tests.mqtt_broker import Broker, free_port, needs_mosquitto, running
+from tests.test_mqtt import Side, connected, feed, frames_of, pump, url
+
+pytestmark = needs_mosquitto
+
+
+@pytest.fixture(name="mosquitto")
+def _mosquitto(tmp_path):
+    yield from running(tmp_path)
+
+
+def test_auto_speaks_5_to_mosquitto_and_a_dead_first_node_is_skipped(mosquitto, tmp_path):
+    dead = free_port()  # nothing listens: refused at once
+    gw = Side(f"mqtt://127.0.0.1:{dead},127.0.0.1:{mosquitto.port}/fleet?gateway=gw1")
+    status = []
+    done = threading.Event()
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    c.on_message = lambda cl, u, msg: (status.append(json.loads(msg.payload)), done.set())
+    c.connect("127.0.0.1", mosquitto.port)
+    c.subscribe("fleet/gw1/status")
+    c.loop_start()
+    try:
+        assert pump([gw], connected(gw))
+        g = gw.peer.counters.gauges
+        assert (g["protocol"], g["broker"]) == ("5", f"127.0.0.1:{mosquitto.port} (2 of 2)")
+        assert gw.peer.counters.errors["connect_failed"] >= 1  # the dead node, tried once
+        pump([gw], lambda: done.is_set(), timeout=5)
+        online = [s for s in status if s["status"] == "online"][-1]
+        assert (online["broker"], online["protocol"]) == (g["broker"], "5")
+    finally:
+        c.loop_stop()
+        c.disconnect()
+        gw.close()
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_a_mirror_reads_what_the_gateway_publishes_whatever_its_own_format(mosquitto, protocol):
+    """format= chooses what we publish; a mirror decodes by the message's content type (MQTT 5) or by
+    sniffing (3.1.1): gateway json -> mirror native, and gateway native -> mirror json, every frame, in order."""
+    pairs = [("json", "native"), ("native", "json")]
+    sides = []
+    for i, (gw_fmt, mirror_fmt) in enumerate(pairs):
+        sides.append((Side(url(mosquitto, gateway=f"gw{i}", format=gw_fmt, protocol=protocol)),
+                      Side(url(mosquitto, gateway=f"mirror{i}", format=mirror_fmt, protocol=protocol,
+                               source=f"gw{i}/can0", read_only=0))))
+    every = [s for pair in sides for s in pair]
+    assert pump(every, connected(*every))
+    assert all(s.peer.counters.gauges["protocol"] == protocol for s in every)
+    pump(every, lambda: False, timeout=0.3)
+    sent = [(raw, ts // 1000 * 1000) for raw, ts in frames_of(500)]  # json keeps microseconds
+    for gw, _ in sides:
+        feed(gw, sent)
+    assert pump(every, lambda: all(len(m.bus.frames) >= len(sent) for _, m in sides)), \
+        [m.peer.counters.snapshot() for _, m in sides]
+    for _gw, mirror in sides:
+        assert mirror.bus.frames == sent
+        assert not mirror.peer.counters.errors.get("bad_payload")
+    for s in every:
+        s.close()
+
+
+def test_311_refuses_what_it_cannot_do(tmp_path):
+    port = Broker(tmp_path / "x").port
+    with pytest.raises(ConfigError, match="share= is an MQTT 5 shared subscription"):
+        parse_peer_url(f"mqtt://127.0.0.1:{port}/fleet?protocol=3.1.1&share=g&source=gw1/can0&read_only=0")
+    with pytest.raises(ConfigError, match="protocol must be one of"):
+        parse_peer_url(f"mqtt://127.0.0.1:{port}/fleet?protocol=4")
+    with pytest.raises(ConfigError, match="listed twice"):
+        parse_peer_url(f"mqtt://127.0.0.1:{port},127.0.0.1:{port}/fleet")
+    with pytest.raises(ConfigError, match="spool_max= needs spool"):
+        parse_peer_url(f"mqtt://127.0.0.1:{port}/fleet?spool_max=1M")
+    peer = parse_peer_url("mqtt://u@n1:1884,[::1]/fleet?brokers=n3&spool=/tmp/s&spool_max=2M&spool_sync=0.2,500")
+    assert [str(b) for b in peer.extra["brokers"]] == ["n1:1884", "[::1]:1883", "n3:1883"]
+    assert (peer.host, peer.port, peer.extra["username"]) == ("n1", 1884, "u")
+    assert peer.extra["spool"] == {"dir": "/tmp/s", "max_bytes": 2 << 20, "sync_interval": 0.2, "sync_frames": 500}
