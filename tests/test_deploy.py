@@ -71,7 +71,7 @@ def test_units_content():
     bridge = (UDEV / "canbridge@.service").read_text()
     for line in ["Type=notify", "NotifyAccess=main", "Restart=on-failure", "DynamicUser=yes",
                  "AmbientCapabilities=CAP_NET_RAW", "CapabilityBoundingSet=CAP_NET_RAW", "ProtectSystem=strict",
-                 f"ExecStart={INSTALLED} run -c /etc/canbridge/%i.toml",
+                 f"ExecStart={INSTALLED} run -c /etc/canbridge/%i.toml", "StateDirectory=canbridge/%i",
                  "RestrictAddressFamilies=AF_CAN AF_INET AF_INET6 AF_UNIX AF_NETLINK AF_PACKET"]:
         assert re.search(f"^{re.escape(line)}$", bridge, re.M), line
     assert "CAP_NET_ADMIN" not in re.findall(r"^\w*Capabilit\w*=.*$", bridge, re.M)[0]
@@ -142,7 +142,9 @@ def test_example_config_parses():
                            "restart_ms": 100, "txqueuelen": 1000}
     assert hat.link == {"bitrate": 250000, "sample_point": 0.875, "restart_ms": 100}
     assert hat.filter.matches(0x123) and not hat.filter.matches(0x223)
-    assert [p.scheme for p in c.peers] == ["tcp-listen", "socketcand"]
+    assert [p.scheme for p in c.peers] == ["tcp-listen", "socketcand", "mqtts"]
+    fleet = c.peers[2].extra
+    assert len(fleet["brokers"]) == 3 and fleet["spool"]["dir"] == "/var/lib/canbridge/bridge"
     settings = link_cli.settings_from_config(str(UDEV / "bridge.toml"))
     assert settings["can-engine"].dbitrate == 2000000 and settings["can0"].fd is None
 
