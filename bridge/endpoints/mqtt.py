@@ -222,6 +222,10 @@ class MqttPeer:
         self._publish_online(client)
         if not self.read_only:
             sources = [f"{self.prefix}/{s}/rx" + ("/+" if self.per_id else "") for s in self.sources]
+            if self.share and self.mqtt.name == "3.1.1" and not self.counters.errors["share_unsupported"]:
+                self.counters.errors["share_unsupported"] += 1
+                log.warning("%s: the broker speaks MQTT 3.1.1 only: share=%s is not applied (every consumer "
+                            "gets every message)", self.name, self.share)
             client.subscribe(self.mqtt.subscriptions(list(self._tx_topics), sources, self.qos, self.share))
         self.outbox.connected(self.mqtt.receive_maximum(properties))  # resends what the last connection left
         self._gauges()

@@ -95,8 +95,8 @@ class Mqtt311:
         return None
 
     def subscriptions(self, topics: list, sources: list, qos: int, share: str | None) -> list:
-        if share:
-            raise ValueError("MQTT 3.1.1 has no shared subscriptions (share=)")
+        """Plain subscriptions: share= cannot apply (refused at start with protocol=3.1.1; after an auto
+        fall-back the peer says so and every consumer gets every message)."""
         return [(t, qos) for t in [*topics, *sources]]
 
     def receive_maximum(self, properties) -> int:
