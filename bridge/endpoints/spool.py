@@ -44,7 +44,7 @@ _MAGIC_BYTES = _HEADER.pack(MAGIC, 0, 0)[:4]
 KIND_DATA, KIND_ACK, KIND_STATE = 1, 2, 3
 MAX_BODY = 8 << 20  # a longer length field is corruption (a payload is <= 256 KB: bridge.codec.mqtt_payload)
 
-DEFAULT_MAX_BYTES = 64 << 20  # ~2.4M frames of 8 bytes (~28 B each): 16 min of a Durango bus at 2.5k frames/s
+DEFAULT_MAX_BYTES = 64 << 20  # ~1.9M 8-byte frames in 25-frame messages (~35 B each): 13 min of a Durango bus
 MIN_MAX_BYTES = 64 << 10
 DEFAULT_SEGMENT_BYTES = 1 << 20  # the unit of deletion and of spool_full eviction (at most 1/8 of max_bytes)
 DEFAULT_SYNC_INTERVAL_S = 0.1  # the power-cut window: what was appended in the last 100 ms may be lost
