@@ -48,7 +48,8 @@ class Node:
             f'jetstream {{ store_dir: "{store}", max_memory_store: 64MB, max_file_store: 256MB }}',
             f"cluster {{ name: {CLUSTER_NAME}, listen: 127.0.0.1:{self.cluster_port}, routes: ["
             + ", ".join(f"nats-route://127.0.0.1:{p}" for p in routes) + "] }",
-            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}",
+            # every MQTT stream and consumer on all three nodes: a subscription must outlive the node it was made on
+            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}, stream_replicas: 3, consumer_replicas: 3 }}",
         ]) + "\n")
 
     def start(self) -> Node:

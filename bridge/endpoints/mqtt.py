@@ -64,6 +64,7 @@ MISC_INTERVAL_S = 1.0  # loop_misc (keepalive PINGREQ, timeouts) and the outbox'
 # changes: a fleet of 1,000 gateways costs its broker 100 small messages a second
 STATUS_HEALTH_S = 10.0
 DEFAULT_KEEPALIVE_S = 30
+SUBSCRIBE_RETRY_S = 2.0  # a refused subscription is asked again this often while connected (bounded: one a topic)
 DEFAULT_SESSION_EXPIRY_S = 3600  # the broker keeps our subscriptions and queued tx commands this long
 BAD_PAYLOAD_SUMMARY_S = 60.0  # malformed messages: the first per (source, reason) logged, then one summary per this
 
@@ -137,6 +138,7 @@ class MqttPeer:
         self._connected = False
         self._closing = False
         self._refused = False  # the broker's CONNACK refused us: on_disconnect does not count it again
+        self._subscribing: dict[int, list] = {}  # SUBSCRIBE mid -> its (topic, options): to ask again if refused
         self._short = 0  # connections in a row that ended within STABLE_S of their CONNACK
         self._started = time.time()
         self._fd_capable, self._version = fd, version
@@ -226,7 +228,8 @@ class MqttPeer:
                 self.counters.errors["share_unsupported"] += 1
                 log.warning("%s: the broker speaks MQTT 3.1.1 only: share=%s is not applied (every consumer "
                             "gets every message)", self.name, self.share)
-            client.subscribe(self.mqtt.subscriptions(list(self._tx_topics), sources, self.qos, self.share))
+            self._subscribing.clear()  # the last connection's unanswered SUBSCRIBEs
+            self._subscribe(self.mqtt.subscriptions(list(self._tx_topics), sources, self.qos, self.share))
         self.outbox.connected(self.mqtt.receive_maximum(properties))  # resends what the last connection left
         self._gauges()
 
@@ -271,11 +274,27 @@ class MqttPeer:
                         "another client with our client id %r (two gateways with the same gateway= or client_id=)? "
                         "Told once; counted in errors{disconnected}", self.name, STABLE_S, reason_code, self.client_id)
 
+    def _subscribe(self, subs: list) -> None:
+        rc, mid = self.client.subscribe(subs)
+        if rc == paho.MQTT_ERR_SUCCESS:
+            self._subscribing[mid] = subs
+
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        for rc in reason_codes:
-            if self.mqtt.failed(rc):  # an ACL refused one of our topics
+        """A refused subscription (an ACL; or a cluster busy electing leaders: NATS answers 0x80 when its
+        JetStream times out) is asked again after SUBSCRIBE_RETRY_S while the connection lasts."""
+        subs = self._subscribing.pop(mid, [])
+        again = []
+        for i, rc in enumerate(reason_codes):
+            if self.mqtt.failed(rc):
                 self.counters.errors["subscribe_refused"] += 1
-                log.warning("%s: broker refused a subscription: %s", self.name, rc)
+                log.warning("%s: broker refused a subscription: %s (asked again every %g s)", self.name, rc,
+                            SUBSCRIBE_RETRY_S)
+                if i < len(subs):
+                    again.append(subs[i])
+        if again:
+            client_now = self.client
+            self.reactor.call_later(SUBSCRIBE_RETRY_S, lambda: self._connected and self.client is client_now
+                                    and self._subscribe(again))
 
     def _status(self, state: str) -> bytes:
         status = {"status": state, "gateway": self.gateway, "version": self._version,
