@@ -3,7 +3,7 @@ one backend consumer counts per gateway. Side by side in one run: our batched `n
 against one message per frame (`topics=per-id`, can2mqtt's model).
 
     .venv/bin/python benchmarks/fleet.py [--gateways 1,4,16] [--formats native,json,per-id]
-                                          [--seconds 10] [--procs 4]
+                                          [--seconds 10] [--procs 4] [--broker mosquitto,nats-cluster]
 
 Where the figures come from: everything here runs on the host (no vcan): each gateway is a real
 bridge.endpoints.mqtt.MqttPeer opened from its URL by the protocol registry, with its own router; the N
@@ -11,7 +11,10 @@ gateways share --procs processes (default 4), one reactor each (the bus side is 
 the trace's frames to the router as a SocketCAN bus would, stamped with the wall clock as the kernel RX
 timestamp). The consumer is a plain
 paho client in its own process (subscribed to PREFIX/+/can0/rx or .../rx/+ with qos 1), decoding with
-bridge.codec.mqtt_payload. Mosquitto 2 on 127.0.0.1 with a free port.
+bridge.codec.mqtt_payload. Mosquitto 2 on 127.0.0.1 with a free port; or (`--broker nats-cluster`, issue 21)
+a three-node NATS cluster (tests/nats_cluster.py: nats-server 2.9, JetStream, MQTT 3.1.1 listeners): the
+gateways are given the list of the three nodes (they connect to node 1, protocol=auto falls back to
+3.1.1), the consumer (MQTT 3.1.1) is on node 2, and the CPU is reported per node.
 
 Per run: frames sent (replayed), delivered (consumer), lost = sent - delivered - counted drops at the
 gateways, latency from the replay stamp to the consumer's decode (p50/p99 ms), MQTT messages/s against
@@ -63,7 +66,7 @@ def load_trace(path: Path, seconds: float) -> list[tuple[int, bytes]]:
     return out
 
 
-def run_gateways(port: int, n: int, fmt: str, seconds: float, trace_path: Path, first: int = 0) -> dict:
+def run_gateways(hosts: str, n: int, fmt: str, seconds: float, trace_path: Path, first: int = 0) -> dict:
     from types import SimpleNamespace
 
     from bridge.codec import native
@@ -84,7 +87,7 @@ def run_gateways(port: int, n: int, fmt: str, seconds: float, trace_path: Path, 
         bus = SimpleNamespace(channel=0, counters=Counters(), send_frames=lambda ch, f: len(f))
         router.add_bus(bus)
         query = f"gateway=gw{first + i:03d}&format={wire}&topics={topics}"
-        cfg = parse_peer_url(f"mqtt://127.0.0.1:{port}/{PREFIX}?{query}")
+        cfg = parse_peer_url(f"mqtt://{hosts}/{PREFIX}?{query}")
         peer = cfg.protocol.open(PeerContext(reactor, router, hello, [bus]), cfg)
         gws.append((router, bus, peer))
     deadline = time.monotonic() + 10
@@ -130,7 +133,7 @@ def run_gateways(port: int, n: int, fmt: str, seconds: float, trace_path: Path, 
     return out
 
 
-def run_consumer(port: int, fmt: str, idle_s: float, iface: str = "can0") -> dict:
+def run_consumer(port: int, fmt: str, idle_s: float, iface: str = "can0", v311: bool = False) -> dict:
     import paho.mqtt.client as paho
 
     from bridge.codec import mqtt_payload as mp
@@ -154,7 +157,8 @@ def run_consumer(port: int, fmt: str, idle_s: float, iface: str = "can0") -> dic
             last[0] = time.monotonic()
             first[0] = first[0] or last[0]
 
-    c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, client_id=f"bench-consumer-{os.getpid()}")
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311 if v311 else paho.MQTTv5,
+                    client_id=f"bench-consumer-{os.getpid()}")
     c.max_inflight_messages_set(1000)
     c.on_message = on_message
     c.connect("127.0.0.1", port)
@@ -288,17 +292,26 @@ def vm_run(n: int, seconds: float, trace: Path, logdir: Path) -> dict:
             "gateway_rss_kb": max(x[1] for x in g1), "startup_s": startup, "load": os.getloadavg()}
 
 
-def one_run(broker, n: int, fmt: str, seconds: float, trace: Path, procs: int) -> dict:
+class Target:
+    """Where the gateways publish: hosts (the URL's host list), the consumer's port, the broker pids."""
+
+    def __init__(self, name: str, hosts: str, consumer_port: int, pids: list, v311: bool, settle_s: float):
+        self.name, self.hosts, self.consumer_port, self.pids = name, hosts, consumer_port, pids
+        self.v311, self.settle_s = v311, settle_s
+
+
+def one_run(target: Target, n: int, fmt: str, seconds: float, trace: Path, procs: int) -> dict:
     """One (N gateways, format) run; the N gateways are spread over `procs` processes."""
     me = [sys.executable, str(Path(__file__).resolve())]
-    cons = subprocess.Popen([*me, "--role", "consumer", "--port", str(broker.port), "--format", fmt],
+    cons = subprocess.Popen([*me, "--role", "consumer", "--port", str(target.consumer_port), "--format", fmt,
+                             *(["--v311"] if target.v311 else [])],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert cons.stdout.readline().strip() == "ready"
-    time.sleep(0.3)
-    b0 = broker_cpu(broker.proc.pid)
+    time.sleep(target.settle_s)  # the subscription carries (NATS: its JetStream consumer, 1-2.5 s)
+    b0 = [broker_cpu(pid) for pid in target.pids]
     share = [n // procs + (1 if k < n % procs else 0) for k in range(procs)]
     starts = [sum(share[:k]) for k in range(procs)]
-    gws = [subprocess.Popen([*me, "--role", "gateways", "--port", str(broker.port), "--n", str(share[k]),
+    gws = [subprocess.Popen([*me, "--role", "gateways", "--hosts", target.hosts, "--n", str(share[k]),
                              "--first", str(starts[k]), "--format", fmt, "--seconds", str(seconds),
                              "--trace", str(trace)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for k in range(procs) if share[k]]
@@ -317,20 +330,44 @@ def one_run(broker, n: int, fmt: str, seconds: float, trace: Path, procs: int) -
     cons.stdin.flush()
     c = json.loads(cons.stdout.read().strip().splitlines()[-1])
     cons.wait()
-    b1 = broker_cpu(broker.proc.pid)
+    b1 = [broker_cpu(pid) for pid in target.pids]
     sent = g["sent"]
-    return {"gateways": n, "procs": len(gws), "format": fmt, "sent": sent, "delivered": c["delivered"],
+    return {"broker": target.name, "gateways": n, "procs": len(gws), "format": fmt, "sent": sent,
+            "delivered": c["delivered"],
             "dropped_at_gateways": g["dropped"], "lost": sent - c["delivered"] - g["dropped"], "drops": g["drops"],
             "frames_per_s": sent / max(g["wall_s"], 1e-9),
             "messages_per_s": c["messages"] / max(c["span_s"], 1e-9), "p50_ms": c["p50_ms"], "p99_ms": c["p99_ms"],
             "gateway_cpu_ms_per_1k": 1e6 * g["cpu_s"] / max(sent, 1),
-            "broker_cpu_ms_per_1k": 1e6 * (b1 - b0) / max(sent, 1)}
+            "broker_cpu_ms_per_1k": 1e6 * (sum(b1) - sum(b0)) / max(sent, 1),
+            "broker_cpu_ms_per_1k_each": [round(1e6 * (y - x) / max(sent, 1), 2) for x, y in zip(b0, b1)]}
+
+
+def targets(names: list, tmp: Path):
+    """Start each broker of --broker -> (Target, stop())."""
+    for name in names:
+        if name == "mosquitto":
+            from tests.mqtt_broker import Broker
+
+            broker = Broker(tmp / "mosquitto").start()
+            yield Target(name, f"127.0.0.1:{broker.port}", broker.port, [broker.proc.pid], False, 0.3), broker.stop
+        elif name == "nats-cluster":
+            from tests.nats_cluster import Cluster
+
+            cluster = Cluster(tmp / "nats").start()
+            nodes = cluster.nodes
+            yield Target(name, ",".join(f"127.0.0.1:{x.mqtt_port}" for x in nodes), nodes[1].mqtt_port,
+                         [x.proc.pid for x in nodes], True, 3.0), cluster.stop
+        else:
+            raise SystemExit(f"--broker: mosquitto or nats-cluster, not {name!r}")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--role", choices=("main", "gateways", "consumer"), default="main")
     p.add_argument("--port", type=int)
+    p.add_argument("--hosts", help=argparse.SUPPRESS)  # the gateways' broker list
+    p.add_argument("--v311", action="store_true", help=argparse.SUPPRESS)  # the consumer speaks MQTT 3.1.1
+    p.add_argument("--broker", default="mosquitto", help="mosquitto, nats-cluster or both (comma-separated)")
     p.add_argument("--n", type=int, default=1)
     p.add_argument("--first", type=int, default=0)
     p.add_argument("--procs", type=int, default=4, help="gateway processes (the N gateways are spread over them)")
@@ -345,10 +382,10 @@ def main() -> int:
     p.add_argument("--iface", default="can0", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.role == "gateways":
-        print(json.dumps(run_gateways(a.port, a.n, a.format, a.seconds, Path(a.trace), a.first)))
+        print(json.dumps(run_gateways(a.hosts, a.n, a.format, a.seconds, Path(a.trace), a.first)))
         return 0
     if a.role == "consumer":
-        print(json.dumps(run_consumer(a.port, a.format, idle_s=3.0, iface=a.iface)))
+        print(json.dumps(run_consumer(a.port, a.format, idle_s=3.0, iface=a.iface, v311=a.v311)))
         return 0
     if a.where == "vm":
         import tempfile
@@ -365,26 +402,25 @@ def main() -> int:
             if a.json:
                 Path(a.json).write_text(json.dumps(results, indent=1))
         return 0
-    from tests.mqtt_broker import Broker
-
     import tempfile
 
     results = []
     with tempfile.TemporaryDirectory(prefix="canbridge-fleet-") as tmp:
-        broker = Broker(Path(tmp)).start()
-        try:
-            for n in (int(x) for x in a.gateways.split(",")):
-                for fmt in a.formats.split(","):
-                    r = one_run(broker, n, fmt, a.seconds, Path(a.trace), min(n, a.procs))
-                    results.append(r)
-                    print(f"{n:3d} gw {fmt:8s} sent {r['sent']:7d} delivered {r['delivered']:7d} "
-                          f"lost {r['lost']:6d} dropped {r['dropped_at_gateways']:6d} {r['frames_per_s']:8.0f} f/s "
-                          f"{r['messages_per_s']:8.0f} msg/s  "
-                          f"p50 {r['p50_ms'] or 0:7.1f} ms p99 {r['p99_ms'] or 0:7.1f} ms  "
-                          f"CPU/1k frames: gateways {r['gateway_cpu_ms_per_1k']:6.1f} ms broker "
-                          f"{r['broker_cpu_ms_per_1k']:6.1f} ms", flush=True)
-        finally:
-            broker.stop()
+        for target, stop in targets(a.broker.split(","), Path(tmp)):
+            try:
+                for n in (int(x) for x in a.gateways.split(",")):
+                    for fmt in a.formats.split(","):
+                        r = one_run(target, n, fmt, a.seconds, Path(a.trace), min(n, a.procs))
+                        results.append(r)
+                        each = "/".join(f"{x:.1f}" for x in r["broker_cpu_ms_per_1k_each"])
+                        print(f"{target.name:12s} {n:3d} gw {fmt:8s} sent {r['sent']:7d} delivered "
+                              f"{r['delivered']:7d} lost {r['lost']:6d} dropped {r['dropped_at_gateways']:6d} "
+                              f"{r['frames_per_s']:8.0f} f/s {r['messages_per_s']:8.0f} msg/s  "
+                              f"p50 {r['p50_ms'] or 0:7.1f} ms p99 {r['p99_ms'] or 0:7.1f} ms  "
+                              f"CPU/1k frames: gateways {r['gateway_cpu_ms_per_1k']:6.1f} ms broker "
+                              f"{r['broker_cpu_ms_per_1k']:6.1f} ms ({each} per node)", flush=True)
+            finally:
+                stop()
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
     return 0
