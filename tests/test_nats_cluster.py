@@ -133,6 +133,12 @@ def test_protocol_auto_speaks_311_to_nats_and_a_dotted_gateway_is_refused_at_sta
     assert (g["protocol"], g["broker"]) == ("3.1.1", cluster.url().split("/")[2].split(",")[0] + " (1 of 3)")
     assert gw.peer.counters.errors["connect_refused"] == 0  # the refused MQTT 5 CONNECT is not a failure
     gw.close()
+    from bridge.tools.live.mqtt_source import MqttSource
+
+    dead = cluster.url().split("/")[2].split(",")[0].replace(str(cluster.nodes[0].mqtt_port), "1")
+    source = MqttSource(cluster.url().replace("mqtt://", f"mqtt://{dead},") + "/+/can0")  # dump/top's source
+    assert source.mqtt.name == "3.1.1"  # the dead node skipped, MQTT 5 refused, 3.1.1 spoken
+    source.close()
     with pytest.raises(ConfigError, match=r"level 'gw\.example' holds '\.', which nats refuses"):
         parse_peer_url(cluster.url() + "?gateway=gw.example&broker=nats")
     with pytest.raises(ConfigError, match="MQTT 3.1.1 only"):

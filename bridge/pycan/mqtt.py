@@ -32,7 +32,7 @@ from bridge.codec import socketcan as sc
 from bridge.errors import ConfigError
 from bridge.frame import CanFrame
 from bridge.tools.live.source import SourceClosed
-from bridge.tools.live.mqtt_source import MqttSource, parse_url
+from bridge.tools.live.mqtt_source import MqttSource, parse_url, split_spec
 
 SEND_TIMEOUT_S = 5.0  # send(timeout=None): the broker's PUBACK must come within this
 SEND_EXPIRY_S = 60  # message expiry of what send() publishes: the gateway's default max_age for MQTT
@@ -48,7 +48,7 @@ class MqttBus(can.BusABC):
     def __init__(self, channel: str, can_filters=None, fd: bool = True, **kwargs):
         try:
             self._src = MqttSource(channel)
-            u = parse_url(channel.partition(",")[0])
+            u = parse_url(split_spec(channel)[0])
         except ConfigError as exc:
             raise can.CanInitializationError(f"canbridge: {exc}") from None
         except (OSError, ssl.SSLError) as exc:

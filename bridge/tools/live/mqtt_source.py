@@ -1,14 +1,18 @@
 """`canbridge dump` / `top` source on a fleet's MQTT broker (docs/mqtt.md): the backend side.
 
-    mqtt[s]://[USER@]BROKER[:PORT]/PREFIX/GATEWAY/IFACE[?format=..&topics=per-id&share=GROUP&password_file=..
-                                                        &tls_ca=..&tls_cert=..&tls_key=..]
+    mqtt[s]://[USER@]BROKER[:PORT][,BROKER[:PORT]...]/PREFIX/GATEWAY/IFACE[?topics=per-id&share=GROUP
+                                                        &password_file=..&tls_ca=..&tls_cert=..&tls_key=..]
 
 GATEWAY and IFACE may be MQTT `+` wildcards (`mqtt://broker/fleet/+/can0`: can0 of every gateway). It
 subscribes (qos 0: an observer) to PREFIX/GATEWAY/IFACE/rx (`/+` more with topics=per-id; `$share/GROUP/`
-in front with share=), decodes each message (bridge.codec.mqtt_payload) and yields dump's Rx items with
+in front with share=), decodes each message as its gateway wrote it (MQTT 5 content type, else sniffed;
+format= is accepted and has no effect) and yields dump's Rx items with
 "GATEWAY/IFACE" as the interface name and the gateway's kernel RX timestamp. Same interface as dump's
 RemoteSource: fileno(), waiting(), read(), close(), name, url. paho runs without its thread: read() calls
 loop_read / loop_write / loop_misc. A lost connection raises SourceClosed (dump exits, as for tcp://).
+
+Several brokers (a cluster): the first that answers is used (refused or unreachable: the next); MQTT 5
+first, MQTT 3.1.1 when a broker refuses 5 (nats-server, RabbitMQ), as the gateways' protocol=auto.
 
 A malformed message is skipped and counted in `bad_messages` (a fleet must not stop a dump).
 """
@@ -22,8 +26,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import paho.mqtt.client as paho
 
 from bridge.codec import mqtt_payload as mp
+from bridge.endpoints.brokers import BrokerListError, parse_brokers, split_netloc
 from bridge.endpoints.mqtt_connection import new_client
-from bridge.endpoints.mqtt_version import Mqtt5
+from bridge.endpoints.mqtt_version import Mqtt5, Mqtt311, refused_version
 from bridge.errors import ConfigError
 from bridge.protocols.mqtt import DEFAULT_PORT, DEFAULT_TLS_PORT
 from bridge.security.options import Security
@@ -57,12 +62,16 @@ def parse_url(url: str) -> dict:
         raise ConfigError(f"{url!r}: format must be one of {', '.join(mp.FORMATS)}")
     tls = parts.scheme == "mqtts"
     try:
-        port = parts.port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
-    except ValueError as exc:
-        raise ConfigError(f"{url!r}: bad port: {exc}") from None
-    return {"scheme": parts.scheme, "host": parts.hostname or "127.0.0.1", "port": port,
+        brokers = parse_brokers(split_netloc(parts.netloc)[1] or "127.0.0.1", DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
+    except BrokerListError as exc:
+        raise ConfigError(f"{url!r}: {exc}") from None
+    return {"scheme": parts.scheme, "host": brokers[0].host, "port": brokers[0].port, "brokers": brokers,
             "user": unquote(parts.username) if parts.username else None, "prefix": "/".join(levels[:-2]),
             "gateway": levels[-2], "iface": levels[-1], "options": opts}
+
+
+class _RefusedVersion(Exception):
+    """The broker's CONNACK refused MQTT 5: try 3.1.1."""
 
 
 def _tcp_keepalive(sock) -> None:
@@ -72,9 +81,17 @@ def _tcp_keepalive(sock) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, TCP_KEEPCNT)
 
 
+def split_spec(spec: str) -> tuple[str, str]:
+    """URL[,FILTERS] -> (URL, FILTERS): the filters start at the first comma after the URL's path begins (a
+    comma before it separates brokers: mqtt://n1,n2/fleet/+/can0,123:7FF)."""
+    path = spec.find("/", spec.find("://") + 3)
+    cut = spec.find(",", path) if path >= 0 else -1
+    return (spec[:cut], spec[cut + 1:]) if cut >= 0 else (spec, "")
+
+
 class MqttSource:
     def __init__(self, spec: str) -> None:
-        url, _, filters = spec.partition(",")
+        url, filters = split_spec(spec)
         self.filter = parse_filters(filters)
         u = parse_url(url)
         self.url, self.name = url, f"{u['gateway']}/{u['iface']}"
@@ -87,11 +104,27 @@ class MqttSource:
         topic = f"{u['prefix']}/{u['gateway']}/{u['iface']}/rx" + ("/+" if o.get("topics") == "per-id" else "")
         if o.get("share"):
             topic = f"$share/{o['share']}/{topic}"
-        self.mqtt = Mqtt5()  # the protocol version's room, shared with the gateway peer
         tls = None
         if u["scheme"] == "mqtts":  # the system CAs unless tls_ca; ConfigError naming a file that does not load
             tls = client_context(Security(tls_cert=o.get("tls_cert"), tls_key=o.get("tls_key"),
                                           tls_ca=o.get("tls_ca")), url)
+        error: Exception = OSError("no broker")
+        for broker in u["brokers"]:  # the first node that answers
+            for version in (Mqtt5(), Mqtt311()):  # the protocol version's room, shared with the gateway peer
+                try:
+                    self._open(u, o, tls, topic, version, broker)
+                    return
+                except _RefusedVersion:
+                    continue
+                except (OSError, ConfigError) as exc:
+                    error = exc
+                    break
+        raise error
+
+    def _open(self, u: dict, o: dict, tls, topic: str, version, broker) -> None:
+        """Connect to `broker` in `version` and subscribe; _RefusedVersion if it refuses the version."""
+        self.mqtt = version
+        url = self.url
         c = self.client = new_client(self.mqtt, username=u["user"], password_file=o.get("password_file"), tls=tls,
                                      client_class=paho.Client)  # a blocking connect: dump has nothing else to do
         state: dict = {}
@@ -99,11 +132,14 @@ class MqttSource:
         c.on_subscribe = lambda _c, _u, _m, rcs, _p: state.update(suback=rcs)
         c.on_message = self._on_message
         c.on_disconnect = lambda _c, _u, _f, rc, _p: setattr(self, "_lost", str(rc))
-        c.connect(u["host"], u["port"], KEEPALIVE_S)  # OSError when unreachable
+        c.connect(broker.host, broker.port, KEEPALIVE_S)  # OSError when unreachable
         _tcp_keepalive(c.socket())
         self._wait(lambda: "connack" in state)
         if self.mqtt.failed(state["connack"]):
             c.socket() and c.socket().close()
+            if self.mqtt.name == "5" and refused_version(state["connack"]):
+                self._lost = None
+                raise _RefusedVersion()
             raise ConfigError(f"{url}: the broker refused the connection: {state['connack']}")
         c.subscribe(topic, qos=0)
         self._wait(lambda: "suback" in state)
@@ -116,14 +152,14 @@ class MqttSource:
         while not cond():
             if time.monotonic() > deadline:
                 raise OSError(f"no answer from the broker in {CONNECT_TIMEOUT_S:.0f} s")
-            if self.client.loop(timeout=0.1) != paho.MQTT_ERR_SUCCESS:
+            if self.client.loop(timeout=0.1) != paho.MQTT_ERR_SUCCESS and not cond():  # a refusing CONNACK closes
                 raise OSError(f"connection to the broker lost: {self._lost}")
 
     def _on_message(self, _c, _u, msg) -> None:
         levels = msg.topic.split("/")
         name = "/".join(levels[self._prefix_levels : self._prefix_levels + 2])
         try:
-            frames = mp.decode(self.fmt, msg.payload)
+            frames = mp.decode(self.mqtt.message_format(msg), msg.payload)
         except mp.MqttPayloadError:
             self.bad_messages += 1
             return
