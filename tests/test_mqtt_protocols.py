@@ -48,8 +48,9 @@ def test_auto_speaks_5_to_mosquitto_and_a_dead_first_node_is_skipped(mosquitto, 
         gw.close()
 
 
+@pytest.mark.parametrize("run", range(3))  # repeated: issue 21 saw one run in four go wrong
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
-def test_a_mirror_reads_what_the_gateway_publishes_whatever_its_own_format(mosquitto, protocol):
+def test_a_mirror_reads_what_the_gateway_publishes_whatever_its_own_format(mosquitto, protocol, run):
     """format= chooses what we publish; a mirror decodes by the message's content type (MQTT 5) or by
     sniffing (3.1.1): gateway json -> mirror native, and gateway native -> mirror json, every frame, in order."""
     pairs = [("json", "native"), ("native", "json")]
