@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import paho.mqtt.client as paho
 import pytest
@@ -63,7 +64,8 @@ def test_a_mirror_reads_what_the_gateway_publishes_whatever_its_own_format(mosqu
     assert pump(every, connected(*every))
     assert all(s.peer.counters.gauges["protocol"] == protocol for s in every)
     pump(every, lambda: False, timeout=0.3)
-    sent = [(raw, ts // 1000 * 1000) for raw, ts in frames_of(500)]  # json keeps microseconds
+    now = time.time_ns() // 1000 * 1000  # json keeps microseconds; fresh: a 3.1.1 mirror checks max_age
+    sent = [(raw, now + i * 1000) for i, (raw, _ts) in enumerate(frames_of(500))]
     for gw, _ in sides:
         feed(gw, sent)
     assert pump(every, lambda: all(len(m.bus.frames) >= len(sent) for _, m in sides)), \
@@ -89,3 +91,37 @@ def test_311_refuses_what_it_cannot_do(tmp_path):
     assert [str(b) for b in peer.extra["brokers"]] == ["n1:1884", "[::1]:1883", "n3:1883"]
     assert (peer.host, peer.port, peer.extra["username"]) == ("n1", 1884, "u")
     assert peer.extra["spool"] == {"dir": "/tmp/s", "max_bytes": 2 << 20, "sync_interval": 0.2, "sync_frames": 500}
+
+
+def test_311_mirror_drops_frames_older_than_max_age_by_their_timestamps(mosquitto):
+    """MQTT 3.1.1 has no message expiry: a mirror drops (counts dropped{stale}) frames whose gateway timestamp
+    is older than its max_age by the wall clock, and passes fresh ones (issue 21); under MQTT 5 the broker's
+    expiry does it and the timestamps are not looked at."""
+    gw = Side(url(mosquitto, gateway="gw1", protocol="3.1.1"))
+    mirror = Side(url(mosquitto, gateway="mirror", protocol="3.1.1", source="gw1/can0", read_only=0, max_age=5))
+    sides = [gw, mirror]
+    assert pump(sides, connected(*sides))
+    pump(sides, lambda: False, timeout=0.3)  # the subscription carries
+    now = time.time_ns()
+    old = [(raw, now - 30 * 10**9 + i) for i, (raw, _ts) in enumerate(frames_of(40))]  # 30 s old: > max_age
+    fresh = [(raw, now + i) for i, (raw, _ts) in enumerate(frames_of(60, 40))]
+    feed(gw, old)
+    feed(gw, fresh)
+    assert pump(sides, lambda: len(mirror.bus.frames) >= len(fresh) and mirror.peer.counters.dropped["stale"]), \
+        mirror.peer.counters.snapshot()
+    pump(sides, lambda: False, timeout=0.2)
+    assert mirror.bus.frames == fresh
+    assert mirror.peer.counters.dropped["stale"] == len(old)
+    assert mirror.peer.counters.snapshot()["dropped"]["stale"] == len(old)  # what stats show
+    assert gw.peer.counters.tx_frames == len(old) + len(fresh)  # the gateway sent them all
+    for s in sides:
+        s.close()
+
+
+def test_fresh_frames_keeps_untimed_and_future_frames():
+    from bridge.codec.mqtt_payload import fresh_frames
+
+    now = 1_000 * 10**9
+    frames = [(b"a", now - 61 * 10**9), (b"b", 0), (b"c", now - 59 * 10**9), (b"d", now + 10**9)]
+    assert fresh_frames(frames, now, 60) == (frames[1:], 1)
+    assert fresh_frames(frames, now, 0) == (frames, 0)

@@ -282,6 +282,18 @@ def decode_counted(fmt: str, payload) -> tuple[list, tuple[int, int, int] | None
     raise _err("bad_format", repr(fmt))
 
 
+def fresh_frames(frames: list, now_ns: int, max_age_s: float) -> tuple[list, int]:
+    """A received batch -> (its frames not older than max_age_s at now_ns, how many were older). The age of
+    a frame is now_ns minus its gateway timestamp (ns since the epoch, both wall clocks: their skew counts,
+    docs/mqtt.md "MQTT 3.1.1"); ts 0 (no timestamp: a hand-written command) and a ts in the future are
+    kept; max_age_s 0 keeps everything. For a consumer where no message expiry bounds age (MQTT 3.1.1)."""
+    if not max_age_s:
+        return frames, 0
+    horizon = now_ns - int(max_age_s * 1e9)
+    fresh = [f for f in frames if f[1] == 0 or f[1] >= horizon]
+    return fresh, len(frames) - len(fresh)
+
+
 def chunks(frames: list, limit: int = MAX_MESSAGE_FRAMES) -> list:
     """A batch cut into consecutive pieces of at most `limit` frames (one MQTT message each)."""
     if len(frames) <= limit:

@@ -28,6 +28,9 @@ frames ourselves. A consuming peer counts the gaps not explained by PUB_DROPPED 
 lost_in_transit (messages a broker acknowledged and then lost: killed, restarted without persistence,
 expired) and skips redelivered frames (errors duplicate_frames), so per gateway:
 frames sent = frames delivered + dropped at the gateway + lost_in_transit at the consumer.
+A received message without a message expiry (MQTT 3.1.1) has its frames older than our max_age by their
+gateway timestamps dropped stale here (the wall clocks' skew counts: docs/mqtt.md "MQTT 3.1.1"), so there
+the consumer's dropped{stale} joins the sum.
 """
 
 from __future__ import annotations
@@ -370,6 +373,10 @@ class MqttPeer:
             return
         if count is not None:
             frames = self._account(topic, count, frames)
+        if self.max_age and not self.mqtt.has_expiry(msg):  # no broker expiry (3.1.1): max_age is ours
+            frames, stale = mp.fresh_frames(frames, time.time_ns(), self.max_age)
+            if stale:
+                self.counters.drop("stale", stale)
         self.counters.rx_frames += len(frames)
         self.counters.rx_bytes += len(msg.payload)
         if frames:

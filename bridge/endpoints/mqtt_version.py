@@ -72,6 +72,11 @@ class Mqtt5:
         """The broker closed us because another client connected with our client id."""
         return getattr(reason_code, "value", None) == SESSION_TAKEN_OVER
 
+    def has_expiry(self, msg) -> bool:
+        """A received message carries a Message Expiry Interval: the broker bounded its age (else the
+        consumer does, from the frames' timestamps)."""
+        return msg.properties is not None and getattr(msg.properties, "MessageExpiryInterval", None) is not None
+
     def message_format(self, msg) -> str:
         """The payload format of a received message: its Content Type (our gateways set it), else sniffed."""
         content_type = getattr(msg.properties, "ContentType", None) if msg.properties is not None else None
@@ -107,6 +112,9 @@ class Mqtt311:
 
     def taken_over(self, reason_code) -> bool:
         return False  # 3.1.1 closes the old connection without saying why
+
+    def has_expiry(self, msg) -> bool:
+        return False  # no message expiry in 3.1.1: max_age is the consumer's, from the frames' timestamps
 
     def message_format(self, msg) -> str:
         return sniff_format(msg.payload)
