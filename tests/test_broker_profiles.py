@@ -80,7 +80,8 @@ def test_azure_iot_hub_fixed_topic_client_id_tls_and_no_subscriptions():
 
 def test_protocols_per_broker():
     assert bp.check_options(bp.profile("generic"), protocol="", qos=1, client_id="c", gateway="g") == "auto"
-    assert bp.check_options(bp.profile("nats"), protocol="auto", qos=1, client_id="c", gateway="g") == "auto"
+    nats = bp.profile("nats")
+    assert bp.check_options(nats, protocol="auto", qos=1, client_id="c", gateway="g") == "3.1.1"  # no 5 to try
     with pytest.raises(bp.ProfileError, match="MQTT 3.1.1 only"):
         bp.check_options(bp.profile("nats"), protocol="5", qos=1, client_id="c", gateway="g")
     with pytest.raises(bp.ProfileError, match="protocol must be"):
@@ -119,3 +120,110 @@ def test_the_publish_rate_cap_holds_over_any_second():
     assert late.allow(0.0) and not late.allow(0.0)
     assert late.wait(0.0) == pytest.approx(0.01)
     assert bp.publish_rate(bp.profile("generic")) is None
+
+
+# ---------------------------------------------------------------- the presets as the MQTT peer applies them
+def _cfg(url):
+    from bridge.daemon.config import parse_peer_url
+
+    return parse_peer_url(url)
+
+
+def test_azure_iot_hub_preset_config():
+    x = _cfg("mqtts://hub.azure-devices.net/?gateway=truck-17&broker=azure-iot-hub").extra
+    assert (x["client_id"], x["protocol"]) == ("truck-17", "3.1.1")  # auto: no MQTT 5 to try on the hub
+    assert x["username"] == "hub.azure-devices.net/truck-17/?api-version=2021-04-12"
+    assert _cfg("mqtts://hub/?gateway=t1&broker=azure-iot-hub&protocol=auto").extra["protocol"] == "3.1.1"
+
+
+@pytest.mark.parametrize("url, why", [
+    ("mqtt://hub/?gateway=t1&broker=azure-iot-hub", "TLS only: use mqtts://"),
+    ("mqtts://hub/?gateway=t1&broker=azure-iot-hub&source=t2/can0&read_only=0", "no subscriptions"),
+    ("mqtts://hub/?gateway=t1&broker=azure-iot-hub&source=t2/can0", "no subscriptions"),
+    ("mqtts://hub/?gateway=t1&broker=azure-iot-hub&read_only=0", "no subscriptions of ours"),
+    ("mqtts://hub/?gateway=t1&broker=azure-iot-hub&protocol=5", "speaks MQTT 3.1.1 only"),
+    ("mqtts://hub/?gateway=t1&broker=azure-iot-hub&client_id=other", "device id as client id"),
+    ("mqtts://hub/?gateway=t1&broker=azure-iot-hub&topics=per-id", "one topic only"),
+    ("mqtts://hub/?gateway=t1&broker=azure-iot-hub&qos=2", "qos"),
+    ("mqtt://iot/?gateway=t1&broker=aws-iot", "TLS only"),
+    ("mqtts://iot/a/b/c/d/e/f/g?gateway=t1&broker=aws-iot", "at most 7 '/'"),  # status: 8 slashes
+    ("mqtts://iot/a?gateway=t1&broker=cloud", "broker must be one of generic, nats, azure-iot-hub, aws-iot"),
+])
+def test_preset_refusals_are_clear_at_start(url, why):
+    from bridge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=why):
+        _cfg(url)
+
+
+def test_aws_iot_topic_depth_of_the_rx_topics_is_checked_when_the_peer_opens():
+    """The rx topics need the bus names (the HELLO): PREFIX/GW/IFACE/rx[/ID] is checked at open."""
+    from bridge.errors import ConfigError
+    from tests.test_mqtt import Side
+
+    with pytest.raises(ConfigError, match="at most 7 '/'"):  # a/b/c/d/e/f/t1/can0/rx: 8 slashes
+        Side("mqtts://127.0.0.1:1/a/b/c/d/e/f?gateway=t1&broker=aws-iot")
+    with pytest.raises(ConfigError, match="at most 7 '/'"):  # per-id: a/b/c/d/e/t1/can0/rx/ID
+        Side("mqtts://127.0.0.1:1/a/b/c/d/e?gateway=t1&broker=aws-iot&topics=per-id")
+    ok = Side("mqtts://127.0.0.1:1/a/b/c/d/e?gateway=t1&broker=aws-iot&format=json")  # 7 slashes: fits
+    try:
+        assert ok.peer.outbox.max_frames == bp.frames_per_message(bp.profile("aws-iot"), "json") == 511
+        assert ok.peer.outbox.rate is not None
+    finally:
+        ok.close()
+
+
+def _outbox(profile_name, fmt="native", clock=None):
+    from bridge.core.stats import Counters
+    from bridge.endpoints.mqtt_outbox import Outbox
+
+    p = bp.profile(profile_name)
+    sent, wakes, now = [], [], clock or [0.0]
+    box = Outbox(Counters(), ["fleet/gw/can0/rx"], lambda m, age: (sent.append((now[0], m)), len(sent))[1],
+                 numbered=fmt == "native", max_frames=bp.frames_per_message(p, fmt), rate=bp.publish_rate(p, 0.0),
+                 rate_clock=lambda: now[0], wake=wakes.append, clock=lambda: 1e9 + now[0])
+    return box, sent, wakes, now
+
+
+def test_aws_iot_publish_rate_in_the_outbox_holds_what_waits_and_counts_it():
+    """2 s of a busy bus (2,500 frames/s in 5 ms passes: 200 messages/s uncapped, every publish acknowledged
+    at once): no second holds more than 100 publishes, frames wait in fuller messages meanwhile (nothing
+    dropped), the waits are counted, and all of it leaves once the clock moves on."""
+    box, sent, wakes, now = _outbox("aws-iot")
+    box.connected(65535)
+    frame = (bytes(16), 1)
+    for step in range(800):  # 4 s in 5 ms passes: 2 s of frames, then 2 s of quiet
+        now[0] = step / 200
+        if step < 400:
+            box.take(0, [frame] * (12 + step % 2))
+            box.flush()
+        if wakes:
+            wakes.clear()
+            box.woken()
+        for mid in list(box._inflight):
+            box.acknowledged(mid, True)
+        box.sweep() if step % 200 == 0 else None
+    times = [t for t, _m in sent]
+    for i, t in enumerate(times):
+        assert sum(1 for u in times[i:i + 200] if u < t + 1.0) <= 100
+    assert sum(m.frames for _t, m in sent) == 5000 and not box.counters.dropped
+    assert box.counters.tx_frames == 5000
+    assert box.counters.errors["rate_limited"] > 0
+    assert max(m.frames for _t, m in sent) > 25  # held frames went out together
+
+
+def test_payload_cap_bounds_frames_per_message_in_the_outbox():
+    box, sent, wakes, now = _outbox("aws-iot", fmt="json")
+    box.connected(1)  # one in flight: the rest waits and coalesces up to the cap
+    box.take(0, [WORST_FD] * 3000)
+    box.flush()
+    while box.inflight or wakes:
+        now[0] += 0.011
+        if wakes:
+            wakes.clear()
+            box.woken()
+        for mid in list(box._inflight):
+            box.acknowledged(mid, True)
+    assert sum(m.frames for _t, m in sent) == 3000
+    assert max(m.frames for _t, m in sent) == 511
+    assert all(len(mp.encode("json", "g" * 64, "can0", [WORST_FD] * m.frames)) <= 128 * 1024 for _t, m in sent)

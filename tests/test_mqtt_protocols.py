@@ -12,6 +12,7 @@ import time
 import paho.mqtt.client as paho
 import pytest
 
+from bridge.codec import mqtt_payload as mp
 from bridge.daemon.config import parse_peer_url
 from bridge.errors import ConfigError
 from tests.mqtt_broker import Broker, free_port, needs_mosquitto, running
@@ -125,3 +126,54 @@ def test_fresh_frames_keeps_untimed_and_future_frames():
     frames = [(b"a", now - 61 * 10**9), (b"b", 0), (b"c", now - 59 * 10**9), (b"d", now + 10**9)]
     assert fresh_frames(frames, now, 60) == (frames[1:], 1)
     assert fresh_frames(frames, now, 0) == (frames, 0)
+
+
+def test_azure_iot_hub_preset_against_a_tls_mosquitto_standing_in_for_the_hub(tmp_path):
+    """broker=azure-iot-hub on a TLS Mosquitto whose ACL is the hub's rule (a client writes only under
+    devices/CLIENT_ID/messages/events/): MQTT 3.1.1, client id = gateway, frames on the fixed topic with the
+    bus in the property bag, the status there too and not retained, nothing refused."""
+    from tests.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    acl = "pattern write devices/%c/messages/events/#\ntopic read devices/#\n"
+    broker = Broker(tmp_path / "hub", tls=pki, acl=acl).start()
+    got, done = [], threading.Event()
+    watch = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    watch.tls_set(ca_certs=pki["ca"])
+    watch.on_message = lambda cl, u, msg: (got.append((msg.topic, msg.payload, msg.retain)), done.set())
+    watch.connect("localhost", broker.port)
+    watch.subscribe("devices/#", qos=1)
+    watch.loop_start()
+    gw = Side(f"mqtts://localhost:{broker.port}/?gateway=gw1&broker=azure-iot-hub&tls_ca={pki['ca']}")
+    try:
+        assert pump([gw], connected(gw))
+        assert (gw.peer.client_id, gw.peer.counters.gauges["protocol"]) == ("gw1", "3.1.1")
+        now = time.time_ns()
+        sent = [(raw, now + i) for i, (raw, _ts) in enumerate(frames_of(50))]
+        feed(gw, sent)
+        assert pump([gw], lambda: gw.peer.counters.tx_frames == 50 and sum(t.endswith("iface=can0")
+                                                                            for t, _p, _r in got) >= 1)
+        pump([gw], lambda: False, timeout=0.3)
+        topics = {t for t, _p, _r in got}
+        assert topics == {"devices/gw1/messages/events/iface=can0", "devices/gw1/messages/events/type=status"}
+        frames = [f for t, p, _r in got if t.endswith("iface=can0") for f in mp.decode("native", p)]
+        assert frames == sent
+        status = [json.loads(p) for t, p, _r in got if t.endswith("type=status")]
+        assert status[0]["status"] == "online"
+        assert not any(r for _t, _p, r in got) and not gw.peer.counters.errors.get("publish_refused")
+        late = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)  # nothing retained
+        late.tls_set(ca_certs=pki["ca"])
+        retained = []
+        late.on_message = lambda cl, u, msg: retained.append(msg.topic)
+        late.connect("localhost", broker.port)
+        late.subscribe("devices/#")
+        late.loop_start()
+        time.sleep(0.3)
+        late.loop_stop()
+        late.disconnect()
+        assert retained == []
+    finally:
+        watch.loop_stop()
+        watch.disconnect()
+        gw.close()
+        broker.stop()

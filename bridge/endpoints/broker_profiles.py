@@ -113,6 +113,21 @@ def telemetry_topic(p: BrokerProfile, prefix: str, gateway: str, iface: str) -> 
     return p.topic.format(device=gateway) + f"iface={iface}"
 
 
+def status_topic(p: BrokerProfile, prefix: str, gateway: str) -> str:
+    """Where the gateway's status (and its will) goes: PREFIX/GATEWAY/status, or on a hub with a fixed
+    topic that topic with type=status in its property bag (Azure: devices/GATEWAY/messages/events/type=status)."""
+    if p.topic is None:
+        return f"{prefix}/{gateway}/status"
+    return p.topic.format(device=gateway) + "type=status"
+
+
+def azure_username(host: str, device: str) -> str:
+    """Azure IoT Hub's MQTT user name for a device ("Using the MQTT protocol directly (as a device)"):
+    {iothubhostname}/{device_id}/?api-version=2021-04-12 (the password is a SAS token, or none with an
+    X.509 client certificate)."""
+    return f"{host}/{device}/?api-version=2021-04-12"
+
+
 def frames_per_message(p: BrokerProfile, fmt: str, limit: int = mp.MAX_MESSAGE_FRAMES) -> int:
     """The most frames one message of `fmt` may carry so that it fits p.max_payload in the worst case."""
     fit = (p.max_payload - HEAD_BYTES[fmt]) // FRAME_BYTES[fmt]
@@ -126,6 +141,8 @@ def check_options(p: BrokerProfile, *, protocol: str, qos: int, client_id: str, 
     """The options of one MQTT peer against broker p -> the protocol to speak ("" given: p's own);
     ProfileError naming the option otherwise."""
     protocol = protocol or p.protocol
+    if protocol == "auto" and "5" not in p.protocols:
+        protocol = p.protocol  # no MQTT 5 to try: the hub's version at once (Azure would refuse 5 first)
     if protocol not in PROTOCOLS:
         raise ProfileError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if protocol != "auto" and protocol not in p.protocols:

@@ -48,6 +48,7 @@ from bridge.codec import native
 from bridge.codec.frameloss import PublishedFrames
 from bridge.core.reactor import Reactor
 from bridge.core.stats import Counters
+from bridge.endpoints import broker_profiles as bp
 from bridge.endpoints.brokers import Broker
 from bridge.endpoints.bushealth import HealthReport
 from bridge.endpoints.socketcan import SocketCanEndpoint
@@ -116,7 +117,9 @@ class MqttPeer:
     line is the password (read when the peer opens); backend: the outbox's storage
     (bridge.endpoints.mqtt_store; default in memory); spool: {"dir", "max_bytes", "sync_interval",
     "sync_frames"} for a durable one (its files in DIR/CLIENT_ID; SpoolError if unusable); brokers: the
-    list to fail over across (default: host:port alone); protocol: "5", "3.1.1" or "auto"."""
+    list to fail over across (default: host:port alone); protocol: "5", "3.1.1" or "auto"; profile: the
+    broker's bridge.endpoints.broker_profiles.BrokerProfile (default generic): its fixed telemetry and status
+    topics, retained messages or not, frames per message under its payload cap, its publishes/s cap."""
 
     def __init__(self, reactor: Reactor, router, *, host: str, port: int, prefix: str, gateway: str,
                  channels: list, client_id: str, username: str | None = None, password_file: str | None = None,
@@ -125,7 +128,7 @@ class MqttPeer:
                  sources: tuple = (), read_only: bool = True, max_age: float = DEFAULT_MAX_AGE_S,
                  tls=None, fd: bool = False, version: str = "",
                  routing=(None, None, None), name: str | None = None, backend=None, spool: dict | None = None,
-                 brokers: tuple | None = None, protocol: str = "5") -> None:
+                 brokers: tuple | None = None, protocol: str = "5", profile: bp.BrokerProfile | None = None) -> None:
         self.reactor = reactor
         self.router = router
         self.name = name or f"mqtt://{host}:{port}/{prefix}"
@@ -135,7 +138,9 @@ class MqttPeer:
         self.share, self.sources, self.read_only = share, tuple(sources), read_only
         self.max_age = max_age
         self.client_id = client_id
-        self.status_topic = f"{prefix}/{gateway}/status"
+        self.profile = profile = profile or bp.profile("generic")
+        self.status_topic = bp.status_topic(profile, prefix, gateway)
+        self._retain = profile.retain  # a hub without retained messages: status at connect and on change only
         self._tx_topics = {f"{prefix}/{gateway}/{iface}/tx": ch for ch, iface in enumerate(self.channels)}
         self._received = PublishedFrames()  # per topic: gaps and redeliveries of what we consume
         self._connected = False
@@ -161,9 +166,12 @@ class MqttPeer:
                                    max_bytes=spool["max_bytes"], sync_interval=spool["sync_interval"],
                                    sync_frames=spool["sync_frames"], call_later=reactor.call_later)
             max_bytes = {"max_bytes": spool["max_bytes"]}
-        self.outbox = Outbox(self.counters, [f"{prefix}/{gateway}/{iface}/rx" for iface in self.channels],
+        rate = bp.publish_rate(profile, time.monotonic())
+        self.outbox = Outbox(self.counters, [bp.telemetry_topic(profile, prefix, gateway, iface)
+                                             for iface in self.channels],
                              self._publish, numbered=fmt == "native" and not per_id, per_id=per_id,
-                             backend=backend, max_age=max_age, **max_bytes)
+                             backend=backend, max_age=max_age, max_frames=bp.frames_per_message(profile, fmt),
+                             rate=rate, rate_clock=time.monotonic, wake=self._wake, **max_bytes)
         self.client = self._new_client()
         self.connection = Connection(reactor, self.client, brokers=tuple(brokers or (Broker(host, port),)),
                                      tls=tls, name=self.name, counters=self.counters, on_change=self._gauges)
@@ -180,7 +188,8 @@ class MqttPeer:
         c.max_queued_messages_set(PAHO_QUEUE_LIMIT)
         c.max_inflight_messages_set(0)  # no limit of paho's: the outbox keeps the window (and paho would
         #                                  otherwise queue and resend by itself, out of our order)
-        c.will_set(self.status_topic, self._status("offline"), qos=1, retain=True, properties=v.publish_props("json"))
+        c.will_set(self.status_topic, self._status("offline"), qos=1, retain=self._retain,
+                   properties=v.publish_props("json"))
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
@@ -205,7 +214,7 @@ class MqttPeer:
 
     def _publish_online(self, client) -> None:
         """The retained online status with the buses' health; the outbox keeps its place in the window."""
-        info = client.publish(self.status_topic, self._status("online"), qos=1, retain=True,
+        info = client.publish(self.status_topic, self._status("online"), qos=1, retain=self._retain,
                               properties=self.mqtt.publish_props("json"))
         self.outbox.control(info.mid)
 
@@ -308,7 +317,8 @@ class MqttPeer:
             now = self.reactor.time()
             status["buses"] = self._health.report(now)
             self._bus_states = {name: h["state"] for name, h in status["buses"].items()}
-            self._health_due = now + STATUS_HEALTH_S
+            # no retained status (a hub): not republished on a timer, every message costs its quota
+            self._health_due = now + STATUS_HEALTH_S if self._retain else float("inf")
         return json.dumps(status, separators=(",", ":")).encode()
 
     # ---------------------------------------------------------------------------- bus -> broker
@@ -316,6 +326,14 @@ class MqttPeer:
         """Take a batch read from bus `channel`; published at the end-of-pass flush."""
         self.outbox.take(channel, frames)
         return True
+
+    def _wake(self, delay: float) -> None:
+        """The outbox waits for a publish token (a broker's publishes/s cap): pump again then."""
+        def again():
+            if not self._closing:
+                self.outbox.woken()
+                self.connection.write_now()
+        self.reactor.call_later(delay, again)
 
     def flush(self) -> None:
         """End of the loop pass: the outbox publishes (or stores) this pass's frames, and what paho queued
@@ -433,7 +451,7 @@ class MqttPeer:
         self.connection.close()
         self.router.remove_peer(self)
         if self._connected:
-            self.client.publish(self.status_topic, self._status("offline"), qos=0, retain=True,
+            self.client.publish(self.status_topic, self._status("offline"), qos=0, retain=self._retain,
                                 properties=self.mqtt.publish_props("json"))
             self.client.disconnect()
             for _ in range(8):  # the socket is non-blocking: push the last packets out if they fit

@@ -6,7 +6,8 @@ forward"). Every frame read from our buses goes through it; nothing reaches the 
                             then pump()
     pump()                  hand messages to the client oldest first while fewer than `window` of ours are
                             unacknowledged: window = min(WINDOW_MAX, the broker's Receive Maximum), 0 while
-                            there is no connection
+                            there is no connection; under a broker's publishes/s cap (broker=aws-iot) only
+                            while its token bucket has a token (what waits stays stored, errors{rate_limited})
     acknowledged(mid, ok)   the broker's PUBACK (qos 1) or paho's "written" (qos 0) for one message
     connected(receive_max)  CONNACK: the window opens, everything stored is sent again from the oldest
     lost(client)            the connection is gone: take back what the client held (drop_out_messages():
@@ -53,17 +54,26 @@ class Outbox:
     """counters: the peer's; topics: the rx topic of each channel; send(message, payload_age_s) -> the
     client's message id, or None if the client refused it at once (counted publish_failed here);
     numbered: native batch topics (PUB_COUNT); per_id: one message per frame on TOPIC/ID; max_age: s
-    (0: none); clock: wall-clock seconds (time.time: a durable backend keeps messages across restarts)."""
+    (0: none); clock: wall-clock seconds (time.time: a durable backend keeps messages across restarts);
+    max_frames: frames per message (a broker's payload cap, broker_profiles.frames_per_message); rate: a
+    broker_profiles.PublishRate (a publishes/s cap) or None, read with rate_clock (monotonic s); a message
+    it holds back stays stored (counted once in errors{rate_limited}) and wake(delay_s) is asked to call
+    pump() again when a token is due."""
 
     def __init__(self, counters: Counters, topics: list, send, *, numbered: bool, per_id: bool = False,
                  backend: OutboxBackend | None = None, max_bytes: int = STORE_MAX_BYTES,
-                 max_age: float = DEFAULT_MAX_AGE_S, clock=time.time) -> None:
+                 max_age: float = DEFAULT_MAX_AGE_S, clock=time.time, max_frames: int = mp.MAX_MESSAGE_FRAMES,
+                 rate=None, rate_clock=time.monotonic, wake=None) -> None:
         self.counters, self.topics, self._send = counters, list(topics), send
         self.numbered, self.per_id = numbered, per_id
         self.backend = backend if backend is not None else MemoryBackend()
         self.durable = getattr(self.backend, "durable", False)  # a spool: every pass's frames are stored
         self.full_reason = getattr(self.backend, "full_reason", "queue_full")
         self.max_bytes, self.max_age, self._clock = max_bytes, max_age, clock
+        self.max_frames = max_frames
+        self.rate, self._rate_clock, self._wake = rate, rate_clock, wake
+        self._rate_held = -1  # seq of the last message counted rate_limited (each counted once)
+        self._woken = False  # a wake() is pending
         self.state = self.backend.load_state() or {"session": secrets.randbits(32), "next_seq": 0,
                                                    "published": {}, "dropped": {}}
         self._pass: dict[int, list] = {}  # channel -> frames taken in this loop pass
@@ -112,14 +122,14 @@ class Outbox:
         return out
 
     def _add_open(self, channel: int, frames: list, now: float, sealed: list) -> None:
-        for part in mp.chunks(frames):
+        for part in mp.chunks(frames, self.max_frames):
             try:
                 records = native.encode_frames(0, part)
             except ValueError:  # a raw frame no kernel produces
                 self.counters.drop("unencodable", len(part))
                 continue
             tail = self._open.get(channel)
-            if tail is not None and tail[1] + len(part) > mp.MAX_MESSAGE_FRAMES:
+            if tail is not None and tail[1] + len(part) > self.max_frames:
                 sealed.append(self._seal(channel))
                 tail = None
             if tail is None:
@@ -165,6 +175,8 @@ class Outbox:
                 return
             now = self._clock()
             for m in batch:
+                if self.rate is not None and not self._rate_allows(m):
+                    return
                 self._cursor = m.seq
                 mid = self._send(m, max(0.0, now - m.created))
                 if mid is None:  # refused by the client at once (e.g. a payload it cannot send)
@@ -174,6 +186,24 @@ class Outbox:
                 m.sent = True
                 self._inflight[mid] = m.seq
                 self._mid_of[m.seq] = mid
+
+    def _rate_allows(self, m: Message) -> bool:
+        """A token for message m, or m waits (stored, counted once) and a wake-up is asked for."""
+        now = self._rate_clock()
+        if self.rate.allow(now):
+            return True
+        if m.seq != self._rate_held:
+            self._rate_held = m.seq
+            self.counters.errors["rate_limited"] += 1
+        if self._wake is not None and not self._woken:
+            self._woken = True
+            self._wake(self.rate.wait(now))
+        return False
+
+    def woken(self) -> None:
+        """The wake-up wake() asked for: pump again."""
+        self._woken = False
+        self.pump()
 
     def control(self, mid: int) -> None:
         """A message of the peer's own (the status) is in flight: it takes a place in the window."""

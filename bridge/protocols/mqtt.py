@@ -6,12 +6,13 @@ Payloads: bridge.codec.mqtt_payload; the client: bridge.endpoints.mqtt
 Options (URL query or [[peer]] keys): gateway= (default: the host name), client_id=, qos=0|1 (default 1),
 format=native|json|candump, topics=batch|per-id, keepalive= (s), session_expiry= (s, 0: clean session),
 share=GROUP (shared subscription for the source= topics), source=GW/IFACE[,GW/IFACE...] (MQTT + wildcards
-allowed), password_file=PATH (first line; never a password in the URL), read_only= (default 1 for MQTT:
-frames from the broker reach a bus only with read_only=0), max_age= (s, default 60), protocol=5|3.1.1|auto
-(default auto: MQTT 5, 3.1.1 when the broker refuses 5), broker=generic|nats (what the broker accepts:
-topic levels checked at start), brokers=HOST[:PORT],... (more nodes after the URL's), spool=DIR (a durable
-outbox on disk, off by default), spool_max=BYTES (K/M/G suffixes; default 64M), spool_sync=SECONDS[,FRAMES]
-(the fsync window, default 0.1,1000), and the usual filter=, inbound_filter=, write_allow=, rate=, burst=.
+allowed), password_file=PATH (first line; never a password in the URL), read_only= (default 1 for MQTT: frames
+from the broker reach a bus only with read_only=0), max_age= (s, default 60), protocol=5|3.1.1|auto (default
+auto: MQTT 5, 3.1.1 when the broker refuses 5), broker=generic|nats|azure-iot-hub|aws-iot (what the broker
+accepts, bridge.endpoints.broker_profiles: topics checked at start; the hubs' presets: docs/mqtt.md),
+brokers=HOST[:PORT],... (more nodes after the URL's), spool=DIR (a durable outbox on disk, off by default),
+spool_max=BYTES (K/M/G suffixes; default 64M), spool_sync=SECONDS[,FRAMES] (the fsync window, default
+0.1,1000), and the usual filter=, inbound_filter=, write_allow=, rate=, burst=.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ MAX_TOPIC_LEVEL = 64  # gateway / share names: short topic levels keep every mes
 _OPTIONS = ("gateway", "client_id", "qos", "format", "topics", "keepalive", "session_expiry", "share",
             "source", "password_file", "read_only", "max_age", "protocol", "broker", "brokers", "spool",
             "spool_max", "spool_sync")
-BROKER_KINDS = ("generic", "nats")  # broker=: the profiles whose limits the endpoint honours (broker_profiles)
+# broker=: the profiles whose limits the endpoint honours (bridge.endpoints.broker_profiles)
+BROKER_KINDS = ("generic", "nats", "azure-iot-hub", "aws-iot")
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -97,6 +99,15 @@ class Mqtt(PeerProtocolBase):
         x["prefix"] = prefix
         x["username"] = unquote(parts.username) if parts.username else None
         x["gateway"] = _level(x.get("gateway") or default_gateway(), "gateway", where)
+        kind = x.get("broker", "generic")
+        if kind not in BROKER_KINDS:
+            raise ConfigError(f"{where}: broker must be one of {', '.join(BROKER_KINDS)}, got {kind!r}")
+        if kind == "azure-iot-hub":  # the hub's device: client id and user name are the device id's
+            x.setdefault("client_id", x["gateway"])
+            if not x["username"]:
+                from bridge.endpoints.broker_profiles import azure_username
+
+                x["username"] = azure_username(peer.host, x["gateway"])
         x["client_id"] = str(x.get("client_id") or default_client_id(x["gateway"], prefix))
         if not 1 <= len(x["client_id"]) <= 64:
             raise ConfigError(f"{where}: client_id must be 1..64 characters")
@@ -135,6 +146,8 @@ class Mqtt(PeerProtocolBase):
                 raise ConfigError(f"{where}: password_file: {password_file!r} is not readable")
         # MQTT is read-only unless told otherwise: a broker is shared by a fleet and its backends
         peer.access = access_control.with_option(peer.access, "read_only", x.pop("read_only", "1"), where)
+        if checked and kind == "azure-iot-hub":  # before read_only's advice: no setting makes it work
+            raise ConfigError(f"{where}: source=: {kind} takes no subscriptions of ours (telemetry out only)")
         if checked and peer.access.read_only:
             raise ConfigError(f"{where}: source= writes remote frames to our bus: it needs read_only=0")
         max_age = x.get("max_age", DEFAULT_MAX_AGE_S)
@@ -164,15 +177,15 @@ class Mqtt(PeerProtocolBase):
         except BrokerListError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         x["brokers"] = brokers
-        kind = x.get("broker", "generic")
-        if kind not in BROKER_KINDS:
-            raise ConfigError(f"{where}: broker must be one of {', '.join(BROKER_KINDS)}, got {kind!r}")
-        profile = bp.profile(kind)
+        profile = bp.profile(x.get("broker", "generic"))
         try:
             x["protocol"] = bp.check_options(profile, protocol=str(x.get("protocol", "")), qos=x["qos"],
                                              client_id=x["client_id"], gateway=x["gateway"], sources=x["source"],
                                              read_only=peer.access.read_only, tls=cls.scheme == "mqtts")
-            for topic in (f"{x['prefix']}/{x['gateway']}/status", *(f"{x['prefix']}/{s}/rx" for s in x["source"])):
+            if profile.topic is not None and x["per_id"]:
+                raise bp.ProfileError(f"topics=per-id: {profile.name} takes telemetry on its one topic only")
+            for topic in (bp.status_topic(profile, x["prefix"], x["gateway"]),
+                          *(f"{x['prefix']}/{s}/rx" for s in x["source"])):
                 bp.check_topic(profile, topic)
         except bp.ProfileError as exc:
             raise ConfigError(f"{where}: {exc}") from None
@@ -209,7 +222,8 @@ class Mqtt(PeerProtocolBase):
         where = f"{cls.scheme}://{peer.host}:{peer.port}/{x['prefix']}"
         try:
             for iface in hello.channels:
-                bp.check_topic(x["profile"], f"{x['prefix']}/{x['gateway']}/{iface}/rx")
+                topic = bp.telemetry_topic(x["profile"], x["prefix"], x["gateway"], iface)
+                bp.check_topic(x["profile"], topic + ("/18DAF110" if x["per_id"] else ""))  # the longest ID level
         except bp.ProfileError as exc:
             raise ConfigError(f"{where}: {exc}") from None
         try:
@@ -230,7 +244,7 @@ class Mqtt(PeerProtocolBase):
                         max_age=x["max_age"], tls=cls._tls(ctx, peer), fd=bool(hello.capabilities & 1),
                         version=__version__, routing=ctx.routing,
                         name=f"{cls.scheme}://{peer.host}:{peer.port}/{x['prefix']}",
-                        brokers=x["brokers"], protocol=x["protocol"], spool=x.get("spool"))
+                        brokers=x["brokers"], protocol=x["protocol"], spool=x.get("spool"), profile=x["profile"])
 
 
 class Mqtts(Mqtt):
