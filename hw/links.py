@@ -8,8 +8,12 @@ drivers/net/can/dev/netlink.c (what the kernel accepts), pyroute2's `ifinfmsg` C
 Units: bitrates in bit/s; sample points as a fraction of the bit time (0.875; the kernel's unit is
 tenths of a percent, 875); restart_ms in milliseconds (0 = no automatic restart after BUS-OFF).
 Changing bit timing needs CAP_NET_ADMIN and a link that is down: `setup()` takes it down, applies
-the settings and brings it up again. Every failure raises LinkError naming the interface and the
-options at fault; nothing a caller asked for is silently skipped.
+the settings and brings it up again. Every failure raises LinkError naming the interface (and, on a
+real controller, its type and driver: "can0 (sja1000, kvaser_pci)") and the options at fault; nothing a
+caller asked for is silently skipped. What the controller cannot do (CAN FD on a classic SJA1000, a
+mode it lacks) is refused before the link is touched, from the modes it reports
+(IFLA_CAN_CTRLMODE_SUPPORTED); a bitrate or sample point it can only approach is made as near as the
+kernel can, and `adjustments()` says by how much.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -32,6 +37,14 @@ STATES = {0: "ERROR-ACTIVE", 1: "ERROR-WARNING", 2: "ERROR-PASSIVE", 3: "BUS-OFF
 _PYROUTE2_STATES = {"ERROR_ACTIVE": 0, "ERROR_WARNING": 1, "ERROR_PASSIVE": 2, "BUS_OFF": 3, "STOPPED": 4,
                     "SLEEPING": 5}
 BIT_TIMING_KEYS = ("bitrate", "sample_point", "dbitrate", "dsample_point", "restart_ms")
+# control modes: our name -> pyroute2's IFLA_CAN_CTRLMODE field (linux/can/netlink.h CAN_CTRLMODE_*)
+CTRLMODES = {"loopback": "loopback", "listen_only": "listenonly", "triple_sampling": "3_samples",
+             "one_shot": "one_shot", "berr_reporting": "berr_reporting", "fd": "fd", "presume_ack": "presume_ack",
+             "fd_non_iso": "fd_non_iso", "cc_len8_dlc": "cc_len8_dlc", "tdc_auto": "tdc_auto",
+             "tdc_manual": "tdc_manual"}
+_OUR_MODE = {v: k for k, v in CTRLMODES.items()}
+MODE_KEYS = ("fd", "berr_reporting", "listen_only")  # the modes setup() sets
+CAP_NET_ADMIN = 12  # linux/capability.h
 
 
 class LinkError(CanBridgeError):
@@ -63,12 +76,29 @@ class LinkInfo:
     restart_ms: int | None = None
     txerr: int | None = None  # IFLA_CAN_BERR_COUNTER
     rxerr: int | None = None
-    ctrlmode: list[str] = field(default_factory=list)  # modes that are on, e.g. ["fd", "berr_reporting"]
+    ctrlmode: list[str] = field(default_factory=list)  # modes that are on, e.g. ["berr_reporting", "fd"]
     stats: dict[str, int] = field(default_factory=dict)  # rx/tx packets, errors, dropped (IFLA_STATS64)
+    controller: str | None = None  # the bit-timing constants' name: "sja1000", "mcp251xfd", ...
+    driver: str | None = None  # the device's driver (sysfs): "kvaser_pci", "gs_usb", ...; None on vcan
+    supported_modes: list[str] | None = None  # IFLA_CAN_CTRLMODE_SUPPORTED (kernel >= 5.16); None: unknown
+    timing_const: dict[str, int] | None = None  # IFLA_CAN_BITTIMING_CONST: tseg1/tseg2/sjw/brp limits
 
     @property
     def fd(self) -> bool:
         return self.mtu == CANFD_MTU
+
+    @property
+    def label(self) -> str:
+        """The name as errors give it: "can0 (sja1000, kvaser_pci)" on a controller, else "vcan0"."""
+        extra = [x for x in (self.controller, self.driver) if x]
+        return f"{self.name} ({', '.join(extra)})" if extra else self.name
+
+
+def _driver(name: str) -> str | None:
+    try:
+        return Path(f"/sys/class/net/{name}/device/driver").resolve(strict=True).name
+    except OSError:
+        return None
 
 
 def _data(msg, name: str):
@@ -109,7 +139,19 @@ def link_info(msg) -> LinkInfo:
         info.txerr, info.rxerr = berr["txerr"], berr["rxerr"]
     modes = _data(msg, "IFLA_CAN_CTRLMODE")
     if modes is not None:
-        info.ctrlmode = sorted(k for k, v in modes.items() if v == "on")
+        info.ctrlmode = sorted(_OUR_MODE.get(k, k) for k, v in modes.items() if v == "on")
+    ext = _data(msg, "IFLA_CAN_CTRLMODE_EXT")
+    supported = ext.get_attr("IFLA_CAN_CTRLMODE_SUPPORTED") if ext is not None else None
+    if supported is not None:
+        info.supported_modes = sorted(_OUR_MODE.get(k, k) for k, v in supported.items() if v == "yes")
+    const = _data(msg, "IFLA_CAN_BITTIMING_CONST")
+    if const is not None:
+        name = const["name"]
+        info.controller = (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).rstrip("\0")
+        info.timing_const = {k: const[k] for k in ("tseg1_min", "tseg1_max", "tseg2_min", "tseg2_max", "sjw_max",
+                                                   "brp_min", "brp_max", "brp_inc")}
+    if kind == "can":
+        info.driver = _driver(info.name)
     return info
 
 
@@ -143,25 +185,53 @@ def show(iface: str) -> LinkInfo:
         return _get(ipr, iface)
 
 
-def _change(ipr: IPRoute, iface: str, what: str, **request) -> None:
-    """One RTM_NEWLINK 'set'; kernel errors become LinkError naming `what` (the options in this request)."""
+def _change(ipr: IPRoute, iface: str, what: str, link: LinkInfo | None = None, **request) -> None:
+    """One RTM_NEWLINK 'set'; kernel errors become LinkError naming `what` (the options in this request)
+    and, given `link` (as read before), the controller."""
     try:
         ipr.link("set", index=_index(ipr, iface), **request)
     except NetlinkError as exc:
-        raise LinkError(_explain(iface, what, exc)) from None
+        raise LinkError(_explain(link.label if link else iface, what, exc, link)) from None
 
 
-def _explain(iface: str, what: str, exc: NetlinkError) -> str:
-    text = f"{iface}: cannot set {what}: {_errmsg(exc)}"
+NEEDS_CAP = "needs CAP_NET_ADMIN: run as root, from canbridge-link@.service or the udev rule"
+
+
+def _explain(label: str, what: str, exc: NetlinkError, link: LinkInfo | None = None) -> str:
+    text = f"{label}: cannot set {what}: {_errmsg(exc)}"
+    controller = link is not None and link.kind == "can"
     if exc.code == errno.EPERM:
-        return text + " (needs CAP_NET_ADMIN: run as root or from canbridge-link@.service)"
+        return f"{text} ({NEEDS_CAP})"
     if exc.code == errno.EOPNOTSUPP:
+        if controller:
+            return text + f" (the {link.controller or 'controller'} does not support it)"
         return text + " (this device has no such setting; vcan and vxcan have no bit timing)"
+    if exc.code in (errno.EDOM, errno.ERANGE, errno.EINVAL) and controller and link.clock_hz:
+        return text + f" (the {link.controller or 'controller'} with its {link.clock_hz / 1e6:g} MHz clock cannot " \
+                      f"make this bit timing within the kernel's 5 %{_slowest(link)})"
     if exc.code == errno.EINVAL:
         return text + " (the controller rejects this value; check the bitrate, sample point and the clock)"
     if exc.code == errno.EBUSY:
         return text + " (the link is busy: it must be down, and restart works only in BUS-OFF)"
     return text
+
+
+def _slowest(link: LinkInfo) -> str:
+    c = link.timing_const
+    if not c or not link.clock_hz:
+        return ""
+    return f"; its slowest is {link.clock_hz // (c['brp_max'] * (1 + c['tseg1_max'] + c['tseg2_max']))} bit/s"
+
+
+def has_cap_net_admin() -> bool:
+    """CAP_NET_ADMIN in this process's effective set (/proc/self/status CapEff); True if unreadable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError):
+        pass
+    return True
 
 
 def set_up(iface: str) -> None:
@@ -196,6 +266,12 @@ class Settings:
     fd: bool | None = None
     restart_ms: int | None = None
     txqueuelen: int | None = None
+    berr_reporting: bool | None = None
+    listen_only: bool | None = None
+
+    def wants(self) -> str:
+        """The settings asked for, as errors name them: "bitrate=500000, restart_ms=100"."""
+        return ", ".join(f"{k}={v}" for k, v in asdict(self).items() if v is not None)
 
     def given(self, keys=None) -> list[str]:
         return [k for k, v in asdict(self).items() if v is not None and (keys is None or k in keys)]
@@ -219,6 +295,13 @@ def _bittiming(bitrate: int, sample_point: float | None) -> dict:
     return {"bitrate": bitrate, "sample_point": round(sample_point * 1000) if sample_point else 0}
 
 
+def _modes(s: Settings) -> dict[str, bool]:
+    """The control modes asked for (fd implied by dbitrate)."""
+    fd = True if s.dbitrate is not None and s.fd is None else s.fd
+    wanted = {"fd": fd, "berr_reporting": s.berr_reporting, "listen_only": s.listen_only}
+    return {k: v for k, v in wanted.items() if v is not None}
+
+
 def _can_request(s: Settings) -> dict:
     """IFLA_INFO_DATA for kind "can" (pyroute2 names): bit timing, FD control mode, restart_ms."""
     req: dict = {}
@@ -226,9 +309,9 @@ def _can_request(s: Settings) -> dict:
         req["can_bittiming"] = _bittiming(s.bitrate, s.sample_point)
     if s.dbitrate is not None:
         req["can_data_bittiming"] = _bittiming(s.dbitrate, s.dsample_point)
-    fd = True if s.dbitrate is not None and s.fd is None else s.fd
-    if fd is not None:
-        req["can_ctrlmode"] = {"fd": "on" if fd else "off"}
+    modes = {CTRLMODES[k]: "on" if v else "off" for k, v in _modes(s).items()}
+    if modes:
+        req["can_ctrlmode"] = modes
     if s.restart_ms is not None:
         req["can_restart_ms"] = s.restart_ms
     return req
@@ -236,20 +319,26 @@ def _can_request(s: Settings) -> dict:
 
 def setup(iface: str, bitrate: int | None = None, sample_point: float | None = None, dbitrate: int | None = None,
           dsample_point: float | None = None, fd: bool | None = None, restart_ms: int | None = None,
-          txqueuelen: int | None = None) -> LinkInfo:
+          txqueuelen: int | None = None, berr_reporting: bool | None = None,
+          listen_only: bool | None = None) -> LinkInfo:
     """Take iface down, apply the given settings, bring it up; returns the link as the kernel then reports it.
 
     On a CAN controller (kind "can") the settings go in one IFLA_INFO_DATA request, so the kernel
     checks them together; `fd` (implied by dbitrate) is the FD control mode, which also makes the MTU 72.
     On vcan/vxcan `fd` sets the MTU (72 or 16) and bit-timing options raise LinkError (EOPNOTSUPP).
-    If a setting fails, a link that was up is brought up again and LinkError names the option."""
-    s = Settings(bitrate, sample_point, dbitrate, dsample_point, fd, restart_ms, txqueuelen)
+    berr_reporting and listen_only are control modes of a controller (refused on vcan/vxcan).
+    If a setting fails, a link that was up is brought up again and LinkError names the option.
+    Refused before the link is touched: a mode the controller does not list as supported, and a process
+    without CAP_NET_ADMIN."""
+    s = Settings(bitrate, sample_point, dbitrate, dsample_point, fd, restart_ms, txqueuelen, berr_reporting,
+                 listen_only)
     s.check(iface)
     with IPRoute() as ipr:
         before = _get(ipr, iface)
-        _change(ipr, iface, "state down", state="down")
+        _refuse_early(before, s)
+        _change(ipr, iface, "state down", before, state="down")
         try:
-            _apply(ipr, iface, before.kind, s)
+            _apply(ipr, iface, before, s)
         except LinkError:
             if before.up:
                 try:
@@ -257,17 +346,53 @@ def setup(iface: str, bitrate: int | None = None, sample_point: float | None = N
                 except LinkError:
                     pass  # the first error is the one to report
             raise
-        _change(ipr, iface, "state up (with the new settings)", state="up")
+        _change(ipr, iface, "state up (with the new settings)", before, state="up")
         return _get(ipr, iface)
 
 
-def _apply(ipr: IPRoute, iface: str, kind: str, s: Settings) -> None:
+def _refuse_early(link: LinkInfo, s: Settings) -> None:
+    """What cannot work is refused before the link goes down: no CAP_NET_ADMIN; on a controller, a mode
+    it does not support (CAN FD on a classic controller); on vcan/vxcan, controller modes."""
+    if not has_cap_net_admin():
+        raise LinkError(f"{link.label}: cannot set {s.wants()}: {NEEDS_CAP}")
+    modes = {k: v for k, v in _modes(s).items() if v}  # switching a mode off is always possible
+    if link.kind == "can" and link.supported_modes is not None:
+        missing = [k for k in modes if k not in link.supported_modes]
+        if "fd" in missing:
+            raise LinkError(f"{link.label}: cannot set {s.wants()}: the {link.controller or 'controller'} is a "
+                            "classic CAN controller, it has no CAN FD (no fd, dbitrate or dsample_point)")
+        if missing:
+            raise LinkError(f"{link.label}: cannot set {', '.join(f'{k}=True' for k in missing)}: the "
+                            f"{link.controller or 'controller'} does not support it (it supports: "
+                            f"{', '.join(link.supported_modes)})")
+    elif link.kind != "can" and (s.berr_reporting is not None or s.listen_only is not None):
+        raise LinkError(f"{link.label}: berr_reporting and listen_only are modes of a CAN controller; a "
+                        f"{link.kind or 'non-controller'} link has none")
+
+
+def adjustments(s: Settings, link: LinkInfo) -> list[str]:
+    """What the kernel made differently from what was asked (it picks the nearest bit timing the controller's
+    clock allows, within 5 %): "can0: bitrate 123457 asked, 123076 made (-0.31 %)"; empty if all is exact."""
+    notes = []
+    for rate, sp in (("bitrate", "sample_point"), ("dbitrate", "dsample_point")):
+        asked, made = getattr(s, rate), getattr(link, rate)
+        if asked is not None and made is not None and made != asked:
+            notes.append(f"{link.name}: {rate} {asked} asked, {made} made ({(made - asked) / asked * 100:+.2f} %, "
+                         f"the nearest the {link.controller or 'controller'}'s clock allows)")
+        asked, made = getattr(s, sp), getattr(link, sp)
+        if asked is not None and made is not None and round(asked * 1000) != round(made * 1000):
+            notes.append(f"{link.name}: {sp} {asked:.3f} asked, {made:.3f} made")
+    return notes
+
+
+def _apply(ipr: IPRoute, iface: str, before: LinkInfo, s: Settings) -> None:
+    kind = before.kind
     timing = s.given(BIT_TIMING_KEYS)
     if kind == "can":
         request = _can_request(s)
         if request:
-            what = ", ".join(f"{k}={getattr(s, k)}" for k in s.given(BIT_TIMING_KEYS + ("fd",)))
-            _change(ipr, iface, what, kind="can", **request)
+            what = ", ".join(f"{k}={getattr(s, k)}" for k in s.given(BIT_TIMING_KEYS + MODE_KEYS))
+            _change(ipr, iface, what, before, kind="can", **request)
     else:
         if timing:
             # ask the kernel anyway (kind "can" on a vcan gives EOPNOTSUPP), so the error is the kernel's
@@ -277,7 +402,7 @@ def _apply(ipr: IPRoute, iface: str, kind: str, s: Settings) -> None:
             mtu = CANFD_MTU if s.fd else CAN_MTU
             _change(ipr, iface, f"fd={s.fd} (mtu {mtu})", mtu=mtu)
     if s.txqueuelen is not None:
-        _change(ipr, iface, f"txqueuelen={s.txqueuelen}", txqlen=s.txqueuelen)
+        _change(ipr, iface, f"txqueuelen={s.txqueuelen}", before, txqlen=s.txqueuelen)
 
 
 def restart(iface: str) -> None:

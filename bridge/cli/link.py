@@ -18,6 +18,7 @@ from bridge.hw.links import (
     LinkInfo,
     NoSuchLink,
     Settings,
+    adjustments,
     create_vcan,
     delete,
     link_value,
@@ -60,10 +61,14 @@ def _parser() -> argparse.ArgumentParser:
         ("dbitrate", "--dbitrate", "BIT/S", "CAN FD data phase bitrate, e.g. 2000000 (implies --fd)"),
         ("dsample_point", "--dsample-point", "FRACTION", "CAN FD data phase sample point"),
         ("restart_ms", "--restart-ms", "MS", "automatic restart delay after BUS-OFF, 0 = off"),
-        ("txqueuelen", "--txqueuelen", "FRAMES", "interface TX queue length"),
-    ]:
+        ("txqueuelen", "--txqueuelen", "FRAMES", "interface TX queue length (the kernel's default: 10)"),
+    ]:  # the bool keys of LINK_KEYS are --X/--no-X flags below
         s.add_argument(flag, dest=key, metavar=meta, type=_cli_value(key), help=hlp)
     s.add_argument("--fd", action=argparse.BooleanOptionalAction, default=None, help="CAN FD on/off (MTU 72/16)")
+    s.add_argument("--berr-reporting", action=argparse.BooleanOptionalAction, default=None,
+                   help="the controller reports bus errors as error frames (a controller only)")
+    s.add_argument("--listen-only", action=argparse.BooleanOptionalAction, default=None,
+                   help="the controller never sends, not even an ACK (a controller only)")
     s = sub.add_parser("restart", help="restart a controller in BUS-OFF")
     s.add_argument("iface")
     for name, hlp in [("up", "bring a link up"), ("down", "take a link down")]:
@@ -143,21 +148,21 @@ def _print_table(links: list[LinkInfo], health: dict[str, dict] | None = None) -
 
 
 def _setup_cli(args, parser) -> int:
-    given = {k: v for k, v in vars(args).items() if k in LINK_KEYS or k == "fd"}
+    given = {k: v for k, v in vars(args).items() if (k in LINK_KEYS or k == "fd") and v is not None}
     if args.from_config:
-        if any(v is not None for v in given.values()):
+        if given:
             parser.error("setup: give either --from-config or settings on the command line, not both")
         wanted = settings_from_config(args.from_config)
         if args.iface:
             if args.iface not in wanted:
                 print(f"canbridge link: {args.iface} is not in {args.from_config}: left as it is", file=sys.stderr)
                 return 0
-            print(_summary(setup(args.iface, **asdict(wanted[args.iface]))))
+            _report(wanted[args.iface], setup(args.iface, **asdict(wanted[args.iface])))
             return 0
         failed = 0
         for name, settings in wanted.items():  # every interface: one failure does not stop the others
             try:
-                print(_summary(setup(name, **asdict(settings))))
+                _report(settings, setup(name, **asdict(settings)))
             except NoSuchLink as exc:
                 print(f"canbridge link: {exc}: skipped; 80-canbridge.rules sets it up when it appears", file=sys.stderr)
             except LinkError as exc:
@@ -166,8 +171,15 @@ def _setup_cli(args, parser) -> int:
         return 1 if failed else 0
     if not args.iface:
         parser.error("setup: IFACE is required (or --from-config TOML for every interface in it)")
-    print(_summary(setup(args.iface, **given)))
+    _report(Settings(**given), setup(args.iface, **given))
     return 0
+
+
+def _report(asked: Settings, made: LinkInfo) -> None:
+    """The link as set up, and a line for each value the kernel rounded (nearest bit timing the clock allows)."""
+    print(_summary(made))
+    for note in adjustments(asked, made):
+        print(f"canbridge link: note: {note}")
 
 
 def _summary(i: LinkInfo) -> str:
@@ -178,6 +190,8 @@ def _summary(i: LinkInfo) -> str:
         parts.append(f"dbitrate {_fmt_rate(i.dbitrate, i.dsample_point)}")
     if i.restart_ms is not None:
         parts.append(f"restart-ms {i.restart_ms}")
+    if i.ctrlmode:
+        parts.append(f"ctrlmode {','.join(i.ctrlmode)}")
     return ", ".join(parts)
 
 
