@@ -9,7 +9,10 @@ Per SocketCanEndpoint, a BusWatch keeps these in the endpoint's counters:
   filters and its hot path stay as the user asked (error frames are forwarded only with `error_frames`);
 - gauges `link_changes`, `bus_state_changes`, `reopens`: transitions seen, sockets re-opened;
 - drops `link_down`, `bus_off`: frames for the bus dropped while it cannot send (the endpoint's TX
-  queue is emptied into the same counters), instead of queueing into a bus that will not take them.
+  queue is emptied into the same counters), instead of queueing into a bus that will not take them;
+- error `controller_rx_overrun`: RX FIFO overruns the controller reported (CAN_ERR_CRTL_RX_OVERFLOW: frames
+  lost in the controller, before the kernel, when they come faster than the driver reads them; the
+  driver's rx_over_errors counts the same events). Not a network loss: nothing was sent for them.
 When the interface comes back under a new ifindex (a USB adapter replugged) the endpoint and the
 monitor re-open their sockets; a link that goes down and up keeps its sockets (they stay bound).
 """
@@ -96,6 +99,8 @@ class BusWatch:
                 break
             except OSError:  # ENETDOWN/ENODEV: the link event says the same, and says it better
                 break
+            if _rx_overrun(raw):
+                self.bus.counters.errors["controller_rx_overrun"] += 1
             state = canerr.bus_state(raw)
             self.err_counters = canerr.error_counters(raw) or self.err_counters
             if state:
@@ -124,6 +129,11 @@ class BusWatch:
         self.links.unwatch(self.bus.name, self._on_link)
         self.reactor.forget(self.monitor.fileno())
         self.monitor.close()
+
+
+def _rx_overrun(raw: bytes) -> bool:
+    """An error frame of class CAN_ERR_CRTL whose status byte (data[1]) says the RX FIFO overflowed."""
+    return bool(sc.can_id_of(raw) & canerr.CAN_ERR_CRTL and len(raw) > 9 and raw[9] & canerr.CAN_ERR_CRTL_RX_OVERFLOW)
 
 
 class BusFaults:

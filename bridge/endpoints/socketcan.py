@@ -7,7 +7,12 @@ Frames this socket writes are not read back (CAN_RAW_RECV_OWN_MSGS stays 0), whi
 half of echo suppression.
 TX writes frames straight away; on EAGAIN (socket send buffer full) it queues and waits for
 EVENT_WRITE; on ENOBUFS (the interface's TX queue is full, poll() would report writable at
-once) it queues and retries on a short timer. The queue is bounded; overflow drops the oldest.
+once) it queues and retries on a timer: 1 ms while the bus takes frames, doubling up to 20 ms
+while it takes none (a bus that never drains costs ~50 wake-ups a second, not a spin). The
+queue is bounded; overflow drops the oldest; frames older than max_age are dropped as stale.
+How often and how long the bus pushed back is in the gauges tx_pushbacks, tx_pushback_ms and
+tx_pushback_max_ms. At start the interface's root qdisc is checked: one that drops frames
+silently (fq_codel and friends) is logged as a warning with the fix.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ import socket
 import struct
 from collections import deque
 from pathlib import Path
-from time import time_ns
+from time import monotonic, time_ns
 
 from bridge.codec import socketcan as sc
 from bridge.codec.busload import WireBits
-from bridge.hw import mmsg
+from bridge.hw import mmsg, qdisc
 from bridge.hw.cansock import (
     CAN_RAW_ERR_FILTER,
     CAN_RAW_FILTER,
@@ -64,7 +69,12 @@ TX_SMALL_RUN = 3  # runs up to this long go out as plain send()s: 15 us each aga
 # `rx_buffer` per interface in the config file.
 RX_BUFFER = 64 << 20
 TX_QUEUE_MAX = 4096  # frames waiting for the interface; ~0.5 s of a full 1 Mbit/s bus
-ENOBUFS_RETRY_S = 0.001  # retry delay when the interface TX queue (qdisc) is full
+ENOBUFS_RETRY_S = 0.001  # retry delay when the interface TX queue (qdisc) is full and the bus drains it
+# ... doubled after each retry that sent nothing beyond the first ENOBUFS_PATIENCE (a loaded host may take a
+# few ms to complete TX), up to this: a bus that takes no frame (no ACK: a node alone on the bus, every peer
+# off) costs ~50 failed sends a second instead of 1,000, and a bus that comes back waits at most this long
+ENOBUFS_RETRY_MAX_S = 0.02
+ENOBUFS_PATIENCE = 3
 
 
 
@@ -120,10 +130,15 @@ class SocketCanEndpoint:
         self._senders = {n: mmsg.Sender(TX_SLOTS, n) for n in (sc.CAN_MTU, sc.CANFD_MTU)}
         self._retry: TimerHandle | bool | None = None  # timer (ENOBUFS), True (EVENT_WRITE), None
         self._blocked_on = "eagain"
+        self._retry_s = ENOBUFS_RETRY_S
+        self._idle_retries = 0  # ENOBUFS retries in a row that sent nothing
+        self._pushed_back_at: float | None = None  # monotonic time the bus last began to push back
+        self.counters.gauges.update(tx_pushbacks=0, tx_pushback_ms=0, tx_pushback_max_ms=0)
         self._closed = False
         self._open_args = (rx_filter, error_frames, rcvbuf)  # for reopen()
         self.tx_blocked: str | None = None  # drop reason while the bus cannot send (bridge/endpoints/busfaults.py)
         reactor.add_reader(self.sock.fileno(), self._on_readable)
+        warn_dropping_qdisc(ifname)
 
     def _open(self, ifname, rx_filter, error_frames, rcvbuf) -> socket.socket:
         return open_can_raw(ifname, fd=self.fd_enabled, rxq_ovfl=True, rcvbuf=rcvbuf,
@@ -217,6 +232,7 @@ class SocketCanEndpoint:
         txq = self._txq
         if not txq:
             self._stamps.clear()
+            self._pushback_begins()
         txq.extend(raws)
         self._stamps.push(len(raws))
         overflow = len(txq) - TX_QUEUE_MAX
@@ -265,9 +281,24 @@ class SocketCanEndpoint:
             i += k
         return i
 
+    def _pushback_begins(self) -> None:
+        self._pushed_back_at = monotonic()
+        self.counters.gauges["tx_pushbacks"] += 1
+
+    def _pushback_ends(self) -> None:
+        """The TX queue is empty again (all sent, dropped or the bus blocked): add the episode's length."""
+        if self._pushed_back_at is not None:
+            ms = round((monotonic() - self._pushed_back_at) * 1000)
+            gauges = self.counters.gauges
+            gauges["tx_pushback_ms"] += ms
+            gauges["tx_pushback_max_ms"] = max(gauges["tx_pushback_max_ms"], ms)
+            self._pushed_back_at = None
+        self._retry_s = ENOBUFS_RETRY_S
+        self._idle_retries = 0
+
     def _wait_writable(self) -> None:
         if self._blocked_on == "enobufs":  # TX queue full: poll() would say writable at once
-            self._retry = self.reactor.call_later(ENOBUFS_RETRY_S, self._drain)
+            self._retry = self.reactor.call_later(self._retry_s, self._drain)
         else:
             self._retry = True
             self.reactor.add_writer(self.sock.fileno(), self._drain)
@@ -285,7 +316,13 @@ class SocketCanEndpoint:
         self._stamps.pop(sent)
         if sent < len(raws):
             self._txq.extend(raws[sent:])
+            # the bus took nothing: wait longer next time; it took some: it drains, come back soon
+            self._idle_retries = 0 if sent else self._idle_retries + 1
+            self._retry_s = min(ENOBUFS_RETRY_S * 2 ** max(0, self._idle_retries - ENOBUFS_PATIENCE),
+                                ENOBUFS_RETRY_MAX_S)
             self._wait_writable()
+        else:
+            self._pushback_ends()
 
     def _drop_stale(self) -> None:
         """Frames that waited in the TX queue longer than max_age are dropped, counted "stale"."""
@@ -304,6 +341,7 @@ class SocketCanEndpoint:
             self.counters.drop(reason, len(self._txq))
             self._txq.clear()
             self._cancel_wait()
+            self._pushback_ends()
 
     def _cancel_wait(self) -> None:
         if self._retry is not None and not self._closed:
@@ -342,6 +380,26 @@ class SocketCanEndpoint:
             self._retry.cancel()
         self.reactor.forget(self.sock.fileno())
         self.sock.close()
+
+
+# Queue disciplines that drop a frame that waits too long or at random, without an error to the sender:
+# the CoDel family (fq_codel is systemd's default through net.core.default_qdisc), PIE, CAKE and RED.
+DROPPING_QDISCS = frozenset({"fq_codel", "codel", "fq_pie", "pie", "cake", "red", "gred", "choke", "sfb"})
+
+
+def warn_dropping_qdisc(ifname: str) -> str | None:
+    """Log a warning naming the fix if ifname's root qdisc drops frames silently; returns the qdisc's kind
+    (None if it cannot be read: no warning then)."""
+    try:
+        kind = qdisc.root_qdisc(ifname)
+    except OSError as exc:
+        log.debug("%s: cannot read its qdisc: %s", ifname, exc)
+        return None
+    if kind in DROPPING_QDISCS:
+        log.warning("bus %s: its qdisc %s drops CAN frames that wait, silently (no error reaches the bridge); use "
+                    "pfifo_fast: `tc qdisc replace dev %s root pfifo_fast` (udev/80-canbridge.rules does it for "
+                    "every CAN link)", ifname, kind, ifname)
+    return kind
 
 
 def set_rx_filter(sock: socket.socket, rx_filter=None, error_frames: bool = False) -> None:

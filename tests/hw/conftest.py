@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from pyroute2 import IPRoute
 
+from bridge.hw import links, qdisc
 from tests.conftest import NEEDS_HW
 
 BUS_A = ("can0", "can1")  # one emulated wire
@@ -58,16 +60,24 @@ def rescan_pci() -> None:
 
 def restore(name: str) -> None:
     """Put a controller back as the VM made it: present, 500 kbit/s @0.875, no restart-ms, loopback,
-    listen-only and berr-reporting off, txqueuelen 10, pfifo_fast, up."""
+    listen-only and berr-reporting off, txqueuelen 10, pfifo_fast, up. In this process (pyroute2): a
+    subprocess per setting costs seconds in the VM."""
     if not Path(f"/sys/class/net/{name}").exists():
         rescan_pci()
         wait_for(lambda: Path(f"/sys/class/net/{name}").exists(), what=f"{name} after a PCI rescan")
-    ip("link", "set", name, "down")
-    ip("link", "set", name, "type", "can", "bitrate", str(BITRATE), "sample-point", "0.875", "restart-ms", "0",
-       "loopback", "off", "listen-only", "off", "berr-reporting", "off")
-    ip("link", "set", name, "txqueuelen", str(TXQUEUELEN))
-    subprocess.run(["tc", "qdisc", "replace", "dev", name, "root", "pfifo_fast"], capture_output=True, timeout=30)
-    ip("link", "set", name, "up")
+    if qdisc.root_qdisc(name) != "pfifo_fast":
+        subprocess.run(["tc", "qdisc", "replace", "dev", name, "root", "pfifo_fast"], check=True, timeout=30)
+    info = links.show(name)
+    if (info.up, info.bitrate, info.sample_point, info.restart_ms, info.txqueuelen, info.ctrlmode) == (
+            True, BITRATE, 0.875, 0, TXQUEUELEN, []):
+        return
+    with IPRoute() as ipr:
+        index = info.index
+        ipr.link("set", index=index, state="down")
+        ipr.link("set", index=index, kind="can", can_bittiming={"bitrate": BITRATE, "sample_point": 875},
+                 can_restart_ms=0, can_ctrlmode={"loopback": "off", "listenonly": "off", "berr_reporting": "off"})
+        ipr.link("set", index=index, txqlen=TXQUEUELEN)
+        ipr.link("set", index=index, state="up")
 
 
 def _bus(names):
@@ -88,3 +98,34 @@ def bus_a():
 def bus_b():
     """("can2", "can3"): two controllers on a second emulated wire; restored after the test."""
     yield from _bus(BUS_B)
+
+
+@pytest.fixture
+def udev_named_can1(bus_a, tmp_path):
+    """can1 renamed by the udev rule (a real udevd, an add event) to its stable PCI-slot name, set up from a
+    bridge.toml (250 kbit/s, txqueuelen 16) with pfifo_fast; yields (name, udevd), udevd still running (so a
+    replug is named and set up again). Renamed back to can1 after."""
+    from tests.hw.udevd import Udevd, rules_for, slot_of, stable_name
+
+    slot = slot_of("can1")
+    name = stable_name(slot)
+    toml = tmp_path / "bridge.toml"
+    toml.write_text(f'[[interface]]\nname = "{name}"\nbitrate = 250000\ntxqueuelen = 16\n'
+                    '[[peer]]\nurl = "tcp-listen://127.0.0.1:29600"\n')
+    rules_for(slot, toml, tmp_path / "rules")
+    subprocess.run(["tc", "qdisc", "replace", "dev", "can1", "root", "fq_codel"], check=True)
+    ip("link", "set", "can1", "down")  # a link is renamed only while down (as on a fresh add)
+    udevd = Udevd(tmp_path / "rules")
+    try:
+        subprocess.run(["udevadm", "trigger", "--action=add", "/sys/class/net/can1"], check=True, timeout=60)
+        udevd.settle()
+        yield name, udevd
+    finally:
+        udevd.stop()
+        if not Path(f"/sys/bus/pci/devices/{slot}").exists():
+            rescan_pci()
+            wait_for(lambda: Path(f"/sys/bus/pci/devices/{slot}/net").exists(), what=f"{slot} after a rescan")
+        names = [p.name for p in Path(f"/sys/bus/pci/devices/{slot}/net").iterdir()]
+        if names and names[0] != "can1":
+            ip("link", "set", names[0], "down")
+            ip("link", "set", names[0], "name", "can1")

@@ -8,8 +8,6 @@ controller a stable name by driver and slot, sets pfifo_fast and brings the link
 from __future__ import annotations
 
 import json
-import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +17,7 @@ import pytest
 from bridge.cli import link as link_cli
 from bridge.hw import links
 from tests.hw.conftest import BITRATE, ip, wait_for
+from tests.hw.udevd import slot_of, stable_name
 
 pytestmark = pytest.mark.hw
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,79 +127,6 @@ def test_from_config_sets_every_interface(bus_a, tmp_path, link):
 
 
 # --- the udev rule on the real PCI device -----------------------------------------------------------
-def _slot(name: str) -> str:
-    return Path(f"/sys/class/net/{name}/device").resolve().name  # "0000:00:03.0"
-
-
-def stable_name(slot: str) -> str:
-    return "cbpci" + slot.split(":")[2].replace(".", "")  # 0000:00:03.0 -> cbpci030
-
-
-def rules_for(slot: str, toml: Path, dest: Path) -> None:
-    """udev/80-canbridge.rules with its PCI example enabled for `slot` and RUN pointed at this checkout."""
-    text = (ROOT / "udev" / "80-canbridge.rules").read_text()
-    example = '#SUBSYSTEM=="net", ACTION=="add", DRIVERS=="kvaser_pci", KERNELS=="0000:00:02.0", NAME="can-pci2"'
-    assert example in text
-    text = text.replace(example, example[1:].replace("0000:00:02.0", slot).replace("can-pci2", stable_name(slot)))
-    text = text.replace("/opt/canbridge/bin/canbridge", CANBRIDGE).replace("/etc/canbridge/bridge.toml", str(toml))
-    dest.mkdir()
-    (dest / "80-canbridge.rules").write_text(text)
-
-
-class Udevd:
-    """systemd-udevd in a private mount namespace that sees only `rules` (no other rule renames or runs)."""
-
-    def __init__(self, rules: Path) -> None:
-        udevd = shutil.which("systemd-udevd", path="/lib/systemd:/usr/lib/systemd")
-        if udevd is None:
-            pytest.fail("systemd-udevd missing: apt-get install udev")
-        empty = rules.parent / "empty"
-        empty.mkdir(exist_ok=True)
-        script = (f"mount --bind {rules} /usr/lib/udev/rules.d && mount --bind {empty} /etc/udev/rules.d && "
-                  f"exec {udevd}")
-        self.proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        wait_for(lambda: Path("/run/udev/control").exists() or self.proc.poll() is not None, what="udevd")
-        assert self.proc.poll() is None, self.proc.stdout.read()
-
-    def settle(self) -> None:
-        subprocess.run(["udevadm", "settle", "--timeout=60"], check=True, timeout=90)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-@pytest.fixture
-def udev_named_can1(bus_a, tmp_path):
-    """can1 renamed by the udev rule (a real udevd, an add event) to its stable PCI-slot name, set up from a
-    bridge.toml (250 kbit/s, txqueuelen 16) with pfifo_fast; yields (name, udevd). Renamed back after."""
-    slot = _slot("can1")
-    name = stable_name(slot)
-    toml = tmp_path / "bridge.toml"
-    toml.write_text(f'[[interface]]\nname = "{name}"\nbitrate = 250000\ntxqueuelen = 16\n'
-                    '[[peer]]\nurl = "tcp-listen://127.0.0.1:29600"\n')
-    rules_for(slot, toml, tmp_path / "rules")
-    subprocess.run(["tc", "qdisc", "replace", "dev", "can1", "root", "fq_codel"], check=True)
-    ip("link", "set", "can1", "down")  # a link is renamed only while down (as on a fresh add)
-    udevd = Udevd(tmp_path / "rules")
-    try:
-        subprocess.run(["udevadm", "trigger", "--action=add", "/sys/class/net/can1"], check=True, timeout=60)
-        udevd.settle()
-        yield name, udevd
-    finally:
-        udevd.stop()
-        current = Path(f"/sys/bus/pci/devices/{slot}/net")
-        names = [p.name for p in current.iterdir()] if current.exists() else []
-        if names and names[0] != "can1":
-            ip("link", "set", names[0], "down")
-            ip("link", "set", names[0], "name", "can1")
-
-
 def test_udev_rule_names_by_slot_and_brings_up_from_config(udev_named_can1):
     name, _ = udev_named_can1
     info = wait_for(lambda: links.show(name) if Path(f"/sys/class/net/{name}").exists() else None, what=name)
@@ -208,4 +134,4 @@ def test_udev_rule_names_by_slot_and_brings_up_from_config(udev_named_can1):
     assert (info.bitrate, info.txqueuelen, info.driver) == (250000, 16, "kvaser_pci")
     assert "qdisc pfifo_fast" in details(name)
     assert not Path("/sys/class/net/can1").exists()
-    assert stable_name(_slot(name)) == name
+    assert stable_name(slot_of(name)) == name
