@@ -68,6 +68,7 @@ class StreamTransport:
         self._buffer: deque[memoryview] = deque()
         self._buffered = 0
         self._paused = False
+        self.reading_paused = False  # pause_reading(): the consumer of what we read is backed up
         self.closed = False
         self.bytes_in = 0
         self.bytes_out = 0
@@ -135,6 +136,18 @@ class StreamTransport:
             self.protocol.resume_writing()
 
     # --- reading ------------------------------------------------------------------------------
+    def pause_reading(self) -> None:
+        """Stop reading (the consumer is backed up): the kernel's receive buffer fills and TCP flow control
+        holds the sender back. read_waiting() still reads (liveness checks)."""
+        if not self.closed and not self.reading_paused:
+            self.reading_paused = True
+            self.reactor.remove_reader(self.fd)
+
+    def resume_reading(self) -> None:
+        if not self.closed and self.reading_paused:
+            self.reading_paused = False
+            self.reactor.add_reader(self.fd, self._on_readable)
+
     def _on_readable(self) -> None:
         try:
             data = self.sock.recv(READ_CHUNK)

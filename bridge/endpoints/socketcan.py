@@ -22,6 +22,7 @@ import logging
 import socket
 import struct
 from collections import deque
+from itertools import islice
 from pathlib import Path
 from time import monotonic, time_ns
 
@@ -68,7 +69,17 @@ TX_SMALL_RUN = 3  # runs up to this long go out as plain send()s: 15 us each aga
 # 1 Mbit/s bus. Kernel memory is used only while frames actually wait; a gateway short of RAM sets
 # `rx_buffer` per interface in the config file.
 RX_BUFFER = 64 << 20
-TX_QUEUE_MAX = 4096  # frames waiting for the interface; ~0.5 s of a full 1 Mbit/s bus
+# frames waiting for the interface: what a full 1 Mbit/s bus (~8k frames/s) sends in DEFAULT_MAX_AGE_S (2 s),
+# so a burst the bus can send before it goes stale is not cut short by the bound (20,000 frames from a TCP
+# peer into a txqueuelen-10 controller: tests/hw/test_txqueue.py); more would be dropped as stale anyway.
+# ~1.5 MB at most (classic frames).
+TX_QUEUE_MAX = 16384
+# Back-pressure: at TX_BACKLOG_HIGH frames waiting the bus says `backlogged` and a TCP peer feeding it stops
+# reading (bridge/endpoints/tcp.py: TCP flow control then holds the sender back) until the queue is down to
+# TX_BACKLOG_LOW; lossy peers (UDP, MQTT) are not paused. HIGH leaves room for the rest of a 64 KiB read.
+TX_BACKLOG_HIGH = 4096
+TX_BACKLOG_LOW = 1024
+TX_DRAIN_CHUNK = 256  # frames per write attempt from the queue: a blocked bus costs no copy of the whole queue
 ENOBUFS_RETRY_S = 0.001  # retry delay when the interface TX queue (qdisc) is full and the bus drains it
 # ... doubled after each retry that sent nothing beyond the first ENOBUFS_PATIENCE (a loaded host may take a
 # few ms to complete TX), up to this: a bus that takes no frame (no ACK: a node alone on the bus, every peer
@@ -133,6 +144,8 @@ class SocketCanEndpoint:
         self._retry_s = ENOBUFS_RETRY_S
         self._idle_retries = 0  # ENOBUFS retries in a row that sent nothing
         self._pushed_back_at: float | None = None  # monotonic time the bus last began to push back
+        self.backlogged = False  # TX queue above TX_BACKLOG_HIGH (until down to TX_BACKLOG_LOW)
+        self._on_drained: list = []  # callbacks for when it is not backlogged any more
         self.counters.gauges.update(tx_pushbacks=0, tx_pushback_ms=0, tx_pushback_max_ms=0)
         self._closed = False
         self._open_args = (rx_filter, error_frames, rcvbuf)  # for reopen()
@@ -235,6 +248,8 @@ class SocketCanEndpoint:
             self._pushback_begins()
         txq.extend(raws)
         self._stamps.push(len(raws))
+        if len(txq) >= TX_BACKLOG_HIGH:
+            self.backlogged = True
         overflow = len(txq) - TX_QUEUE_MAX
         if overflow > 0:  # drop the oldest: a stale frame is worth less than a fresh one
             self.counters.drop("tx_queue_full", overflow)
@@ -281,6 +296,23 @@ class SocketCanEndpoint:
             i += k
         return i
 
+    def when_drained(self, callback) -> None:
+        """Call callback() once, when the TX queue is down to TX_BACKLOG_LOW (at once if not backlogged)."""
+        if not self.backlogged:
+            callback()
+        elif callback not in self._on_drained:
+            self._on_drained.append(callback)
+
+    def _check_drained(self) -> None:
+        if self.backlogged and len(self._txq) <= TX_BACKLOG_LOW:
+            self.backlogged = False
+            callbacks, self._on_drained = self._on_drained, []
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:  # one peer's resume must not keep the others paused
+                    log.exception("%s: resuming a peer", self.name)
+
     def _pushback_begins(self) -> None:
         self._pushed_back_at = monotonic()
         self.counters.gauges["tx_pushbacks"] += 1
@@ -310,12 +342,18 @@ class SocketCanEndpoint:
         if self._closed or not self._txq:
             return
         self._drop_stale()
-        raws = list(self._txq)
-        self._txq.clear()
-        sent = self._write(raws)
-        self._stamps.pop(sent)
-        if sent < len(raws):
-            self._txq.extend(raws[sent:])
+        txq = self._txq
+        sent = 0
+        while txq:
+            chunk = list(islice(txq, TX_DRAIN_CHUNK))
+            n = self._write(chunk)
+            self._stamps.pop(n)
+            for _ in range(n):
+                txq.popleft()
+            sent += n
+            if n < len(chunk):
+                break
+        if txq:
             # the bus took nothing: wait longer next time; it took some: it drains, come back soon
             self._idle_retries = 0 if sent else self._idle_retries + 1
             self._retry_s = min(ENOBUFS_RETRY_S * 2 ** max(0, self._idle_retries - ENOBUFS_PATIENCE),
@@ -323,6 +361,7 @@ class SocketCanEndpoint:
             self._wait_writable()
         else:
             self._pushback_ends()
+        self._check_drained()
 
     def _drop_stale(self) -> None:
         """Frames that waited in the TX queue longer than max_age are dropped, counted "stale"."""
@@ -342,6 +381,7 @@ class SocketCanEndpoint:
             self._txq.clear()
             self._cancel_wait()
             self._pushback_ends()
+            self._check_drained()
 
     def _cancel_wait(self) -> None:
         if self._retry is not None and not self._closed:
@@ -376,6 +416,8 @@ class SocketCanEndpoint:
         if self._closed:
             return
         self._closed = True
+        self._txq.clear()
+        self._check_drained()  # paused peers read again (and meet a closed bus: counted there)
         if isinstance(self._retry, TimerHandle):
             self._retry.cancel()
         self.reactor.forget(self.sock.fileno())

@@ -180,6 +180,13 @@ class StreamPeer:
         for channel, frames in batches:
             self.counters.rx_frames += len(frames)
             self.router.from_peer(self.owner, channel, frames)
+            bus = self.router.buses.get(channel)
+            if getattr(bus, "backlogged", False) and not self.transport.closed:
+                # the bus's TX queue is backed up (a real controller draining at bus speed): stop reading, so
+                # TCP holds the sender back instead of the bus queue dropping (socketcan.TX_BACKLOG_HIGH)
+                self.transport.pause_reading()
+                self.counters.gauges["read_pauses"] = self.counters.gauges.get("read_pauses", 0) + 1
+                bus.when_drained(self.transport.resume_reading)
 
     def pause_writing(self) -> None:
         self.counters.gauges["paused"] = True

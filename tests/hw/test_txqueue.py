@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import threading
 import time
 
 import pytest
 
 from bridge.core.reactor import Reactor
-from bridge.endpoints.socketcan import TX_QUEUE_MAX, SocketCanEndpoint
+from bridge.endpoints.socketcan import TX_BACKLOG_HIGH, TX_QUEUE_MAX, SocketCanEndpoint
 from bridge.hw.cansock import open_can_raw
 from tests.hw.bridgeproc import Bridge, Candump, Peer, bus_stats, free_tcp_port, number_of, numbered
 from tests.hw.conftest import ip
@@ -55,12 +56,15 @@ def test_burst_into_txqueuelen_10_leaves_complete_in_order(bus_a, tmp_path):
         assert c["dropped"] == {}, c
         assert c["errors"].get("tx_enobufs", 0) >= 1 and c["tx_pushbacks"] >= 1, c  # the bus pushed back
         assert c["tx_queued"] == 0
+        pauses = sum(v.get("read_pauses", 0) for v in bridge.counters().values() if isinstance(v, dict))
+        assert pauses >= 1  # the bus backed up: the bridge stopped reading the peer, TCP held the sender back
         time.sleep(0.5)
         other.stop()
         received = len(other.frames())
         figure("burst frames", BURST)
         figure("burst seconds (first send to last echo)", f"{seconds:.2f}")
-        figure("burst ENOBUFS push-backs", c["errors"]["tx_enobufs"])
+        figure("burst ENOBUFS push-backs / times the bridge stopped reading the peer", f"{c['errors']['tx_enobufs']} / "
+               f"{pauses}")
         figure("burst pushback episodes / total ms / longest ms",
                f"{c['tx_pushbacks']} / {c['tx_pushback_ms']} / {c['tx_pushback_max_ms']}")
         over = bus_stats("can1")["rx_over_errors"] - stats0["rx_over_errors"]
@@ -82,22 +86,30 @@ def _stuck(name: str) -> None:
 def test_stuck_tx_queue_drops_stale_keeps_the_rest_flowing(bus_a, bus_b, tmp_path):
     port = free_tcp_port()
     config = tmp_path / "bridge.toml"
-    max_age = 4.0
+    max_age = 5.0
     config.write_text(f'[[interface]]\nname = "can0"\nmax_age = {max_age}\n[[interface]]\nname = "can2"\n'
                       f'[[peer]]\nurl = "tcp-listen://127.0.0.1:{port}"\n')
     _stuck("can0")
     bridge = Bridge(tmp_path, "run", "-c", str(config))
     try:
         peer, other_peer = Peer(port, ("a", "b")), Peer(port, ("a", "b"))
-        offered = TX_QUEUE_MAX + 2000
-        peer.send(0, numbered(offered))  # into the stuck can0
-        c = bridge.counters(until=lambda c: c["can0"]["tx_frames"] + c["can0"]["tx_queued"]
-                            + c["can0"]["dropped"].get("tx_queue_full", 0) == offered)["can0"]
-        assert 0 < c["tx_queued"] <= TX_QUEUE_MAX  # bounded: the oldest went first
-        assert c["tx_frames"] <= 12  # what the kernel took: txqueuelen 10 + the controller's buffer (+1)
-        # the rest keeps flowing: the other bus, the opposite direction, the other peer
+        offered = 5000
+        peer.sock.settimeout(None)  # its sender blocks once the bridge stops reading it (back-pressure)
+        sender = threading.Thread(target=peer.send, args=(0, numbered(offered)))  # into the stuck can0
+        sender.start()
+        c = bridge.counters(until=lambda c: c["can0"]["tx_queued"] >= TX_BACKLOG_HIGH)["can0"]
+        assert c["tx_queued"] <= TX_QUEUE_MAX and c["tx_frames"] <= 12, c  # the kernel took txqueuelen 10 (+1, +1)
+        # waiting on the stuck bus without spinning: CPU of the bridge while only the backlog waits
+        time.sleep(0.5)
+        cpu0, t0, retries0 = bridge.cpu_s(), time.monotonic(), c["errors"].get("tx_enobufs", 0)
+        time.sleep(1.5)
+        cpu, wall = bridge.cpu_s() - cpu0, time.monotonic() - t0
+        waiting = bridge.counters()["can0"]
+        figure("CPU while blocked (bridge process, % of one vCPU)", f"{cpu / wall:.1%} over {wall:.1f} s, "
+               f"{(waiting['errors'].get('tx_enobufs', 0) - retries0) / wall:.0f} ENOBUFS retries/s")
+        # the rest keeps flowing: the other bus (from the other peer), the opposite direction, both peers
         can2 = Candump(tmp_path, "can2")  # the other bus: its TX echo, what left the controller
-        peer.send(1, numbered(50, start=100_000))
+        other_peer.send(1, numbered(50, start=100_000))
         node3 = open_can_raw("can3", fd=False, timestamps=False)
         for raw in numbered(20, start=200_000, can_id=0x300):
             node3.send(raw)
@@ -109,34 +121,30 @@ def test_stuck_tx_queue_drops_stale_keeps_the_rest_flowing(bus_a, bus_b, tmp_pat
         time.sleep(0.5)
         can2.stop()
         assert [n for n in map(number_of, can2.frames()) if n < 200_000] == list(range(100_000, 100_050))
-        # waiting on the stuck bus without spinning: CPU of the bridge while only the backlog waits
-        cpu0, t0 = bridge.cpu_s(), time.monotonic()
-        time.sleep(2.0)
-        cpu, wall = bridge.cpu_s() - cpu0, time.monotonic() - t0
-        waiting = bridge.counters()["can0"]
-        assert waiting["tx_queued"] > 0  # still blocked while measured
-        figure("CPU while blocked (bridge process, % of one vCPU)", f"{cpu / wall:.1%} over {wall:.1f} s")
-        figure("ENOBUFS retries while blocked (per s, whole test so far)", waiting["errors"].get("tx_enobufs"))
         # after max_age every waiting frame is dropped as stale, none left
-        c = bridge.counters(until=lambda c: c["can0"]["tx_queued"] == 0, timeout=max_age + 30)["can0"]
+        sender.join(timeout=120)
+        assert not sender.is_alive()
+        c = bridge.counters(until=lambda c: c["can0"]["tx_queued"] == 0 and c["can0"]["tx_frames"] + sum(
+            c["can0"]["dropped"].values()) == offered, timeout=3 * max_age + 30)["can0"]
         dropped = c["dropped"]
         assert dropped.get("stale", 0) > 0
         assert c["tx_frames"] + dropped.get("stale", 0) + dropped.get("tx_queue_full", 0) == offered, c
         figure("stuck bus: offered / kernel took / stale / queue full",
                f"{offered} / {c['tx_frames']} / {dropped.get('stale', 0)} / {dropped.get('tx_queue_full', 0)}")
-        # recovery (the link goes down and up, which flushes the kernel's queue): only fresh frames leave
-        can1 = Candump(tmp_path, "can1")
+        # recovery (the link goes down and up, which flushes the kernel's queue): only fresh frames leave can0
+        # (its TX echo: the other node's FIFO would overrun on 20 frames at once)
+        left = Candump(tmp_path, "can0")
         ip("link", "set", "can0", "down")
         ip("link", "set", "can0", "type", "can", "loopback", "off")
         ip("link", "set", "can0", "up")
         time.sleep(1.0)  # the bridge has seen the link come back
         peer.send(0, numbered(20, start=300_000))
         deadline = time.monotonic() + 30
-        while len(can1.frames()) < 20 and time.monotonic() < deadline:
+        while len(left.frames()) < 20 and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(0.5)
-        can1.stop()
-        assert [number_of(raw) for raw in can1.frames()] == list(range(300_000, 300_020))  # no stale frame
+        left.stop()
+        assert [number_of(raw) for raw in left.frames()] == list(range(300_000, 300_020))  # no stale frame
         peer.close()
         other_peer.close()
     finally:
