@@ -344,8 +344,10 @@ class SocketCanEndpoint:
         self._drop_stale()
         txq = self._txq
         sent = 0
+        size = 1 if self._idle_retries else TX_DRAIN_CHUNK  # a bus that took nothing: probe with one frame
         while txq:
-            chunk = list(islice(txq, TX_DRAIN_CHUNK))
+            chunk = list(islice(txq, size))
+            size = TX_DRAIN_CHUNK
             n = self._write(chunk)
             self._stamps.pop(n)
             for _ in range(n):

@@ -50,9 +50,9 @@ class Bridge:
         deadline = time.monotonic() + timeout
         last = None
         while True:
-            seen = self.text().count("counters: ")
+            seen = len(re.findall(r"counters: (\{.*\})\n", self.text()))
             self.proc.send_signal(signal.SIGUSR1)
-            while len(found := re.findall(r"counters: (\{.*\})", self.text())) <= seen:
+            while len(found := re.findall(r"counters: (\{.*\})\n", self.text())) <= seen:  # whole lines only
                 assert self.proc.poll() is None, f"the bridge died:\n{self.text()}"
                 assert time.monotonic() < deadline, f"no counters from the bridge:\n{self.text()}"
                 time.sleep(0.05)

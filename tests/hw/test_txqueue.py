@@ -133,10 +133,10 @@ def test_stuck_tx_queue_drops_stale_keeps_the_rest_flowing(bus_a, bus_b, tmp_pat
                f"{offered} / {c['tx_frames']} / {dropped.get('stale', 0)} / {dropped.get('tx_queue_full', 0)}")
         # recovery (the link goes down and up, which flushes the kernel's queue): only fresh frames leave can0
         # (its TX echo: the other node's FIFO would overrun on 20 frames at once)
-        left = Candump(tmp_path, "can0")
         ip("link", "set", "can0", "down")
         ip("link", "set", "can0", "type", "can", "loopback", "off")
         ip("link", "set", "can0", "up")
+        left = Candump(tmp_path, "can0")  # (started after: candump ends when its link goes down)
         time.sleep(1.0)  # the bridge has seen the link come back
         peer.send(0, numbered(20, start=300_000))
         deadline = time.monotonic() + 30
