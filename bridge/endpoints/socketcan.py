@@ -76,9 +76,10 @@ RX_BUFFER = 64 << 20
 TX_QUEUE_MAX = 16384
 # Back-pressure: at TX_BACKLOG_HIGH frames waiting the bus says `backlogged` and a TCP peer feeding it stops
 # reading (bridge/endpoints/tcp.py: TCP flow control then holds the sender back) until the queue is down to
-# TX_BACKLOG_LOW; lossy peers (UDP, MQTT) are not paused. HIGH leaves room for the rest of a 64 KiB read.
-TX_BACKLOG_HIGH = 4096
-TX_BACKLOG_LOW = 1024
+# TX_BACKLOG_LOW; lossy peers (UDP, MQTT) are not paused. The rest of the 64 KiB read that crossed HIGH (up
+# to ~2,300 frames) still comes, so at most ~3,300 wait: 0.8 s of a busy 500 kbit/s bus, well inside max_age.
+TX_BACKLOG_HIGH = 1024
+TX_BACKLOG_LOW = 256
 TX_DRAIN_CHUNK = 256  # frames per write attempt from the queue: a blocked bus costs no copy of the whole queue
 ENOBUFS_RETRY_S = 0.001  # retry delay when the interface TX queue (qdisc) is full and the bus drains it
 # ... doubled after each retry that sent nothing beyond the first ENOBUFS_PATIENCE (a loaded host may take a
