@@ -4,12 +4,24 @@ Runs INSIDE the test VM (root, vcan0 + vcan1, can-utils):
 
     hw/testvm/canvm.sh .venv/bin/python benchmarks/throughput.py [--quick] [--json FILE]
     python -m bridge.hw.testvm -- .venv/bin/python benchmarks/throughput.py [--quick] [--json FILE]
+    python -m bridge.hw.testvm --vcan 2 --can sja1000:2 --can sja1000:2 -- \
+        .venv/bin/python benchmarks/throughput.py --bus vcan,sja1000 [--quick]
 
-Started on a host without vcan0/vcan1 it re-runs itself through hw/testvm/canvm.sh (with
-CANVM_TIMEOUT=1200 and CANVM_MEM=2G unless those are set). A --json path should be on the
-shared file system (anything under the repository is).
+Started on a host without the interfaces it re-runs itself through hw/testvm/canvm.sh (with
+CANVM_TIMEOUT=1200 and CANVM_MEM=2G unless those are set; with --bus sja1000 also CANVM_CAN="2 2").
+A --json path should be on the shared file system (anything under the repository is).
 
-Systems, each carrying vcan0 -> vcan1 in the VM's root namespace:
+--bus sja1000 runs everything below on QEMU's emulated SJA1000 controllers (kvaser_pci) instead:
+cangen on can1 -> emulated bus A -> can0 -> system -> can2 -> emulated bus B -> can3, where the
+latency probes and the counter are; --bus vcan,sja1000 does both in one boot, each system against
+itself in a "sja1000 / vcan" block. Only can1 (the generator's node) gets txqueuelen 1000 for the run;
+the systems' can0 and can2 keep the driver's 10. On the real controllers candump also listens on can0
+(what the system's input controller received) and on can2 (the TX echo: what left its output
+controller), so a run's "lost" is the system's own (can0 - can2), and the emulated RX FIFOs' overruns
+(can1 -> can0 and can2 -> can3; QEMU's 64-byte FIFO, no bit timing) are reported apart, with the
+driver's rx_over_errors. The docs (docs/benchmarks.md) list what else the emulation does not model.
+
+Systems, each carrying vcan0 -> vcan1 (SRC -> DST) in the VM's root namespace:
   cangw          the kernel's gateway, `cangw -A -s vcan0 -d vcan1 -e` (upper bound; -e is needed
                  on vcan, without it the routed frame is never delivered to vcan1's sockets)
   python-loop    a plain blocking AF_CAN recv/send loop (python_loop() below, as a subprocess)
@@ -33,7 +45,8 @@ nominal one when the system under test takes CPU from cangen. Figures per system
   zero-loss rate   highest actual rate of a run with no frame lost: the ladder of nominal rates
                    (fixed-size runs, stopping at the first loss or once cangen runs flat out),
                    or the flat-out burst if that lost nothing. ">=" when nothing was ever lost
-                   (then it is cangen's limit, not the system's)
+                   (then it is cangen's limit, not the system's). On real controllers: frames that
+                   reached can0 per second of cangen's run (the rest overran bus A's RX FIFO)
   burst            loss of `cangen -g 0` flat out
   latency          kernel RX timestamp on vcan1 minus own-echo timestamp on vcan0 (bridge.tools.logs.probe),
                    one frame in flight, and for a replay at 2,500 frames/s (sent by this process, recorded
@@ -80,7 +93,19 @@ from bridge.codec.socketcan import CAN_EFF_FLAG, pack_can  # noqa: E402
 from bridge.endpoints.socketcan import RX_BUFFER  # noqa: E402
 from bridge.hw.cansock import CAN_RAW_FILTER, SO_RCVBUFFORCE, SOL_CAN_RAW  # noqa: E402
 
-SRC, DST = "vcan0", "vcan1"
+# The interfaces of one run, per --bus: GEN (cangen and the probes send), SRC (bridge A reads), DST (bridge B
+# writes), REC (candump and the probes count). On vcan GEN is SRC and REC is DST (a frame sent on vcan0 reaches
+# every other socket on vcan0). On the emulated SJA1000s (`testvm --can sja1000:2 --can sja1000:2`: can0+can1
+# on bus A, can2+can3 on bus B) the load and the counter sit on other nodes of each wire than the bridge, so
+# every frame crosses two real controllers and the emulated bus twice: can1 -> bus A -> can0 -> system ->
+# can2 -> bus B -> can3.
+BUSES = {
+    "vcan": ("vcan0", "vcan0", "vcan1", "vcan1"),
+    "sja1000": ("can1", "can0", "can2", "can3"),
+}
+GEN, SRC, DST, REC = BUSES["vcan"]
+GEN_TXQUEUELEN = 1000  # the generator's controller (can1) only: at the driver's 10, cangen -g 0 waits on
+# ENOBUFS and the offered rate measures can1's queue, not the system; the bridges' can0/can2 keep 10
 CANVM = ROOT / "hw" / "testvm" / "canvm.sh"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MARKER = pack_can(CAN_EFF_FLAG | 0x1FFFFFFF, b"canbrdg!")  # path-up probe; never counted
@@ -111,6 +136,17 @@ DEFAULT_SYSTEMS = "cangw,python-loop,python-pair,canbridge-tcp,canbridge-udp"
 
 
 # --------------------------------------------------------------------------- baseline system
+def use_bus(name: str) -> None:
+    """Point every measurement at the interfaces of bus `name` (a key of BUSES)."""
+    global GEN, SRC, DST, REC
+    GEN, SRC, DST, REC = BUSES[name]
+
+
+def real_bus() -> bool:
+    """True on controllers with a driver: frames cross a (emulated) wire and FIFOs that can overrun."""
+    return GEN != SRC
+
+
 def python_loop(src: str, dst: str) -> None:
     """The baseline: the plainest Python forwarder (same 8 MB receive buffer as the bridge)."""
     rx = socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW)
@@ -151,7 +187,13 @@ def python_pair(side: str, src: str, dst: str) -> None:
     while data := tcp.recv(65536):
         buf += data
         while len(buf) >= 16:
-            can.send(buf[:16])
+            try:
+                can.send(buf[:16])
+            except OSError as exc:  # ENOBUFS: a real controller's TX queue (txqueuelen 10) is full: wait
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                time.sleep(0.0001)
+                continue
             buf = buf[16:]
 
 
@@ -173,14 +215,22 @@ def kernel_counters() -> dict:
     out = {"softnet_backlog_dropped": 0}
     for line in Path("/proc/net/softnet_stat").read_text().splitlines():
         out["softnet_backlog_dropped"] += int(line.split()[1], 16)
-    for ifname in (SRC, DST):
-        for name in ("rx_dropped", "tx_dropped"):
+    for ifname in dict.fromkeys((GEN, SRC, DST, REC)):
+        for name in ("rx_dropped", "tx_dropped", "rx_over_errors"):  # rx_over_errors: RX FIFO overruns
             out[f"{ifname}_{name}"] = int(Path(f"/sys/class/net/{ifname}/statistics/{name}").read_text())
+        if real_bus():  # a full TX queue's drops (cangw has no ENOBUFS to wait on) are the qdisc's
+            out[f"{ifname}_qdisc_dropped"] = qdisc_dropped(ifname)
     snmp = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Udp:")]
     for key, value in zip(*snmp):
         if key in ("RcvbufErrors", "SndbufErrors", "InErrors"):
             out[f"udp_{key}"] = int(value)
     return out
+
+
+def qdisc_dropped(ifname: str) -> int:
+    """Frames the interface's root qdisc dropped (`tc -s qdisc show`), 0 if it shows none."""
+    res = subprocess.run(["tc", "-s", "qdisc", "show", "dev", ifname], capture_output=True, text=True, timeout=10)
+    return sum(int(m) for m in re.findall(r"dropped (\d+)", res.stdout))
 
 
 def delta(before, after):
@@ -352,30 +402,35 @@ class Cannelloni(System):
 
 # --------------------------------------------------------------------------- load (C tools)
 class Recorder:
-    """candump on vcan1 counting frames into a file on tmpfs."""
+    """candump on REC counting frames into a file on tmpfs. On a real bus it also listens on SRC (what
+    bridge A's controller received: the rest was lost in bus A's RX FIFO) and on DST (the TX echo of what
+    bridge B's writes: frames that left its controller; the rest of what REC misses was lost in bus B's FIFO)."""
 
     def __init__(self, workdir: Path, expected: int) -> None:
         self.path = workdir / "candump.txt"
-        argv = ["candump", "-n", str(expected), "-T", str(IDLE_MS), "-r", str(RECORDER_BUFFER), "-d", DST]
+        ifaces = [SRC, DST, REC] if real_bus() else [REC]
+        count = expected * len(ifaces)
+        argv = ["candump", "-n", str(count), "-T", str(IDLE_MS), "-r", str(RECORDER_BUFFER), "-d", *ifaces]
         with open(self.path, "wb") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         wait_for_socket(self.proc.pid)
 
-    def finish(self, timeout: float) -> tuple[int, int]:
-        """Wait for candump to end (all frames, or IDLE_MS of silence); (frames, its own drops)."""
+    def finish(self, timeout: float) -> tuple[dict, int]:
+        """Wait for candump to end (all frames, or IDLE_MS of silence); ({interface: frames}, its own drops)."""
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        frames = drops = 0
+        seen = dict.fromkeys((SRC, DST, REC), 0)
+        drops = 0
         with open(self.path, "rb") as f:
             for line in f:
                 if line.startswith(b"DROPCOUNT"):
-                    drops = int(re.search(rb"total drops (\d+)", line).group(1))
-                elif line.strip():
-                    frames += 1
-        return frames, drops
+                    drops += int(re.search(rb"total drops (\d+)", line).group(1))
+                elif fields := line.split():
+                    seen[fields[0].decode()] = seen.get(fields[0].decode(), 0) + 1
+        return seen, drops
 
 
 def wait_for_socket(pid: int, timeout: float = 5.0) -> None:
@@ -392,8 +447,9 @@ def wait_for_socket(pid: int, timeout: float = 5.0) -> None:
 
 
 def cangen(n: int, gap_ms: float, burst: int = 1, timeout: float = 300.0) -> float:
-    """Send n frames (dlc 8, incrementing id) into vcan0; returns cangen's wall time, s."""
-    argv = ["cangen", SRC, "-g", f"{gap_ms:g}", "-c", str(burst), "-n", str(n), "-L", "8", "-I", "i"]
+    """Send n frames (dlc 8, incrementing id) into GEN; returns cangen's wall time, s. `-p`: on ENOBUFS
+    (a real controller's full TX queue) poll and resend, so all n frames are offered."""
+    argv = ["cangen", GEN, "-g", f"{gap_ms:g}", "-c", str(burst), "-n", str(n), "-L", "8", "-I", "i", "-p", "100"]
     start = time.monotonic()
     res = subprocess.run(argv, check=False, capture_output=True, timeout=timeout)
     elapsed = time.monotonic() - start
@@ -448,7 +504,8 @@ def load_run(system: System, workdir: Path, n: int, gap_ms: float, burst: int, l
         elapsed = cangen(n, gap_ms, burst, timeout=60 + n / 500)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
         error, elapsed = str(exc), None
-    received, recorder_drops = recorder.finish(timeout=60 + n / 500)
+    seen, recorder_drops = recorder.finish(timeout=60 + n / 500)
+    received = seen[REC]
     cpu1 = system.cpu()
     run = {
         "label": label,
@@ -459,10 +516,21 @@ def load_run(system: System, workdir: Path, n: int, gap_ms: float, burst: int, l
         "rate": n / elapsed if elapsed else None,
         "received": received,
         "lost": n - received,
+        "offered": n,  # frames that reached the system (SRC)
+        "delivered": received,  # frames the system wrote that left DST
         "recorder_drops": recorder_drops,
         "cpu_s": {k: cpu1[k] - cpu0[k] for k in cpu1},
         "kernel": delta(k0, kernel_counters()),
     }
+    if real_bus():  # loss is the system's own (SRC seen, never left DST); the FIFOs' is the emulation's
+        run["offered"], run["delivered"] = seen[SRC], seen[DST]
+        run["sent_rate"] = run["rate"]  # what cangen sent; the system got only what passed bus A's FIFO
+        run["rate"] = seen[SRC] / elapsed if elapsed else None
+        run["lost"] = max(0, seen[SRC] - seen[DST])
+        run["lost_end_to_end"] = n - received
+        run["fifo_lost_a"] = n - seen[SRC]  # never reached SRC: SRC's RX FIFO overran
+        run["fifo_lost_b"] = seen[DST] - received  # left DST, never reached REC: REC's RX FIFO overran
+        run["rx_over_errors"] = {i: run["kernel"].get(f"{i}_rx_over_errors", 0) for i in (SRC, REC)}
     if error:
         run["error"] = error
     if run["lost"] or error:
@@ -480,7 +548,7 @@ def speed_index_ms() -> float:
 
 
 def first_frame_s(system: System, tx, rx, timeout: float = 60.0) -> float:
-    """Seconds from the system's first spawn to the first MARKER seen on vcan1, MARKER being
+    """Seconds from the system's first spawn to the first MARKER seen on REC, MARKER being
     offered every 10 ms (so the figure is up to 10 ms late). Both sockets are drained after."""
     start = system.spawned_at or time.monotonic()
     deadline = time.monotonic() + timeout
@@ -497,13 +565,13 @@ def first_frame_s(system: System, tx, rx, timeout: float = 60.0) -> float:
                 return took
         else:
             system.check_alive()
-    raise TimeoutError(f"{system.name}: no frame reached {DST} in {timeout:.0f} s")
+    raise TimeoutError(f"{system.name}: no frame reached {REC} in {timeout:.0f} s")
 
 
 @contextlib.contextmanager
 def probe_sockets(system: System):
-    """(sender on vcan0 with own-echo timestamps, recorder on vcan1), once a frame has crossed."""
-    tx, rx = probe.open_can(SRC, recv_own=True), probe.open_can(DST)
+    """(sender on GEN with own-echo timestamps, recorder on REC), once a frame has crossed."""
+    tx, rx = probe.open_can(GEN, recv_own=True), probe.open_can(REC)
     try:
         wait_path_up(system, tx, rx)
         yield tx, rx
@@ -513,7 +581,7 @@ def probe_sockets(system: System):
 
 
 def wait_path_up(system: System, tx, rx, timeout: float = 30.0) -> None:
-    """Send MARKER every 100 ms until it reaches vcan1; then discard what both sockets saw."""
+    """Send MARKER every 100 ms until it reaches REC; then discard what both sockets saw."""
     deadline = time.monotonic() + timeout
     seen: list = []
     while time.monotonic() < deadline:
@@ -526,7 +594,7 @@ def wait_path_up(system: System, tx, rx, timeout: float = 30.0) -> None:
             probe.drain(rx, [])
             probe.drain(tx, [])
             return
-    raise TimeoutError(f"{system.name}: no frame reached {DST} in {timeout:.0f} s")
+    raise TimeoutError(f"{system.name}: no frame reached {REC} in {timeout:.0f} s")
 
 
 def numbered_frame(i: int) -> bytes:
@@ -581,18 +649,23 @@ def latency_at_rate(tx, rx, count: int, rate: float, settle_s: float = 2.0) -> t
     return probe.compare(sent, received), prober_cpu
 
 
-def latency_at_rate_recorded(workdir: Path, tx, count: int, rate: float) -> tuple[probe.Report, float, float]:
+def latency_at_rate_recorded(workdir: Path, tx, count: int, rate: float) -> tuple[probe.Report, float, float, dict]:
     """The 2,500 frames/s replay sent by this process (probe.replay, the pacing of latency_at_rate, no
     receiving between frames) and recorded by one `candump -L` on vcan0 and vcan1 (kernel timestamps, us;
     frames pair by content). In the VM, sending alone took ~37 % of a vCPU at this rate and candump ~21 %.
     (cangen cannot replace the sender: in TCG its sleep overshoots, so one frame per sleep made 1,967 to
-    2,781 frames/s instead of 2,500, 2026-12-03.) -> (report, CPU s of the sender and candump, actual rate)."""
+    2,781 frames/s instead of 2,500, 2026-12-03.) On real controllers candump also counts SRC and DST, so a frame
+    lost in an emulated RX FIFO is told from one the system lost. -> (report, CPU s of the sender and candump,
+    actual rate, {interface: frames seen})."""
     frames = [(i * 1_000_000_000 // int(rate), numbered_frame(i)) for i in range(count)]
     path = workdir / "rate.log"
     before = os.times()
     with open(path, "wb") as out:
-        dump = subprocess.Popen(["candump", "-L", "-T", str(IDLE_MS), "-r", str(RECORDER_BUFFER), SRC, DST],
-                                stdout=out, stderr=subprocess.DEVNULL)
+        dump = subprocess.Popen(
+            ["candump", "-L", "-T", str(IDLE_MS), "-r", str(RECORDER_BUFFER), *dict.fromkeys((GEN, SRC, DST, REC))],
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+        )
     wait_for_socket(dump.pid)
     cpu0 = time.process_time()
     actual = count / probe.replay(tx, frames, 1.0)
@@ -605,10 +678,13 @@ def latency_at_rate_recorded(workdir: Path, tx, count: int, rate: float) -> tupl
     after = os.times()
     recorder_cpu = after.children_user + after.children_system - before.children_user - before.children_system
     sent, received = [], []
+    seen = dict.fromkeys((GEN, SRC, DST, REC), 0)
     for line in path.read_text().splitlines():
         ts, iface, raw = candump.parse_line(line)
-        (sent if iface == SRC else received).append((ts, raw))
-    return probe.compare(sent, received), sender_cpu + recorder_cpu, actual
+        seen[iface] += 1
+        if iface in (GEN, REC):
+            (sent if iface == GEN else received).append((ts, raw))
+    return probe.compare(sent, received), sender_cpu + recorder_cpu, actual, seen
 
 
 def report_dict(rep: probe.Report) -> dict:
@@ -663,7 +739,7 @@ def measure(system: System, workdir: Path, plan: RatePlan, cfg: dict) -> dict:
     speed = speed_index_ms()
     print(f"\n== {system.name} (speed index {speed:.0f} ms)", flush=True)
     result: dict = {"system": system.name, "speed_index_ms": speed}
-    tx, rx = probe.open_can(SRC, recv_own=True), probe.open_can(DST)
+    tx, rx = probe.open_can(GEN, recv_own=True), probe.open_can(REC)
     try:
         system.start()
         result["startup_s"] = first_frame_s(system, tx, rx)
@@ -689,9 +765,9 @@ def measure(system: System, workdir: Path, plan: RatePlan, cfg: dict) -> dict:
             cpu0 = system.cpu()
             if cfg["replayer"] == "python":
                 report, prober_cpu = latency_at_rate(tx, rx, cfg["replay"], REPLAY_RATE)
-                actual = None
+                actual, seen = None, {}
             else:
-                report, prober_cpu, actual = latency_at_rate_recorded(workdir, tx, cfg["replay"], REPLAY_RATE)
+                report, prober_cpu, actual, seen = latency_at_rate_recorded(workdir, tx, cfg["replay"], REPLAY_RATE)
             cpu1 = system.cpu()
             result["latency_at_rate"] = {
                 **report_dict(report),
@@ -700,11 +776,14 @@ def measure(system: System, workdir: Path, plan: RatePlan, cfg: dict) -> dict:
                 "prober_cpu_s": prober_cpu,
                 "cpu_s": {k: cpu1[k] - cpu0[k] for k in cpu1},
             }
+            if real_bus() and seen:  # where the replay's lost frames went: bus A's FIFO, the system, bus B's
+                result["latency_at_rate"]["seen"] = seen
+                result["latency_at_rate"]["offered"] = seen[SRC]  # CPU per frame the system handled
         for key in ("latency_in_flight", "latency_at_rate"):
             lat = result[key]["latency_ms"]
             print(
                 f"  {key}: p50 {fmt_ms(lat['p50'])} p99 {fmt_ms(lat['p99'])} max {fmt_ms(lat['max'])} ms, "
-                f"lost {result[key]['lost']}",
+                f"lost {result[key]['lost']}" + (f", seen per interface {seen}" if "seen" in result[key] else ""),
                 flush=True,
             )
         result["peak_rss_mb"] = system.peak_rss()
@@ -727,7 +806,7 @@ def cpu_per_1k(run: dict | None) -> dict:
     """{process: CPU seconds per 1,000 frames} over one load run (or the 2.5k/s replay)."""
     if not run or not run.get("cpu_s"):
         return {}
-    frames = run["frames"] if "frames" in run else run["sent"]
+    frames = run["offered"] if "offered" in run else run["sent"]  # the frames the system handled
     return {k: v / frames * 1000 for k, v in run["cpu_s"].items()} if frames else {}
 
 
@@ -741,8 +820,9 @@ def figures(result: dict) -> dict:
         "zero_loss_frames": best["frames"] if best else None,
         "generator_limited": generator_limited,
         "burst_rate": burst["rate"],
-        "burst_lost_pct": 100 * burst["lost"] / burst["frames"],
-        "burst_delivered": burst["received"],
+        "burst_lost_pct": 100 * burst["lost"] / burst["offered"] if burst["offered"] else None,
+        "burst_delivered": burst["delivered"],
+        "burst_fifo_lost": (burst["fifo_lost_a"], burst["fifo_lost_b"]) if "fifo_lost_a" in burst else None,
         "lat1": result["latency_in_flight"]["latency_ms"],
         "lat_rate": result["latency_at_rate"]["latency_ms"],
         "cpu_per_1k": cpu,
@@ -756,6 +836,8 @@ def figures(result: dict) -> dict:
 
 def print_table(results: list[dict]) -> None:
     print("\n" + "=" * 150)
+    bus = results[0]["bus"] if results else "?"
+    print(f"bus: {bus}, {' -> '.join(dict.fromkeys(BUSES.get(bus, ())))}")
     print(
         f"{'system':<14} {'zero-loss':>10} {'flat-out burst':>22} {'1 in flight, ms':>20} "
         f"{'at 2.5k/s, ms':>20} {'CPU s/1k frames':>17} {'CPU s/1k @2.5k/s':>17} {'start':>5} "
@@ -771,7 +853,7 @@ def print_table(results: list[dict]) -> None:
         cpu_rate = "+".join(f"{v:.3f}" for v in f["cpu_at_rate_per_1k"].values()) or "-"
         rss = ",".join(f"{v:.0f}" for v in f["rss_mb"].values() if v) or "-"
         start = "-" if f["startup_s"] is None else f"{f['startup_s']:.2f}"
-        lost = f"{r['burst']['lost']} ({f['burst_lost_pct']:.1f}%)"
+        lost = f"{r['burst']['lost']} ({f['burst_lost_pct']:.1f}%)" if f["burst_lost_pct"] is not None else "-"
         rate = (">=" if f["generator_limited"] else "") + fmt_rate(f["zero_loss_rate"])
         print(
             f"{r['system']:<14} {rate:>10} {fmt_rate(f['burst_rate']):>9} {lost:>12} "
@@ -780,6 +862,24 @@ def print_table(results: list[dict]) -> None:
             + " ".join(f"{fmt_ms(f['lat_rate'][q]):>6}" for q in ("p50", "p99", "max"))
             + f" {cpu:>17} {cpu_rate:>17} {start:>5} {rss:>11} {r['speed_index_ms']:>5.0f}"
         )
+    if any(figures(r)["burst_fifo_lost"] for r in results):
+        print(
+            "real controllers: 'lost' is the system's own loss (frames its input controller received that never "
+            "left its output controller); a '>=' rate is what passed bus A's RX FIFO (the emulation's limit, not "
+            "cangen's);\nqdisc 'dropped' counts every ENOBUFS, also those the writer waited out and sent again;"
+            "\nthe emulated RX FIFOs' losses, per run (bus A before the system, "
+            "bus B after it; rx_over_errors counts overrun events, not frames):"
+        )
+        for r in results:
+            for run in (r["warmup"], *r["zero_loss"]["runs"], r["burst"]):
+                if "fifo_lost_a" in run:
+                    over = ", ".join(f"{k} {v}" for k, v in run["rx_over_errors"].items())
+                    print(
+                        f"  {r['system']:<14} {run['label']:>16}: {run['frames']} sent "
+                        f"at {fmt_rate(run['sent_rate'])}/s, "
+                        f"FIFO lost bus A {run['fifo_lost_a']}, bus B {run['fifo_lost_b']} "
+                        f"(rx_over_errors {over}); system lost {run['lost']} of {run['offered']}"
+                    )
 
 
 def ratio(a, b) -> str:
@@ -861,8 +961,9 @@ def print_losses(results: list[dict]) -> None:
             if not run["lost"] and "error" not in run:
                 continue
             lines.append(
-                f"  {r['system']} {run['label']}: sent {run['frames']} at {fmt_rate(run['rate'])}/s, "
-                f"received {run['received']}, lost {run['lost']}, candump's own drops "
+                f"  {r['system']} {run['label']}: sent {run['frames']}, {fmt_rate(run['rate'])}/s reached the system, "
+                f"offered {run['offered']}, delivered {run['delivered']}, received {run['received']}, "
+                f"lost {run['lost']}, candump's own drops "
                 f"{run['recorder_drops']}; CPU s {json.dumps({k: round(v, 2) for k, v in run['cpu_s'].items()})}"
             )
             if "error" in run:
@@ -878,19 +979,65 @@ def print_losses(results: list[dict]) -> None:
         print("\n".join(lines))
 
 
+def print_side_by_side(results: list[dict]) -> None:
+    """Each system on the real controllers against itself on vcan, same boot: what the driver and the
+    emulated wire add."""
+    by = {(r["bus"], r["system"]): figures(r) for r in results}
+    pairs = [name for bus, name in by if bus == "sja1000" and ("vcan", name) in by]
+    if not pairs:
+        return
+    print(
+        "\nsja1000 / vcan, each system against itself (zero-loss rate, latency p50 one in flight and at 2.5k/s, "
+        "CPU per frame at 2.5k/s):"
+    )
+    for name in pairs:
+        f, v = by["sja1000", name], by["vcan", name]
+        print(
+            f"  {name:<14} rate {ratio(f['zero_loss_rate'], v['zero_loss_rate']):>7}  "
+            f"1-in-flight p50 {ratio(f['lat1']['p50'], v['lat1']['p50']):>7}  "
+            f"2.5k p50 {ratio(f['lat_rate']['p50'], v['lat_rate']['p50']):>7}  "
+            f"CPU @2.5k {ratio(f['cpu_at_rate_per_1k_total'], v['cpu_at_rate_per_1k_total']):>7}"
+        )
+
+
 # --------------------------------------------------------------------------- main
-def run_in_vm(argv: list[str]) -> int:
+def run_in_vm(argv: list[str], buses: list[str]) -> int:
     """Re-run this script in the test VM (this kernel has no vcan0/vcan1); returns its exit code.
-    The host's load average goes in and is printed after: other VMs on the host skew the figures."""
+    The host's load average goes in and is printed after: other VMs on the host skew the figures.
+    With the sja1000 bus the VM gets two emulated buses of two controllers each (CANVM_CAN="2 2")."""
     load = host_load()
     env = dict(os.environ, CANBRIDGE_BENCH_HOST_LOAD=load)
     env.setdefault("CANVM_TIMEOUT", "1200")
     env.setdefault("CANVM_MEM", "2G")
+    if "sja1000" in buses:
+        env.setdefault("CANVM_CAN", "2 2")
     env["CANVM_ENV"] = f"{env.get('CANVM_ENV', '')} CANBRIDGE_BENCH_HOST_LOAD".strip()
-    print(f"throughput: no {SRC}/{DST} here; re-running in the test VM ({CANVM})", file=sys.stderr, flush=True)
+    print(
+        f"throughput: no {' '.join(needed_ifaces(buses))} here; re-running in the test VM ({CANVM})",
+        file=sys.stderr,
+        flush=True,
+    )
     rc = subprocess.run([str(CANVM), sys.executable, str(Path(__file__).resolve()), *argv], env=env).returncode
     print(f"host load average (1, 5, 15 min) before: {load}, after: {host_load()}", flush=True)
     return rc
+
+
+def needed_ifaces(buses: list[str]) -> list[str]:
+    return list(dict.fromkeys(i for b in buses for i in BUSES[b]))
+
+
+@contextlib.contextmanager
+def generator_queue():
+    """GEN's txqueuelen at GEN_TXQUEUELEN for the duration (real controllers only), then put back."""
+    path = Path(f"/sys/class/net/{GEN}/tx_queue_len")
+    old = path.read_text().strip()
+    if real_bus():
+        subprocess.run(["ip", "link", "set", GEN, "txqueuelen", str(GEN_TXQUEUELEN)], check=True, timeout=10)
+    try:
+        yield
+    finally:
+        if real_bus():
+            subprocess.run(["ip", "link", "set", GEN, "txqueuelen", old], check=False, timeout=10)
 
 
 def git_commit() -> str:
@@ -916,6 +1063,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="fewer rates, 20k-frame runs")
+    p.add_argument(
+        "--bus",
+        default="vcan",
+        help="comma-separated, run in this order in one VM boot: vcan (vcan0 -> system -> vcan1, default) and/or "
+        "sja1000 (QEMU's emulated SJA1000s: cangen on can1 -> bus A -> can0 -> system -> can2 -> bus B -> can3)",
+    )
     p.add_argument("--json", metavar="FILE", help="write every figure and run to FILE")
     p.add_argument(
         "--systems",
@@ -965,11 +1118,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.python_pair:
         python_pair(*args.python_pair)
         return 0
-    if not all(Path(f"/sys/class/net/{i}").exists() for i in (SRC, DST)):
+    buses = args.bus.split(",")
+    if unknown := set(buses) - set(BUSES):
+        sys.exit(f"throughput: unknown bus(es) {', '.join(sorted(unknown))}; known: {', '.join(BUSES)}")
+    if not all(Path(f"/sys/class/net/{i}").exists() for i in needed_ifaces(buses)):
         if os.environ.get("CANBRIDGE_IN_TESTVM"):
-            sys.exit(f"throughput: no {SRC}/{DST} even inside the test VM")
-        return run_in_vm(argv)
-    missing = [t for t in ("cangen", "candump", "cangw") if not shutil.which(t)]
+            sys.exit(f"throughput: no {' '.join(needed_ifaces(buses))} even inside the test VM")
+        return run_in_vm(argv, buses)
+    missing = [t for t in ("cangen", "candump", "cangw", "tc") if not shutil.which(t)]
     if missing or os.geteuid() != 0:
         sys.exit(f"throughput: needs root and can-utils (missing: {', '.join(missing) or 'root'})")
     cfg = {**(QUICK if args.quick else FULL), "replayer": args.replayer}
@@ -989,6 +1145,7 @@ def main(argv: list[str] | None = None) -> int:
         "host_load_before": os.environ.get("CANBRIDGE_BENCH_HOST_LOAD", "unknown"),
         "commit": git_commit(),
         "mode": "quick" if args.quick else "full",
+        "buses": {b: BUSES[b] for b in buses},
         "config": cfg,
         "replay_rate": REPLAY_RATE,
     }
@@ -999,34 +1156,48 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     workdir = Path(tempfile.mkdtemp(prefix="cb-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
-    plan = RatePlan.calibrate()
-    header["cangen"] = vars(plan)
-    print(plan.describe(), flush=True)
-    results = []
+    results: list[dict] = []
     header["systems"] = names
-    for system in make_systems(names, workdir, args.cannelloni):
-        try:
-            results.append(measure(system, workdir, plan, cfg))
-        except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
-            print(f"  {system.name} FAILED: {exc}", flush=True)
+    header["cangen"] = {}
+    for bus in buses:
+        use_bus(bus)
+        print(f"\n##### bus {bus}: {' -> '.join(dict.fromkeys(BUSES[bus]))}", flush=True)
+        with generator_queue():
+            plan = RatePlan.calibrate()
+            header["cangen"][bus] = vars(plan)
+            print(plan.describe(), flush=True)
+            for system in make_systems(names, workdir, args.cannelloni):
+                try:
+                    results.append({"bus": bus, **measure(system, workdir, plan, cfg)})
+                except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as exc:
+                    print(f"  {system.name} FAILED: {exc}", flush=True)
     header["duration_s"] = round(time.monotonic() - started, 1)
-    print_table(results)
-    print_ratios(results)
-    print_cpu(results)
-    print_losses(results)
+    for bus in buses:
+        use_bus(bus)
+        on_bus = [r for r in results if r["bus"] == bus]
+        if on_bus:
+            print_table(on_bus)
+            print_ratios(on_bus)
+            print_cpu(on_bus)
+            print_losses(on_bus)
+    print_side_by_side(results)
     print(">= : no run lost a frame, so the figure is cangen's limit in this VM, not the system's")
     print("speed idx: ms for a fixed Python loop before each system; if it differs, so did the VM's speed")
     print(f"\nlogs: {workdir} (tmpfs, gone with the VM); total {header['duration_s']:.0f} s")
     if args.json:
         Path(args.json).write_text(
             json.dumps(
-                {**header, "figures": {r["system"]: figures(r) for r in results}, "results": results},
+                {
+                    **header,
+                    "figures": {b: {r["system"]: figures(r) for r in results if r["bus"] == b} for b in buses},
+                    "results": results,
+                },
                 indent=1,
                 default=str,
             )
         )
         print(f"figures written to {args.json}")
-    return 0 if len(results) == len(names) else 1
+    return 0 if len(results) == len(names) * len(buses) else 1
 
 
 if __name__ == "__main__":
