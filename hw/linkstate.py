@@ -175,21 +175,20 @@ def _health(attrs: dict[int, bytes], index: int, up: bool) -> LinkHealth:
 def health(ifname: str) -> LinkHealth | None:
     """The link's health now (one RTM_GETLINK, blocking: the kernel answers within the call), None if
     there is no such interface. Raises OSError for other netlink errors."""
-    reply = _getlink(ifname)
-    if reply is None:
-        return None
-    links = parse_health(reply)
-    return links[0] if links else None
+    return _first(ifname, parse_health)
 
 
 def query(ifname: str) -> LinkState | None:
     """The link's state now (RTM_GETLINK by name on a blocking netlink socket), None if there is no
     such interface. Raises OSError for other netlink errors."""
+    return _first(ifname, parse)
+
+
+def _first(ifname: str, parser):
+    """parser(RTM_GETLINK reply for ifname)[0]; None when there is no such interface or nothing parsed."""
     reply = _getlink(ifname)
-    if reply is None:
-        return None
-    states = parse(reply)
-    return states[0] if states else None
+    found = parser(reply) if reply is not None else []
+    return found[0] if found else None
 
 
 def _getlink(ifname: str) -> bytes | None:

@@ -46,6 +46,7 @@ import paho.mqtt.client as paho
 from bridge.codec import mqtt_payload as mp
 from bridge.codec import native
 from bridge.codec.frameloss import PublishedFrames
+from bridge.core.logsummary import SummarisedLog
 from bridge.core.reactor import Reactor
 from bridge.core.stats import Counters
 from bridge.endpoints import broker_profiles as bp
@@ -73,7 +74,7 @@ DEFAULT_SESSION_EXPIRY_S = 3600  # the broker keeps our subscriptions and queued
 BAD_PAYLOAD_SUMMARY_S = 60.0  # malformed messages: the first per (source, reason) logged, then one summary per this
 
 
-class BadMessageLog:
+class BadMessageLog(SummarisedLog):
     """Log lines for malformed messages: the first of each (topic, reason) in full, later ones counted and
     told in one summary line at most every `interval` s, so a garbage flood cannot flood the log (the
     counters errors{bad_payload...} count every one). At most MAX_KEYS (topic, reason) pairs remembered."""
@@ -81,33 +82,23 @@ class BadMessageLog:
     MAX_KEYS = 1024  # a flood on ever new topics: beyond, every message goes to the summary
 
     def __init__(self, reactor: Reactor, name: str, interval: float = BAD_PAYLOAD_SUMMARY_S) -> None:
-        self.reactor, self.name, self.interval = reactor, name, interval
-        self._seen: set = set()
+        super().__init__(reactor, name, interval, self.MAX_KEYS)
         self._pending = 0
-        self._timer = None
-        self.lines = 0  # lines logged (for tests and the curious)
 
     def bad(self, topic: str, reason: str, line: str) -> None:
-        key = (topic, reason)
-        if key not in self._seen and len(self._seen) < self.MAX_KEYS:
-            self._seen.add(key)
-            self.lines += 1
+        if self.first((topic, reason)):
             log.warning("%s: %s (first of its kind on this topic; more are summarised every %g s)",
                         self.name, line, self.interval)
-            return
-        self._pending += 1
-        if self._timer is None:
-            self._timer = self.reactor.call_later(self.interval, self.summary)
+        else:
+            self._pending += 1
 
-    def summary(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._pending:
-            self.lines += 1
-            log.warning("%s: %d more malformed messages dropped (errors{bad_payload_REASON})", self.name,
-                        self._pending)
-            self._pending = 0
+    def _summarise(self) -> bool:
+        if not self._pending:
+            return False
+        log.warning("%s: %d more malformed messages dropped (errors{bad_payload_REASON})", self.name,
+                    self._pending)
+        self._pending = 0
+        return True
 
 
 class MqttPeer:

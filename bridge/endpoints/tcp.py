@@ -27,6 +27,7 @@ from bridge.endpoints.liveness import DEFAULT_LIMITS, PeerLimits
 from bridge.endpoints.pending import PendingFrames
 from bridge.errors import ProtocolError
 from bridge.hw.cansock import SO_RCVBUFFORCE, SO_SNDBUFFORCE, set_buffer
+from bridge.core.logsummary import SummarisedLog
 from bridge.core.reactor import Reactor
 from bridge.core.stats import Counters
 from bridge.core.transport import StreamTransport
@@ -244,7 +245,7 @@ def backoff_delay(attempt: int, rng=random) -> float:
     return min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(attempt, 16)) * rng.uniform(0.5, 1.0)
 
 
-class RefusalLog:
+class RefusalLog(SummarisedLog):
     """Log lines for connections a server refuses (TLS handshake failed, max_clients, malformed greeting).
 
     The first refusal of each (address, reason) is logged in full; later ones are counted and told in one
@@ -252,46 +253,32 @@ class RefusalLog:
     cannot flood the log). The counters (errors{...}) count every refusal regardless."""
 
     def __init__(self, reactor: Reactor, name: str, interval: float = REFUSAL_SUMMARY_S):
-        self.reactor = reactor
-        self.name = name
-        self.interval = interval
-        self._seen: set = set()  # (host, reason) logged once; at most REFUSAL_KEYS_MAX
+        super().__init__(reactor, name, interval, REFUSAL_KEYS_MAX)
         self._pending: dict = {}  # reason -> refusals since the last summary
         self._hosts: set = set()  # hosts of those, at most REFUSAL_KEYS_MAX (counted, not listed)
-        self._timer = None
-        self.lines = 0  # lines logged (for tests and the curious)
 
     def refused(self, addr, reason: str, line: str, kind: str | None = None) -> None:
         """The connection from `addr` (host, port) was refused: `reason` is its counter slug, `line` the
         log text; `kind` (default: reason) tells refusals apart that deserve a line each (TLS: why)."""
         host = addr[0]
-        key = (host, kind or reason)
-        if key not in self._seen and len(self._seen) < REFUSAL_KEYS_MAX:
-            self._seen.add(key)
-            self.lines += 1
+        if self.first((host, kind or reason)):
             log.warning("%s<-%s: %s (first refusal of this address for this reason; more are summarised every "
                         "%g s)", self.name, _fmt_addr(addr), line, self.interval)
             return
         self._pending[reason] = self._pending.get(reason, 0) + 1
         if len(self._hosts) < REFUSAL_KEYS_MAX:
             self._hosts.add(host)
-        if self._timer is None:
-            self._timer = self.reactor.call_later(self.interval, self.summary)
 
-    def summary(self) -> None:
-        """Log the refusals counted since the last summary (if any)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _summarise(self) -> bool:
         if not self._pending:
-            return
+            return False
         total = sum(self._pending.values())
         what = ", ".join(f"{reason} {n}" for reason, n in sorted(self._pending.items()))
-        self.lines += 1
         log.warning("%s: %d more connections refused (%s) from %d address%s", self.name, total, what,
                     len(self._hosts), "" if len(self._hosts) == 1 else "es")
         self._pending.clear()
         self._hosts.clear()
+        return True
 
 
 class TcpServer:
