@@ -239,6 +239,78 @@ def test_an_idle_dump_source_keeps_its_connection(mosquitto, publisher):
         src.close()
 
 
+def _client_of(broker):
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    return c
+
+
+def _read_on(src, fd: int, timeout: float = 10.0) -> list:
+    """What dump does: poll the descriptor it registered once, then read()."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if src.waiting() or poller.poll(200):
+            got = src.read()
+            if got:
+                return got
+    return []
+
+
+def test_dump_source_fails_over_to_the_next_broker_and_rides_a_restart(mosquitto, tmp_path, monkeypatch, caplog):
+    """dump/top and the python-can MQTT bus take the gateways' broker list and keep it: the node in use
+    killed, the source moves to the next of the list and reads on, behind the same descriptor (dump's
+    poller is registered once), with a warning naming both nodes; one broker restarted on its port, the
+    source comes back to it; no broker within FAILOVER_S: SourceClosed, as before the list existed."""
+    from bridge.tools.live import mqtt_source as ms
+    from bridge.tools.live.source import SourceClosed
+    from tests.mqtt_broker import Broker
+
+    other = Broker(tmp_path / "other").start()
+    a, b = (f"127.0.0.1:{x.port}" for x in (mosquitto, other))
+    src = ms.MqttSource(f"mqtt://{a},{b}/fleet/+/can0")
+    fd = src.fileno()
+    one = [(sc.pack_can(0x123, b"\x01"), T0)]
+    two = [(sc.pack_can(0x124, b"\x02"), T0 + 1)]
+    try:
+        assert str(src.broker) == a
+        pub_a = _client_of(mosquitto)
+        publish(pub_a, "fleet/gw1/can0/rx", one)
+        assert [rx.raw for rx in _read_on(src, fd)] == [one[0][0]]
+        pub_a.loop_stop()
+        mosquitto.kill()  # SIGKILL: the node in use is gone
+        with caplog.at_level("WARNING", logger=ms.__name__):
+            assert _read_on(src, fd, timeout=3) == []  # the loss is read, the source is now on the other node
+        assert str(src.broker) == b and src.fileno() == fd
+        assert f"connection to the broker {a} lost" in caplog.text and f"now on {b} (MQTT 5)" in caplog.text
+        pub_b = _client_of(other)
+        publish(pub_b, "fleet/gw1/can0/rx", two)
+        assert [rx.raw for rx in _read_on(src, fd)] == [two[0][0]]
+        pub_b.loop_stop()
+        pub_b.disconnect()
+
+        other.restart()  # one broker left, restarted on its port: the source goes back to it
+        assert _read_on(src, fd, timeout=3) == []
+        assert str(src.broker) == b
+        pub_b = _client_of(other)
+        publish(pub_b, "fleet/gw1/can0/rx", one)
+        assert [rx.raw for rx in _read_on(src, fd)] == [one[0][0]]
+        pub_b.loop_stop()
+        pub_b.disconnect()
+
+        monkeypatch.setattr(ms, "FAILOVER_S", 1.0)
+        other.kill()
+        t0 = time.monotonic()
+        with pytest.raises(SourceClosed, match=rf"connection to the broker {b} lost .*no broker answered in 1 s"):
+            _read_on(src, fd, timeout=10)
+        assert time.monotonic() - t0 < 5
+    finally:
+        src.close()
+        other.stop()
+
+
 def test_dump_source_over_tls_with_a_password_and_a_clear_error_for_a_bad_ca(tmp_path):
     """MqttSource builds its paho client in the peer's one place (mqtt_connection.new_client): TLS from
     bridge.security.tls (the broker's CA, our client certificate), the user and password_file."""

@@ -9,16 +9,25 @@ in front with share=), decodes each message as its gateway wrote it (MQTT 5 cont
 format= is accepted and has no effect) and yields dump's Rx items with
 "GATEWAY/IFACE" as the interface name and the gateway's kernel RX timestamp. Same interface as dump's
 RemoteSource: fileno(), waiting(), read(), close(), name, url. paho runs without its thread: read() calls
-loop_read / loop_write / loop_misc. A lost connection raises SourceClosed (dump exits, as for tcp://).
+loop_read / loop_write / loop_misc.
 
 Several brokers (a cluster): the first that answers is used (refused or unreachable: the next); MQTT 5
 first, MQTT 3.1.1 when a broker refuses 5 (nats-server, RabbitMQ), as the gateways' protocol=auto.
+
+A lost connection (the node killed, restarted, or the link gone): read() moves to the next broker of the
+list, round the list (the same broker when there is one, e.g. restarted), waiting 0.25 s doubling to 4 s
+between rounds, for up to FAILOVER_S, and logs a warning naming the node lost and the node now in use.
+What the fleet published in between is not seen (an observer's qos 0 subscription; the gap shows in the
+timestamps). No broker in FAILOVER_S: SourceClosed (dump and top exit 1). fileno() is an epoll descriptor
+holding the current socket, so a poller registered once goes on working after the switch.
 
 A malformed message is skipped and counted in `bad_messages` (a fleet must not stop a dump).
 """
 
 from __future__ import annotations
 
+import logging
+import select
 import socket
 import time
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -41,6 +50,11 @@ KEEPALIVE_S = 0  # no MQTT keepalive: dump and top sleep in poll() until a frame
 TCP_KEEPIDLE_S, TCP_KEEPINTVL_S, TCP_KEEPCNT = 30, 10, 3  # the kernel probes an idle link after 30 s: a dead
 #                 broker or link ends the dump (SourceClosed) within about 60 s
 MAX_BACKLOG = 65536  # frames decoded but not yet returned by read() (one read returns them all)
+FAILOVER_S = 30.0  # a lost broker: how long read() looks for another before the source ends (a node restart
+#                    in a cluster or a Mosquitto restart takes a few seconds; a dump should ride it out)
+FAILOVER_PAUSE_S = (0.25, 4.0)  # pause between rounds of the list: first, cap (doubling)
+
+log = logging.getLogger(__name__)
 
 
 def parse_url(url: str) -> dict:
@@ -108,22 +122,45 @@ class MqttSource:
         if u["scheme"] == "mqtts":  # the system CAs unless tls_ca; ConfigError naming a file that does not load
             tls = client_context(Security(tls_cert=o.get("tls_cert"), tls_key=o.get("tls_key"),
                                           tls_ca=o.get("tls_ca")), url)
+        self._brokers, self._at = u["brokers"], 0
+        self._connect = lambda broker: self._open(u, o, tls, topic, broker)
+        self._ep = select.epoll()  # fileno(): stable across a failover
+        self.client = None
+        try:
+            self._connect_first(range(len(self._brokers)))
+        except BaseException:
+            self._ep.close()
+            raise
+
+    def _connect_first(self, order) -> None:
+        """Connect to the first broker of `order` (indexes into the list) that answers and subscribes;
+        raises the last one's OSError or ConfigError when none does."""
         error: Exception = OSError("no broker")
-        for broker in u["brokers"]:  # the first node that answers
-            for version in (Mqtt5(), Mqtt311()):  # the protocol version's room, shared with the gateway peer
-                try:
-                    self._open(u, o, tls, topic, version, broker)
-                    return
-                except _RefusedVersion:
-                    continue
-                except (OSError, ConfigError) as exc:
-                    error = exc
-                    break
+        for at in order:
+            try:
+                self._connect(self._brokers[at])
+            except (OSError, ConfigError) as exc:
+                error = exc
+                self._drop_client()
+                continue
+            self._at = at
+            self._ep.register(self.client.socket().fileno(), select.EPOLLIN)
+            return
         raise error
 
-    def _open(self, u: dict, o: dict, tls, topic: str, version, broker) -> None:
+    def _open(self, u: dict, o: dict, tls, topic: str, broker) -> None:
+        """MQTT 5 first, then 3.1.1 if the broker refuses 5 (the version's room is shared with the gateway)."""
+        for version in (Mqtt5(), Mqtt311()):
+            try:
+                return self._open_version(u, o, tls, topic, version, broker)
+            except _RefusedVersion:
+                continue
+        raise OSError("the broker refused MQTT 5 and 3.1.1")
+
+    def _open_version(self, u: dict, o: dict, tls, topic: str, version, broker) -> None:
         """Connect to `broker` in `version` and subscribe; _RefusedVersion if it refuses the version."""
         self.mqtt = version
+        self._lost = None
         url = self.url
         c = self.client = new_client(self.mqtt, username=u["user"], password_file=o.get("password_file"), tls=tls,
                                      client_class=paho.Client)  # a blocking connect: dump has nothing else to do
@@ -169,14 +206,17 @@ class MqttSource:
         self._backlog.extend(Rx(name, raw, ts) for raw, ts in self.filter.filter_batch(frames))
 
     def fileno(self) -> int:
-        return self.client.socket().fileno()
+        """An epoll descriptor, readable when the current broker's socket is."""
+        return self._ep.fileno()
 
     def waiting(self) -> bool:
         """Frames decoded and not yet read, or TLS holds decrypted bytes (poll() does not signal them)."""
-        sock = self.client.socket()
+        sock = self.client.socket() if self.client is not None else None
         return bool(self._backlog) or bool(getattr(sock, "pending", None) and sock.pending())
 
     def read(self) -> list:
+        if not self._backlog and self.client is None:  # a failover ran out of time before: try again
+            self._fail_over("no broker answered")
         if not self._backlog:
             rc = self.client.loop_read()
             if rc == paho.MQTT_ERR_SUCCESS:
@@ -184,15 +224,53 @@ class MqttSource:
                     self.client.loop_write()
                 self.client.loop_misc()
             if rc != paho.MQTT_ERR_SUCCESS or self._lost:
-                raise SourceClosed(f"{self.url}: connection to the broker lost ({self._lost or paho.error_string(rc)})")
+                self._fail_over(self._lost or paho.error_string(rc))
         out, self._backlog = self._backlog, []
         return out
 
-    def close(self) -> None:
-        try:
-            self.client.disconnect()
-        except Exception:  # noqa: BLE001 - closing: nothing to report
-            pass
-        sock = self.client.socket()
+    def _fail_over(self, reason: str) -> None:
+        """The connection to broker `_at` is lost: the next one of the list that answers, round the list
+        for up to FAILOVER_S (SourceClosed after that)."""
+        lost = self._brokers[self._at]
+        self._drop_client()
+        n = len(self._brokers)
+        order = [(self._at + 1 + i) % n for i in range(n)]  # the lost node last
+        deadline, pause = time.monotonic() + FAILOVER_S, FAILOVER_PAUSE_S[0]
+        while True:
+            try:
+                self._connect_first(order)
+            except (OSError, ConfigError) as exc:
+                if time.monotonic() + pause > deadline:
+                    raise SourceClosed(f"{self.url}: connection to the broker {lost} lost ({reason}); no broker "
+                                       f"answered in {FAILOVER_S:.0f} s ({exc})") from None
+                time.sleep(pause)
+                pause = min(2 * pause, FAILOVER_PAUSE_S[1])
+                continue
+            log.warning("%s: connection to the broker %s lost (%s); now on %s (MQTT %s)", self.url, lost, reason,
+                        self.broker, self.mqtt.name)
+            return
+
+    @property
+    def broker(self):
+        """The node in use (host:port), as the gateways' `broker` gauge names it."""
+        return self._brokers[self._at]
+
+    def _drop_client(self) -> None:
+        """Forget the current connection: out of the epoll set, socket closed."""
+        client, self.client = self.client, None
+        sock = client.socket() if client is not None else None
         if sock is not None:
+            try:
+                self._ep.unregister(sock.fileno())
+            except (OSError, ValueError):  # never registered (a failed connect) or already closed
+                pass
             sock.close()
+
+    def close(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.disconnect()
+            except Exception:  # noqa: BLE001 - closing: nothing to report
+                pass
+        self._drop_client()
+        self._ep.close()
