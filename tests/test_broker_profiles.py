@@ -67,7 +67,17 @@ def test_aws_iot_topic_depth_and_length():
 
 def test_azure_iot_hub_fixed_topic_client_id_tls_and_no_subscriptions():
     az = bp.profile("azure-iot-hub")
-    assert bp.telemetry_topic(az, "ignored", "truck-17", "can0") == "devices/truck-17/messages/events/iface=can0"
+    events = "devices/truck-17/messages/events/"
+    assert bp.telemetry_topic(az, "ignored", "truck-17", "can0") == \
+        events + "iface=can0&$.ct=application%2Fvnd.canbridge.frames"
+    # the system properties message routing needs to query a JSON body: $.ct and $.ce, URL-encoded
+    assert bp.telemetry_topic(az, "ignored", "truck-17", "can0", "json") == \
+        events + "iface=can0&$.ct=application%2Fjson&$.ce=utf-8"
+    assert bp.telemetry_topic(az, "ignored", "truck-17", "can0", "candump") == \
+        events + "iface=can0&$.ct=text%2Fplain%3B%20charset%3Dutf-8&$.ce=utf-8"
+    assert bp.status_topic(az, "ignored", "truck-17") == events + "type=status&$.ct=application%2Fjson&$.ce=utf-8"
+    aws = bp.profile("aws-iot")  # our tree: the content type is an MQTT 5 property there, not in the topic
+    assert bp.telemetry_topic(aws, "fleet", "truck-17", "can0", "json") == "fleet/truck-17/can0/rx"
     ok = dict(protocol="", qos=1, client_id="truck-17", gateway="truck-17", tls=True)
     assert bp.check_options(az, **ok) == "3.1.1"
     for change, why in [({"protocol": "5"}, "3.1.1 only"), ({"client_id": "other"}, "device id"),

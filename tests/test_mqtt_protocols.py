@@ -131,7 +131,7 @@ def test_fresh_frames_keeps_untimed_and_future_frames():
 def test_azure_iot_hub_preset_against_a_tls_mosquitto_standing_in_for_the_hub(tmp_path):
     """broker=azure-iot-hub on a TLS Mosquitto whose ACL is the hub's rule (a client writes only under
     devices/CLIENT_ID/messages/events/): MQTT 3.1.1, client id = gateway, frames on the fixed topic with the
-    bus in the property bag, the status there too and not retained, nothing refused."""
+    bus and the content type ($.ct) in the property bag, the status there too and not retained, nothing refused."""
     from tests.pki import make_pki
 
     pki = make_pki(tmp_path / "pki")
@@ -151,14 +151,15 @@ def test_azure_iot_hub_preset_against_a_tls_mosquitto_standing_in_for_the_hub(tm
         now = time.time_ns()
         sent = [(raw, now + i) for i, (raw, _ts) in enumerate(frames_of(50))]
         feed(gw, sent)
-        assert pump([gw], lambda: gw.peer.counters.tx_frames == 50 and sum(t.endswith("iface=can0")
+        assert pump([gw], lambda: gw.peer.counters.tx_frames == 50 and sum("iface=can0&" in t
                                                                             for t, _p, _r in got) >= 1)
         pump([gw], lambda: False, timeout=0.3)
         topics = {t for t, _p, _r in got}
-        assert topics == {"devices/gw1/messages/events/iface=can0", "devices/gw1/messages/events/type=status"}
-        frames = [f for t, p, _r in got if t.endswith("iface=can0") for f in mp.decode("native", p)]
+        assert topics == {"devices/gw1/messages/events/iface=can0&$.ct=application%2Fvnd.canbridge.frames",
+                          "devices/gw1/messages/events/type=status&$.ct=application%2Fjson&$.ce=utf-8"}
+        frames = [f for t, p, _r in got if "iface=can0&" in t for f in mp.decode("native", p)]
         assert frames == sent
-        status = [json.loads(p) for t, p, _r in got if t.endswith("type=status")]
+        status = [json.loads(p) for t, p, _r in got if "type=status&" in t]
         assert status[0]["status"] == "online"
         assert not any(r for _t, _p, r in got) and not gw.peer.counters.errors.get("publish_refused")
         late = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)  # nothing retained

@@ -11,7 +11,9 @@ Sources of the limits:
                   not hold '.' or white space (the connection is closed; tests/test_nats_cluster.py)
   azure-iot-hub   "Communicate with an IoT hub using the MQTT protocol": MQTT 3.1.1 only, port 8883 with
                   TLS, client id = device id, telemetry only on devices/{device_id}/messages/events/
-                  (with an optional property bag after it), messages <= 256 KB, qos 0/1, no retained
+                  (with an optional property bag after it: URL-encoded key=value pairs joined by '&',
+                  the system properties $.ct content type and $.ce content encoding among them, which
+                  message routing needs to query a body), messages <= 256 KB, qos 0/1, no retained
                   messages (the retain flag becomes an application property), commands on
                   devices/{device_id}/messages/devicebound/#
   aws-iot         "AWS IoT Core message broker and protocol limits and quotas": MQTT 3.1.1 and 5, payload
@@ -22,6 +24,7 @@ Sources of the limits:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from bridge.codec import mqtt_payload as mp
 
@@ -46,7 +49,8 @@ class BrokerProfile:
     (publishes/s per connection, None: no cap); retain: retained messages work; qos_max; topic: a fixed
     telemetry topic template ({device}: the device id) or None for our tree; client_id_is_device: the
     client id must be the device id; subscribe: arbitrary subscriptions (source=, tx topics) allowed;
-    tls: the broker only listens with TLS (mqtts://)."""
+    tls: the broker only listens with TLS (mqtts://); property_bag: the fixed topic takes a property bag,
+    where the content type and encoding go (MQTT 3.1.1 has no content type property)."""
 
     name: str
     protocol: str = "5"
@@ -63,6 +67,7 @@ class BrokerProfile:
     max_client_id: int = 65535
     subscribe: bool = True
     tls: bool = False
+    property_bag: bool = False
 
 
 PROFILES = {
@@ -71,7 +76,7 @@ PROFILES = {
     "azure-iot-hub": BrokerProfile("azure-iot-hub", protocol="3.1.1", protocols=("3.1.1",),
                                    max_payload=256 * 1024, retain=False, qos_max=1,
                                    topic="devices/{device}/messages/events/", client_id_is_device=True,
-                                   max_client_id=128, subscribe=False, tls=True),
+                                   max_client_id=128, subscribe=False, tls=True, property_bag=True),
     "aws-iot": BrokerProfile("aws-iot", protocol="5", max_payload=128 * 1024, max_topic_bytes=256,
                              max_topic_slashes=7, publish_rate=100.0, qos_max=1, max_client_id=128, tls=True),
 }
@@ -105,20 +110,33 @@ def check_topic(p: BrokerProfile, topic: str, what: str = "topic") -> str:
     return topic
 
 
-def telemetry_topic(p: BrokerProfile, prefix: str, gateway: str, iface: str) -> str:
-    """Where frames of bus `iface` are published: PREFIX/GATEWAY/IFACE/rx, or the hub's fixed topic with
-    the interface in its property bag (Azure: devices/GATEWAY/messages/events/iface=can0)."""
+def telemetry_topic(p: BrokerProfile, prefix: str, gateway: str, iface: str, fmt: str = "native") -> str:
+    """Where frames of bus `iface` in payload format `fmt` are published: PREFIX/GATEWAY/IFACE/rx, or the
+    hub's fixed topic with the interface and the content type in its property bag (Azure:
+    devices/GATEWAY/messages/events/iface=can0&$.ct=application%2Fjson&$.ce=utf-8 for json)."""
     if p.topic is None:
         return f"{prefix}/{gateway}/{iface}/rx"
-    return p.topic.format(device=gateway) + f"iface={iface}"
+    return p.topic.format(device=gateway) + _property_bag(p, fmt, iface=iface)
 
 
 def status_topic(p: BrokerProfile, prefix: str, gateway: str) -> str:
-    """Where the gateway's status (and its will) goes: PREFIX/GATEWAY/status, or on a hub with a fixed
-    topic that topic with type=status in its property bag (Azure: devices/GATEWAY/messages/events/type=status)."""
+    """Where the gateway's status (JSON, and its will) goes: PREFIX/GATEWAY/status, or on a hub with a fixed
+    topic that topic with type=status in its property bag (Azure: devices/GATEWAY/messages/events/type=status
+    &$.ct=application%2Fjson&$.ce=utf-8)."""
     if p.topic is None:
         return f"{prefix}/{gateway}/status"
-    return p.topic.format(device=gateway) + "type=status"
+    return p.topic.format(device=gateway) + _property_bag(p, "json", type="status")
+
+
+def _property_bag(p: BrokerProfile, fmt: str, **props: str) -> str:
+    """key=value&... (values URL-encoded), then the system properties $.ct (the MQTT 5 content type we set,
+    bridge.codec.mqtt_payload.CONTENT_TYPES) and $.ce (utf-8 for the text formats), where p takes them."""
+    pairs = list(props.items())
+    if p.property_bag:
+        pairs.append(("$.ct", mp.CONTENT_TYPES[fmt]))
+        if fmt in mp.UTF8_FORMATS:
+            pairs.append(("$.ce", "utf-8"))
+    return "&".join(f"{k}={quote(v, safe='')}" for k, v in pairs)
 
 
 def azure_username(host: str, device: str) -> str:

@@ -158,7 +158,7 @@ class MqttPeer:
                                    sync_frames=spool["sync_frames"], call_later=reactor.call_later)
             max_bytes = {"max_bytes": spool["max_bytes"]}
         rate = bp.publish_rate(profile, time.monotonic())
-        self.outbox = Outbox(self.counters, [bp.telemetry_topic(profile, prefix, gateway, iface)
+        self.outbox = Outbox(self.counters, [bp.telemetry_topic(profile, prefix, gateway, iface, fmt)
                                              for iface in self.channels],
                              self._publish, numbered=fmt == "native" and not per_id, per_id=per_id,
                              backend=backend, max_age=max_age, max_frames=bp.frames_per_message(profile, fmt),

@@ -222,7 +222,7 @@ class Mqtt(PeerProtocolBase):
         where = f"{cls.scheme}://{peer.host}:{peer.port}/{x['prefix']}"
         try:
             for iface in hello.channels:
-                topic = bp.telemetry_topic(x["profile"], x["prefix"], x["gateway"], iface)
+                topic = bp.telemetry_topic(x["profile"], x["prefix"], x["gateway"], iface, x["format"])
                 bp.check_topic(x["profile"], topic + ("/18DAF110" if x["per_id"] else ""))  # the longest ID level
         except bp.ProfileError as exc:
             raise ConfigError(f"{where}: {exc}") from None
