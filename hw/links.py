@@ -28,6 +28,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from bridge.hw.errors import CanBridgeError, ConfigError
 from bridge.hw.linksettings import LINK_KEYS, link_value
+from bridge.hw.linkstate import has_cap_net_admin
 
 ARPHRD_CAN = 280  # linux/if_arp.h: the link type of can, vcan and vxcan devices
 CAN_MTU, CANFD_MTU = 16, 72  # sizeof(struct can_frame), sizeof(struct canfd_frame)
@@ -44,7 +45,6 @@ CTRLMODES = {"loopback": "loopback", "listen_only": "listenonly", "triple_sampli
              "tdc_manual": "tdc_manual"}
 _OUR_MODE = {v: k for k, v in CTRLMODES.items()}
 MODE_KEYS = ("fd", "berr_reporting", "listen_only")  # the modes setup() sets
-CAP_NET_ADMIN = 12  # linux/capability.h
 
 
 class LinkError(CanBridgeError):
@@ -221,17 +221,6 @@ def _slowest(link: LinkInfo) -> str:
     if not c or not link.clock_hz:
         return ""
     return f"; its slowest is {link.clock_hz // (c['brp_max'] * (1 + c['tseg1_max'] + c['tseg2_max']))} bit/s"
-
-
-def has_cap_net_admin() -> bool:
-    """CAP_NET_ADMIN in this process's effective set (/proc/self/status CapEff); True if unreadable."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
-    except (OSError, ValueError):
-        pass
-    return True
 
 
 def set_up(iface: str) -> None:

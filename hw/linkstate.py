@@ -1,5 +1,6 @@
 """Link state from rtnetlink without pyroute2: just enough of RTM_NEWLINK/RTM_DELLINK to follow a link
-(name, ifindex, IFF_UP, a CAN controller's IFLA_CAN_STATE), so the bridge's link watch costs no import
+(name, ifindex, IFF_UP, a CAN controller's IFLA_CAN_STATE) and to take it down and up (`set_up()`, the
+bridge's flush of a stuck bus), so the bridge's link watch costs no import
 of pyroute2 (about 25 MB of RSS and 100 ms of start-up), and a bus's health (`health()`: bitrates,
 error counters, the controller's xstats, the interface's RX statistics) for the bridge's bus health
 sampling. `canbridge link` (hw/links.py) still uses pyroute2 for everything else.
@@ -18,15 +19,17 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTMGRP_LINK = 1
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST = 1
+NLM_F_REQUEST, NLM_F_ACK = 1, 4
 IFF_UP = 0x1
 IFLA_IFNAME, IFLA_LINKINFO, IFLA_STATS64 = 3, 18, 23
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_XSTATS = 1, 2, 3
 IFLA_CAN_BITTIMING, IFLA_CAN_STATE, IFLA_CAN_BERR_COUNTER, IFLA_CAN_DATA_BITTIMING = 1, 4, 8, 9
+CAP_NET_ADMIN = 12  # linux/capability.h
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 # enum can_state as candump/`ip -details` print it (the same names as bridge.hw.links.STATES)
 CAN_STATES = {0: "ERROR-ACTIVE", 1: "ERROR-WARNING", 2: "ERROR-PASSIVE", 3: "BUS-OFF", 4: "STOPPED", 5: "SLEEPING"}
@@ -209,3 +212,33 @@ def _getlink(ifname: str) -> bytes | None:
             return None
         raise OSError(code, f"RTM_GETLINK {ifname}: {os.strerror(code)}")
     return reply
+
+
+
+def set_up(ifname: str, up: bool) -> None:
+    """Take the link up or down (RTM_NEWLINK, ifi_change IFF_UP; what `ip link set NAME up|down` sends) and
+    wait for the kernel's answer. Raises OSError: EPERM without CAP_NET_ADMIN, ENODEV for no such link."""
+    name = ifname.encode() + b"\0"
+    attr = _RTATTR.pack(_RTATTR.size + len(name), IFLA_IFNAME) + name
+    attr += b"\0" * (-len(attr) % 4)
+    body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, IFF_UP if up else 0, IFF_UP) + attr
+    request = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, 1, 0) + body
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+        sock.settimeout(5)
+        sock.send(request)
+        reply = sock.recv(65536)
+    _length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(reply)
+    code = -struct.unpack_from("=i", reply, _NLMSGHDR.size)[0] if kind == NLMSG_ERROR else 0
+    if code:
+        raise OSError(code, f"link {ifname} {'up' if up else 'down'}: {os.strerror(code)}")
+
+
+def has_cap_net_admin() -> bool:
+    """CAP_NET_ADMIN in this process's effective set (/proc/self/status CapEff); True if unreadable."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError):
+        pass
+    return True

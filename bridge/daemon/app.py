@@ -76,6 +76,7 @@ class Bridge:
                 fd=iface.fd,
                 **({"rcvbuf": iface.rx_buffer} if iface.rx_buffer else {}),
                 max_age=iface.max_age,
+                tx_flush=iface.tx_flush,
             )
         except OSError as exc:
             raise OSError(exc.errno, f"cannot open CAN interface {iface.name}: {exc.strerror}") from None

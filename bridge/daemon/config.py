@@ -39,6 +39,7 @@ class InterfaceConfig:
     filter: FilterSet | None = None  # kernel RX filter
     rx_buffer: int | None = None  # SO_RCVBUF bytes; None = bridge.endpoints.socketcan.RX_BUFFER
     max_age: float = liveness.DEFAULT_MAX_AGE_S  # seconds a frame may wait in the TX queue; 0 = no limit
+    tx_flush: str = "auto"  # a stuck controller's kernel queue: auto|on|off (bridge/endpoints/txflush.py)
     link: dict[str, int | float] = field(default_factory=dict)  # LINK_KEYS given; the bridge ignores them
 
 
@@ -223,7 +224,7 @@ def from_args(interfaces: list[str], peers: list[str]) -> Config:
     ).validate()
 
 
-_INTERFACE_KEYS = {"name", "fd", "error_frames", "filter", "rx_buffer", "max_age"}
+_INTERFACE_KEYS = {"name", "fd", "error_frames", "filter", "rx_buffer", "max_age", "tx_flush"}
 
 def load_toml(path: str) -> Config:
     """Read a bridge config file (format: docs/cli.md). Raises ConfigError naming the key."""
@@ -262,6 +263,10 @@ def load_toml(path: str) -> Config:
             iface.rx_buffer = value
         if "max_age" in table:
             iface.max_age = liveness.parse_max_age(table["max_age"], f"{where}.max_age")
+        if "tx_flush" in table:
+            iface.tx_flush = _str(table, "tx_flush", where)
+            if iface.tx_flush not in ("auto", "on", "off"):
+                raise ConfigError(f"{where}.tx_flush: expected auto, on or off, got {iface.tx_flush!r}")
         iface.link = {k: link_value(k, table[k], f"{where}.{k}") for k in LINK_KEYS if k in table}
         config.interfaces.append(iface)
     for n, table in enumerate(_tables(doc, "peer", path)):

@@ -147,6 +147,14 @@ class AgeStamps:
             n -= head[1]
             runs.popleft()
 
+    def stamp_of(self, i: int) -> float:
+        """When item i (0: the head) was queued; the clock now when there is no such item."""
+        for t, n in self._runs:
+            if i < n:
+                return t
+            i -= n
+        return self._clock()
+
     def expired(self, max_age: float) -> int:
         """Items at the head queued more than max_age seconds ago (0 when max_age is 0)."""
         if not max_age:

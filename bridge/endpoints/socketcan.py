@@ -11,8 +11,9 @@ once) it queues and retries on a timer: 1 ms while the bus takes frames, doublin
 while it takes none (a bus that never drains costs ~50 wake-ups a second, not a spin). The
 queue is bounded; overflow drops the oldest; frames older than max_age are dropped as stale.
 How often and how long the bus pushed back is in the gauges tx_pushbacks, tx_pushback_ms and
-tx_pushback_max_ms. At start the interface's root qdisc is checked: one that drops frames
-silently (fq_codel and friends) is logged as a warning with the fix.
+tx_pushback_max_ms. What a stuck controller holds in the kernel is flushed once stale
+(bridge/endpoints/txflush.py, `tx_flush`). At start the interface's root qdisc is checked: one that
+drops frames silently (fq_codel and friends) is logged as a warning with the fix.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from bridge.hw.cansock import (
     open_can_raw,
 )
 from bridge.endpoints.pending import DEFAULT_MAX_AGE_S, AgeStamps
+from bridge.endpoints.txflush import KernelQueueWatch
 from bridge.core.reactor import Reactor, TimerHandle
 from bridge.core.stats import Counters
 
@@ -104,8 +106,10 @@ class SocketCanEndpoint:
     ifname: "can0", "vcan0"...; channel: index used on the wire for this interface.
     rx_filter: a bridge.codec.filters.FilterSet applied in the kernel (CAN_RAW_FILTER).
     error_frames: also receive and forward error frames (CAN_RAW_ERR_FILTER = all classes).
-    fd: enable CAN FD (None = when the link MTU is 72). Raises OSError if the interface is
-    missing or CAN_RAW is not supported, ValueError if fd=True on a classic-only link.
+    fd: enable CAN FD (None = when the link MTU is 72). max_age: seconds a frame may wait for the bus.
+    tx_flush: "auto", "on" or "off", the flush of a stuck controller's kernel queue (txflush.py).
+    Raises OSError if the interface is missing or CAN_RAW is not supported, ValueError if fd=True on
+    a classic-only link, ConfigError for tx_flush="on" without CAP_NET_ADMIN.
     """
 
     def __init__(
@@ -120,6 +124,7 @@ class SocketCanEndpoint:
         fd: bool | None = None,
         rcvbuf: int = RX_BUFFER,
         max_age: float = DEFAULT_MAX_AGE_S,
+        tx_flush: str = "auto",
     ) -> None:
         self.reactor = reactor
         self.name = ifname
@@ -130,6 +135,8 @@ class SocketCanEndpoint:
         self.fd_enabled = (mtu == sc.CANFD_MTU) if fd is None else fd
         if self.fd_enabled and mtu != sc.CANFD_MTU:
             raise ValueError(f"{ifname}: fd requested but link MTU is {mtu} (needs 72)")
+        self._kernel = KernelQueueWatch(reactor, ifname, max_age, self.counters, tx_flush,
+                                        on_restart=self._clear_socket_error)
         self.sock = self._open(ifname, rx_filter, error_frames, rcvbuf)
         self.kernel_drops = 0  # SO_RXQ_OVFL: frames the kernel dropped because our queue was full
         self.wire = WireBits()  # bits of the frames read and written: the bus load (bridge/endpoints/bushealth.py)
@@ -153,6 +160,11 @@ class SocketCanEndpoint:
         self.tx_blocked: str | None = None  # drop reason while the bus cannot send (bridge/endpoints/busfaults.py)
         reactor.add_reader(self.sock.fileno(), self._on_readable)
         warn_dropping_qdisc(ifname)
+
+    def _clear_socket_error(self) -> None:
+        """Our own link down and up (txflush) left ENETDOWN pending on the socket (af_can raw_notify): the
+        next send or recv would fail with it once. Read it here, where it is expected."""
+        self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 
     def _open(self, ifname, rx_filter, error_frames, rcvbuf) -> socket.socket:
         return open_can_raw(ifname, fd=self.fd_enabled, rxq_ovfl=True, rcvbuf=rcvbuf,
@@ -226,8 +238,9 @@ class SocketCanEndpoint:
     def send_frames(self, channel: int, frames) -> int:
         """Write raw frames to the bus in order; returns how many were accepted (sent or
         queued). FD frames on a classic-only link are dropped ("fd_on_classic_bus"); while
-        tx_blocked is set (link down, BUS-OFF) every frame is dropped under that reason."""
-        if self.tx_blocked:
+        tx_blocked is set (link down, BUS-OFF) every frame is dropped under that reason (queued while the
+        link is down for our own flush of the kernel's queue)."""
+        if self.tx_blocked and not self._kernel.holding():
             self.counters.drop(self.tx_blocked, len(frames))
             return 0
         if self.fd_enabled:
@@ -236,8 +249,11 @@ class SocketCanEndpoint:
             raws = [raw for raw, _ts in frames if len(raw) == sc.CAN_MTU]
             self.counters.drop("fd_on_classic_bus", len(frames) - len(raws))
         accepted = len(raws)
-        if not self._txq and not self._closed:
-            raws = raws[self._write(raws) :]
+        if not self._txq and not self._closed and not self.tx_blocked:
+            n = self._write(raws)
+            if n and self._kernel.active:
+                self._kernel.handed_over(monotonic(), n)
+            raws = raws[n:]
         if raws:
             self._enqueue(raws)
         return accepted
@@ -257,7 +273,7 @@ class SocketCanEndpoint:
             self._stamps.pop(overflow)
             for _ in range(overflow):
                 txq.popleft()
-        if self._retry is None:
+        if self._retry is None and not self.tx_blocked:
             self._wait_writable()
 
     def _write(self, raws: list) -> int:
@@ -340,7 +356,7 @@ class SocketCanEndpoint:
         if self._retry is True and not self._closed:
             self.reactor.remove_writer(self.sock.fileno())
         self._retry = None
-        if self._closed or not self._txq:
+        if self._closed or not self._txq or self.tx_blocked:  # blocked: only our own flush keeps a queue
             return
         self._drop_stale()
         txq = self._txq
@@ -350,6 +366,8 @@ class SocketCanEndpoint:
             chunk = list(islice(txq, size))
             size = TX_DRAIN_CHUNK
             n = self._write(chunk)
+            if n and self._kernel.active:
+                self._kernel.handed_over(self._stamps.stamp_of(n - 1), n)
             self._stamps.pop(n)
             for _ in range(n):
                 txq.popleft()
@@ -377,9 +395,18 @@ class SocketCanEndpoint:
 
     def block_tx(self, reason: str | None) -> None:
         """Drop frames for the bus from now on, counted under `reason` ("link_down", "bus_off"), together
-        with what the TX queue holds; None writes again. Called on link and bus-state changes."""
+        with what the TX queue holds; None writes again. Called on link and bus-state changes. The link
+        going down for our own flush of the kernel's queue keeps the queue (it holds frames younger than
+        max_age) and writes it when the link is up."""
+        if reason == "link_down" and self._kernel.holding():
+            self.tx_blocked = reason
+            self._cancel_wait()
+            return
         self.tx_blocked = reason
-        if reason:
+        if not reason:
+            if self._txq and self._retry is None and not self._closed:
+                self._drain()
+        else:
             self.counters.drop(reason, len(self._txq))
             self._txq.clear()
             self._cancel_wait()
@@ -419,6 +446,7 @@ class SocketCanEndpoint:
         if self._closed:
             return
         self._closed = True
+        self._kernel.close()
         self._txq.clear()
         self._check_drained()  # paused peers read again (and meet a closed bus: counted there)
         if isinstance(self._retry, TimerHandle):

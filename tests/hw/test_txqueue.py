@@ -9,6 +9,11 @@
   other peer and the opposite direction keep flowing, the bridge waits without spinning (its CPU while
   blocked is printed: a figure for docs/benchmarks.md, not an assertion), and after recovery no old
   frame leaves.
+- A controller whose TX stalls and then comes back without a link restart (its interrupt held off: the
+  driver never hears that a frame left, so the kernel's queue stays full, as on a bus with no ACK):
+  once everything the kernel holds is stale the bridge takes the link down and up (tx_flush), so when
+  the bus comes back only fresh frames leave. With tx_flush=off the stale ones leave first: the case the
+  flush is for, and the proof that the test can fail.
 - A dropping qdisc (fq_codel) on a CAN interface is warned about at start, naming the fix.
 Figures are printed as `FIGURE name: value` (pytest -s shows them)."""
 
@@ -26,6 +31,7 @@ from bridge.endpoints.socketcan import TX_BACKLOG_HIGH, TX_QUEUE_MAX, SocketCanE
 from bridge.hw.cansock import open_can_raw
 from tests.hw.bridgeproc import Bridge, Candump, Peer, bus_stats, free_tcp_port, number_of, numbered
 from tests.hw.conftest import ip
+from tests.hw.pci import interrupt_held_off
 
 pytestmark = pytest.mark.hw
 BURST = 20_000
@@ -147,6 +153,47 @@ def test_stuck_tx_queue_drops_stale_keeps_the_rest_flowing(bus_a, bus_b, tmp_pat
         assert [number_of(raw) for raw in left.frames()] == list(range(300_000, 300_020))  # no stale frame
         peer.close()
         other_peer.close()
+    finally:
+        assert bridge.stop() == 0, bridge.text()
+
+
+@pytest.mark.parametrize("tx_flush", ["on", "off"])
+def test_stuck_controller_comes_back_with_no_stale_frame(tx_flush, bus_a, tmp_path):
+    port = free_tcp_port()
+    config = tmp_path / "bridge.toml"
+    max_age = 1.0
+    config.write_text(f'[[interface]]\nname = "can0"\nmax_age = {max_age}\ntx_flush = "{tx_flush}"\n'
+                      f'[[peer]]\nurl = "tcp-listen://127.0.0.1:{port}"\n')
+    bridge = Bridge(tmp_path, "run", "-c", str(config))
+    try:
+        peer = Peer(port)
+        bridge.counters()
+        with interrupt_held_off("can0"):  # TX stalls: the first frame leaves, the driver never hears it did
+            peer.send(0, numbered(30))
+            c = bridge.counters(until=lambda c: c["can0"]["tx_frames"] + c["can0"]["dropped"].get("stale", 0) == 30
+                                and (tx_flush == "off" or c["can0"]["tx_flushes"] >= 1), timeout=30)["can0"]
+            figure(f"stalled controller, tx_flush={tx_flush}: handed to the kernel / stale / flushes / flushed",
+                   f"{c['tx_frames']} / {c['dropped'].get('stale', 0)} / {c['tx_flushes']} / "
+                   f"{c['errors'].get('tx_flushed', 0)}")
+            assert 2 <= c["tx_frames"] <= 12, c  # the controller's one, then txqueuelen 10 (+1 in flight)
+            if tx_flush == "on":
+                assert c["tx_flushes"] == 1 and c["errors"]["tx_flushed"] >= c["tx_frames"] - 1, c
+            else:
+                assert c["tx_flushes"] == 0, c
+            other = Candump(tmp_path, "can1")  # what leaves the wire from now on
+        peer.send(0, numbered(5, start=1000))  # the bus is back: fresh frames
+        deadline = time.monotonic() + 30
+        while sum(number_of(raw) >= 1000 for raw in other.frames()) < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.3)
+        other.stop()
+        left = [number_of(raw) for raw in other.frames()]
+        if tx_flush == "on":
+            assert left == list(range(1000, 1005)), left  # no stale frame left the controller
+        else:
+            assert left[-5:] == list(range(1000, 1005)) and len(left) >= 10, left
+            assert all(n < 30 for n in left[:-5]), left  # the kernel's stale frames went first
+        peer.close()
     finally:
         assert bridge.stop() == 0, bridge.text()
 
