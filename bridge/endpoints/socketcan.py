@@ -250,6 +250,8 @@ class SocketCanEndpoint:
             self.counters.drop("fd_on_classic_bus", len(frames) - len(raws))
         accepted = len(raws)
         if not self._txq and not self._closed and not self.tx_blocked:
+            if self._kernel.needs_base:
+                self._kernel.rebase()
             n = self._write(raws)
             if n and self._kernel.active:
                 self._kernel.handed_over(monotonic(), n)
@@ -304,6 +306,8 @@ class SocketCanEndpoint:
                 if exc.errno in (errno.EAGAIN, errno.ENOBUFS):
                     self._blocked_on = "enobufs" if exc.errno == errno.ENOBUFS else "eagain"
                     self.counters.errors["tx_" + self._blocked_on] += 1  # pushed back: queued, retried
+                    if exc.errno == errno.ENOBUFS and self._kernel.active:
+                        self._kernel.refused()
                     return i
                 self.counters.drop("tx_" + errno.errorcode.get(exc.errno, "error").lower())
                 k = 1  # ENETDOWN, EINVAL...: that frame is lost, counted; go on with the next
@@ -365,6 +369,8 @@ class SocketCanEndpoint:
         while txq:
             chunk = list(islice(txq, size))
             size = TX_DRAIN_CHUNK
+            if self._kernel.needs_base:
+                self._kernel.rebase()
             n = self._write(chunk)
             if n and self._kernel.active:
                 self._kernel.handed_over(self._stamps.stamp_of(n - 1), n)

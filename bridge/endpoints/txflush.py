@@ -6,13 +6,15 @@ handed over: the frame in its TX buffer and the interface's queue (txqueuelen, 1
 leave when the bus comes back, however old (cannelloni #70, #88).
 
 So, on a CAN controller (vcan holds no frame), a watch armed when frames are handed over counts ours the
-kernel still holds: handed over minus completed, from the interface's tx_packets (TX completions, rtnetlink
-IFLA_STATS64; exact while the bus completes nothing). When it holds some, none completed for max_age and
-the newest frame handed over is older than max_age (by the time the bridge received it), everything it
-holds is stale: the link is taken down and up, which empties the queue and the TX buffer (as cannelloni
-does on bus-off). Counted: the gauge `tx_flushes`, and `errors.tx_flushed`, the frames it held (frames
-counted in tx_frames that never left). The check costs one RTM_GETLINK per max_age while frames are
-in the kernel, nothing on an idle bus or on vcan.
+kernel still holds: handed over minus done with, from the interface's tx_packets + tx_dropped (rtnetlink
+IFLA_STATS64), both read before the first write after the kernel held none (exact while the bus completes
+nothing). When it holds some, none completed for max_age, the kernel refused a frame since the base
+(ENOBUFS: its queue filled up) and the newest frame handed over is older than max_age (by the
+time the bridge received it), everything it holds is stale: the link is taken down and up, which empties
+the queue and the TX buffer (as cannelloni does on bus-off). Counted: the gauge `tx_flushes`, and
+`errors.tx_flushed`, the frames it held (counted in tx_frames, never sent). A stuck bus given fewer
+frames than its queue holds (no ENOBUFS) is not flushed. The check costs one RTM_GETLINK per max_age
+while frames are in the kernel, nothing on an idle bus or on vcan.
 
 Taking a link down needs CAP_NET_ADMIN. `tx_flush` per interface: "auto" (default) flushes when the
 process has it, and otherwise logs once per stuck episode that the kernel's frames will leave stale;
@@ -36,8 +38,9 @@ RESTART_HOLD_S = 2.0  # our own down/up: its link events (read later by the link
 
 
 def _tx_packets(ifname: str) -> int | None:
+    """Frames the interface is done with: sent (tx_packets) or dropped by the driver (tx_dropped)."""
     health = linkstate.health(ifname)
-    return health.stats["tx_packets"] if health is not None and health.stats else None
+    return health.stats["tx_packets"] + health.stats["tx_dropped"] if health is not None and health.stats else None
 
 
 class KernelQueueWatch:
@@ -65,6 +68,8 @@ class KernelQueueWatch:
         self._base: tuple[int, int] | None = None  # (counters.tx_frames, tx_packets) when the kernel held none
         self._last_packets: int | None = None
         self._last_change = 0.0  # monotonic time a check last saw tx_packets change
+        self._refused_at = -1.0  # monotonic time of the last ENOBUFS
+        self._base_at = 0.0  # monotonic time of the base
         self.newest = 0.0  # monotonic time the newest frame handed over was received (queued) by the bridge
         self.hold_until = 0.0  # link events before this are our own restart
         self._warned = False
@@ -77,6 +82,15 @@ class KernelQueueWatch:
             return False
         return (health if isinstance(health, str) else getattr(health, "kind", "")) == "can"
 
+    @property
+    def needs_base(self) -> bool:
+        """The endpoint calls rebase() before its next write: the kernel holds none of ours now, so the
+        count starts exact (read after the write, completions of that write would be missed)."""
+        return self.active and self._base is None
+
+    def rebase(self) -> None:
+        self._rebase(self.counters.tx_frames)
+
     def handed_over(self, received_at: float, n: int) -> None:
         """n frames went to the kernel just now (counted in counters.tx_frames already), the newest of them
         queued (received) by the bridge at `received_at` (monotonic s)."""
@@ -87,6 +101,10 @@ class KernelQueueWatch:
                 self._rebase(self.counters.tx_frames - n)
             self._arm(self.newest + self.max_age)
 
+    def refused(self) -> None:
+        """The kernel refused a frame (ENOBUFS): its queue is full."""
+        self._refused_at = monotonic()
+
     def _rebase(self, given: int) -> None:
         """The kernel holds none of our frames now: count from here (our hand-overs, its TX completions)."""
         try:
@@ -94,6 +112,7 @@ class KernelQueueWatch:
         except OSError:
             packets = None
         self._base = None if packets is None else (given, packets)
+        self._base_at = monotonic()
         self._last_packets, self._last_change = packets, monotonic()
 
     def _arm(self, due: float) -> None:
@@ -102,7 +121,8 @@ class KernelQueueWatch:
     def _check(self) -> None:
         """Ours held = handed over - completed since the base (exact while the bus completes nothing, an
         underestimate while others' frames complete, when it moves anyway). Flush when some are held, none
-        completed for max_age and the newest is older than max_age: all held are stale."""
+        completed for max_age, the kernel refused a frame since the base (its queue filled up) and the newest
+        is older than max_age: all held are stale."""
         self._timer = None
         try:
             packets = self._tx_packets(self.ifname)
@@ -124,6 +144,9 @@ class KernelQueueWatch:
         due = max(self.newest, self._last_change) + self.max_age
         if now < due:
             self._arm(due)
+            return
+        if self._refused_at < self._base_at:  # no ENOBUFS since the kernel held none: a few frames, not a full queue
+            self._arm(now + self.max_age)
             return
         self._flush(held)
 

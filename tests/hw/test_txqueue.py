@@ -62,6 +62,8 @@ def test_burst_into_txqueuelen_10_leaves_complete_in_order(bus_a, tmp_path):
         assert c["dropped"] == {}, c
         assert c["errors"].get("tx_enobufs", 0) >= 1 and c["tx_pushbacks"] >= 1, c  # the bus pushed back
         assert c["tx_queued"] == 0
+        time.sleep(2.5)  # past max_age with the bus idle: a bus that sent everything is never flushed
+        assert bridge.counters()["can0"]["tx_flushes"] == 0
         pauses = sum(v.get("read_pauses", 0) for v in bridge.counters().values() if isinstance(v, dict))
         assert pauses >= 1  # the bus backed up: the bridge stopped reading the peer, TCP held the sender back
         time.sleep(0.5)
