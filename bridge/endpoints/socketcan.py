@@ -250,12 +250,7 @@ class SocketCanEndpoint:
             self.counters.drop("fd_on_classic_bus", len(frames) - len(raws))
         accepted = len(raws)
         if not self._txq and not self._closed and not self.tx_blocked:
-            if self._kernel.needs_base:
-                self._kernel.rebase()
-            n = self._write(raws)
-            if n and self._kernel.active:
-                self._kernel.handed_over(monotonic(), n)
-            raws = raws[n:]
+            raws = raws[self._hand_over(raws, queued=False) :]
         if raws:
             self._enqueue(raws)
         return accepted
@@ -277,6 +272,20 @@ class SocketCanEndpoint:
                 txq.popleft()
         if self._retry is None and not self.tx_blocked:
             self._wait_writable()
+
+    def _hand_over(self, raws: list, queued: bool) -> int:
+        """_write(raws), telling the kernel-queue watch (txflush.py) what went: its count's base before the
+        write, the frames and when the newest was received after (queued: they come from the head of
+        _txq, else they arrived just now). Only _write on vcan and with tx_flush off."""
+        kernel = self._kernel
+        if not kernel.active:
+            return self._write(raws)
+        if kernel.needs_base:
+            kernel.rebase()
+        n = self._write(raws)
+        if n:
+            kernel.handed_over(self._stamps.stamp_of(n - 1) if queued else monotonic(), n)
+        return n
 
     def _write(self, raws: list) -> int:
         """sendmmsg runs of equally sized frames until the kernel pushes back. Returns how many
@@ -369,11 +378,7 @@ class SocketCanEndpoint:
         while txq:
             chunk = list(islice(txq, size))
             size = TX_DRAIN_CHUNK
-            if self._kernel.needs_base:
-                self._kernel.rebase()
-            n = self._write(chunk)
-            if n and self._kernel.active:
-                self._kernel.handed_over(self._stamps.stamp_of(n - 1), n)
+            n = self._hand_over(chunk, queued=True)
             self._stamps.pop(n)
             for _ in range(n):
                 txq.popleft()

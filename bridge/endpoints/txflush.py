@@ -37,10 +37,23 @@ MODES = ("auto", "on", "off")
 RESTART_HOLD_S = 2.0  # our own down/up: its link events (read later by the link watch) must not drop the queue
 
 
+def _link_kind(ifname: str) -> str:
+    """IFLA_INFO_KIND: "can" for a controller, "vcan", "vxcan"; "" when there is no such link."""
+    health = linkstate.health(ifname)
+    return health.kind if health is not None else ""
+
+
 def _tx_packets(ifname: str) -> int | None:
     """Frames the interface is done with: sent (tx_packets) or dropped by the driver (tx_dropped)."""
     health = linkstate.health(ifname)
     return health.stats["tx_packets"] + health.stats["tx_dropped"] if health is not None and health.stats else None
+
+
+def _is_controller(ifname: str, kind) -> bool:
+    try:
+        return kind(ifname) == "can"
+    except OSError:
+        return False
 
 
 class KernelQueueWatch:
@@ -51,7 +64,7 @@ class KernelQueueWatch:
     CAP_NET_ADMIN or a mode not in MODES."""
 
     def __init__(self, reactor: Reactor, ifname: str, max_age: float, counters: Counters, mode: str = "auto", *,
-                 capable=linkstate.has_cap_net_admin, restart=None, tx_packets=_tx_packets, kind=None,
+                 capable=linkstate.has_cap_net_admin, restart=None, tx_packets=_tx_packets, kind=_link_kind,
                  on_restart=lambda: None) -> None:
         if mode not in MODES:
             raise ConfigError(f"bus {ifname}: tx_flush must be one of {', '.join(MODES)}, got {mode!r}")
@@ -60,7 +73,7 @@ class KernelQueueWatch:
                               "as root or add it to the unit (AmbientCapabilities=CAP_NET_ADMIN), or use tx_flush=auto")
         self.reactor, self.ifname, self.max_age, self.counters = reactor, ifname, max_age, counters
         self.can_flush = mode == "on" or (mode == "auto" and capable())
-        self.active = bool(max_age) and mode != "off" and self._is_controller(kind)
+        self.active = bool(max_age) and mode != "off" and _is_controller(ifname, kind)
         self._restart = restart or self._restart_link
         self._on_restart = on_restart
         self._tx_packets = tx_packets
@@ -74,13 +87,6 @@ class KernelQueueWatch:
         self.hold_until = 0.0  # link events before this are our own restart
         self._warned = False
         counters.gauges["tx_flushes"] = 0
-
-    def _is_controller(self, kind) -> bool:
-        try:
-            health = kind(self.ifname) if kind else linkstate.health(self.ifname)
-        except OSError:
-            return False
-        return (health if isinstance(health, str) else getattr(health, "kind", "")) == "can"
 
     @property
     def needs_base(self) -> bool:

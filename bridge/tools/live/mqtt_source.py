@@ -15,8 +15,9 @@ Several brokers (a cluster): the first that answers is used (refused or unreacha
 first, MQTT 3.1.1 when a broker refuses 5 (nats-server, RabbitMQ), as the gateways' protocol=auto.
 
 A lost connection (the node killed, restarted, or the link gone): read() moves to the next broker of the
-list, round the list (the same broker when there is one, e.g. restarted), waiting 0.25 s doubling to 4 s
-between rounds, for up to FAILOVER_S, and logs a warning naming the node lost and the node now in use.
+list, round the list (the same broker when there is one, e.g. restarted), with the gateways' backoff
+between rounds (bridge.endpoints.tcp.backoff_delay: 0.1 s doubling to 5 s, times 0.5..1), for up to
+FAILOVER_S, and logs a warning naming the node lost and the node now in use.
 What the fleet published in between is not seen (an observer's qos 0 subscription; the gap shows in the
 timestamps). No broker in FAILOVER_S: SourceClosed (dump and top exit 1). fileno() is an epoll descriptor
 holding the current socket, so a poller registered once goes on working after the switch.
@@ -38,6 +39,7 @@ from bridge.codec import mqtt_payload as mp
 from bridge.endpoints.brokers import BrokerListError, parse_brokers, split_netloc
 from bridge.endpoints.mqtt_connection import new_client
 from bridge.endpoints.mqtt_version import Mqtt5, Mqtt311, refused_version
+from bridge.endpoints.tcp import backoff_delay
 from bridge.errors import ConfigError
 from bridge.protocols.mqtt import DEFAULT_PORT, DEFAULT_TLS_PORT
 from bridge.security.options import Security
@@ -52,7 +54,6 @@ TCP_KEEPIDLE_S, TCP_KEEPINTVL_S, TCP_KEEPCNT = 30, 10, 3  # the kernel probes an
 MAX_BACKLOG = 65536  # frames decoded but not yet returned by read() (one read returns them all)
 FAILOVER_S = 30.0  # a lost broker: how long read() looks for another before the source ends (a node restart
 #                    in a cluster or a Mosquitto restart takes a few seconds; a dump should ride it out)
-FAILOVER_PAUSE_S = (0.25, 4.0)  # pause between rounds of the list: first, cap (doubling)
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +151,10 @@ class MqttSource:
 
     def _open(self, u: dict, o: dict, tls, topic: str, broker) -> None:
         """MQTT 5 first, then 3.1.1 if the broker refuses 5 (the version's room is shared with the gateway)."""
-        for version in (Mqtt5(), Mqtt311()):
-            try:
-                return self._open_version(u, o, tls, topic, version, broker)
-            except _RefusedVersion:
-                continue
-        raise OSError("the broker refused MQTT 5 and 3.1.1")
+        try:
+            self._open_version(u, o, tls, topic, Mqtt5(), broker)
+        except _RefusedVersion:
+            self._open_version(u, o, tls, topic, Mqtt311(), broker)  # 3.1.1 has no version refusal of its own
 
     def _open_version(self, u: dict, o: dict, tls, topic: str, version, broker) -> None:
         """Connect to `broker` in `version` and subscribe; _RefusedVersion if it refuses the version."""
@@ -235,16 +234,17 @@ class MqttSource:
         self._drop_client()
         n = len(self._brokers)
         order = [(self._at + 1 + i) % n for i in range(n)]  # the lost node last
-        deadline, pause = time.monotonic() + FAILOVER_S, FAILOVER_PAUSE_S[0]
+        deadline, rounds = time.monotonic() + FAILOVER_S, 0
         while True:
             try:
                 self._connect_first(order)
             except (OSError, ConfigError) as exc:
+                pause = backoff_delay(rounds)
+                rounds += 1
                 if time.monotonic() + pause > deadline:
                     raise SourceClosed(f"{self.url}: connection to the broker {lost} lost ({reason}); no broker "
                                        f"answered in {FAILOVER_S:.0f} s ({exc})") from None
                 time.sleep(pause)
-                pause = min(2 * pause, FAILOVER_PAUSE_S[1])
                 continue
             log.warning("%s: connection to the broker %s lost (%s); now on %s (MQTT %s)", self.url, lost, reason,
                         self.broker, self.mqtt.name)
